@@ -1,0 +1,48 @@
+"""The ``multidiff`` command line: ``multidiff train | sample | eval | info | demo``.
+
+Each verb lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int``;
+this file only wires them together, importing a verb's module when it is chosen.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+VERBS = {
+    "train": ("multidiff.train.commands", "train", "train a model from a YAML recipe with key=value overrides"),
+    "sample": ("multidiff.train.commands", "sample", "generate from a checkpoint"),
+    "eval": ("multidiff.train.commands", "evaluate", "evaluate a checkpoint's samples with the modality's metrics"),
+    "info": ("multidiff.train.commands", "info", "print a checkpoint's config, step, samples seen and sizes"),
+    "demo": ("multidiff.toy.demo", "demo", "the demo: sample a 2-D Gaussian mixture with every sampler (PNG grid)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="multidiff", description="Diffusion models over audio, video and 3D shapes.")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb, (_, _, help_text) in VERBS.items():
+        sub.add_parser(verb, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in VERBS:
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.print_help(sys.stderr)
+            print(f"\nmultidiff: unknown verb {argv[0]!r}; choose from {', '.join(VERBS)}", file=sys.stderr)
+            return 2
+        parser.print_help()
+        return 0
+    module_name, prefix, help_text = VERBS[argv[0]]
+    module = importlib.import_module(module_name)
+    verb_parser = argparse.ArgumentParser(prog=f"multidiff {argv[0]}", description=help_text)
+    getattr(module, f"{prefix}_arguments")(verb_parser)
+    args = verb_parser.parse_args(argv[1:])
+    return int(getattr(module, f"{prefix}_run")(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

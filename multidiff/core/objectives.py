@@ -1,0 +1,174 @@
+"""Training objectives: a noise-level distribution, a weighting, and a short loss callable.
+
+The loss is the EDM form (Karras et al. 2022, Eq. 2/8):
+
+    L = E_sigma,n [ lambda(sigma) * || D(x0 + sigma n, sigma) - x0 ||^2 ]
+
+with every weighting expressed on the x0 error, so a prediction type's native loss is a
+particular lambda: eps-MSE = "snr" (1/sigma^2), v-MSE = "snr_plus_one", and EDM's
+F-space loss = "edm". Reduction is per sample (a (batch,) result) over the entries a
+mask keeps, so padding and known regions do not count.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+
+from .schedules import NoiseSchedule, RectifiedFlow
+from .utils import Generator, append_dims, rand_per_sample, randn_like
+
+
+# ------------------------------------------------------------ noise-level distributions
+class NoiseDistribution:
+    """Draws a (batch,) tensor of sigma-space noise levels."""
+
+    def sample(self, batch: int, generator: Generator = None, device=None) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+@dataclass
+class UniformT(NoiseDistribution):
+    """t ~ U[t(sigma_min), t(sigma_max)] in the schedule's own time (DDPM's uniform timestep).
+
+    Discrete VP schedules draw integer timesteps, as DDPM training does.
+    """
+
+    schedule: NoiseSchedule
+
+    def sample(self, batch, generator=None, device=None):
+        lo, hi = self.schedule.t_range
+        u = rand_per_sample(batch, generator, device, torch.float64)
+        if self.schedule.discrete:
+            t = torch.clamp(torch.floor(lo + u * (hi - lo + 1)), lo, hi)
+        else:
+            t = lo + u * (hi - lo)
+        return self.schedule.sigma_of_t(t.cpu()).to(device=device, dtype=torch.float32)
+
+
+@dataclass
+class LogNormal(NoiseDistribution):
+    """ln sigma ~ N(p_mean, p_std^2) (EDM, Karras et al. 2022, Table 1)."""
+
+    p_mean: float = -1.2
+    p_std: float = 1.2
+
+    def sample(self, batch, generator=None, device=None):
+        n = rand_per_sample(batch, generator, device, torch.float32, normal=True)
+        return torch.exp(self.p_mean + self.p_std * n)
+
+
+@dataclass
+class LogitNormal(NoiseDistribution):
+    """t = sigmoid(m + s n) on the schedule's [0, 1] time (SD3, Esser et al. 2024, Eq. 19).
+
+    For the rectified-flow schedule sigma = t / (1 - t); ``shift`` (default: the
+    schedule's) is applied to t as in SD3's resolution-dependent shifting.
+    """
+
+    schedule: NoiseSchedule
+    mean: float = 0.0
+    std: float = 1.0
+    shift: Optional[float] = None
+
+    def sample(self, batch, generator=None, device=None):
+        n = rand_per_sample(batch, generator, device, torch.float64, normal=True)
+        t = torch.sigmoid(self.mean + self.std * n).cpu()
+        if isinstance(self.schedule, RectifiedFlow):
+            t = self.schedule.shift_t(t, self.shift)
+        lo, hi = self.schedule.t_range
+        t = lo + t * (hi - lo) if not isinstance(self.schedule, RectifiedFlow) else t.clamp(lo, hi)
+        return self.schedule.sigma_of_t(t).to(device=device, dtype=torch.float32)
+
+
+@dataclass
+class CosineInterpolated(NoiseDistribution):
+    """Cosine-schedule noise levels, shifted for resolution and interpolated (Hoogeboom et al.
+    2023, simple diffusion, Sec. 3.1; Crowson et al. 2024, HDiT, Sec. 5.2).
+
+    log-SNR(t) = -2 log tan(pi t / 2) + 2 log(noise_d / image_d), interpolated linearly in t
+    between the shift for noise_d_low and noise_d_high; sigma = sigma_data * exp(-logsnr / 2).
+    """
+
+    image_d: float = 64.0
+    noise_d_low: float = 32.0
+    noise_d_high: float = 64.0
+    sigma_data: float = 1.0
+    sigma_min: float = 1e-3
+    sigma_max: float = 1e3
+
+    def _logsnr(self, t, noise_d):
+        shift = 2 * math.log(noise_d / self.image_d)
+        lo = math.atan(math.exp(-0.5 * (-2 * math.log(self.sigma_max / self.sigma_data) - shift)))
+        hi = math.atan(math.exp(-0.5 * (-2 * math.log(self.sigma_min / self.sigma_data) - shift)))
+        return -2 * torch.log(torch.tan(hi + t * (lo - hi))) + shift
+
+    def sample(self, batch, generator=None, device=None):
+        t = rand_per_sample(batch, generator, device, torch.float64)
+        logsnr = torch.lerp(self._logsnr(t, self.noise_d_low), self._logsnr(t, self.noise_d_high), t)
+        sigma = self.sigma_data * torch.exp(-logsnr / 2)
+        return sigma.clamp(self.sigma_min, self.sigma_max).to(torch.float32)
+
+
+# ------------------------------------------------------------------------------ weightings
+def weighting(name: str, *, sigma_data: float = 0.5, gamma: float = 5.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """lambda(sigma) applied to the x0 squared error.
+
+    uniform:        1                                   (x0-prediction MSE)
+    snr:            1 / sigma^2                         (eps-prediction MSE, Ho et al. 2020)
+    snr_plus_one:   1 / sigma^2 + 1                     (v-prediction MSE, Salimans & Ho 2022)
+    min_snr:        min(1 / sigma^2, gamma)             (Min-SNR-gamma, Hang et al. 2023, Eq. 8)
+    soft_min_snr:   1 / (sigma^2 + 1 / gamma)           (soft Min-SNR, Crowson et al. 2024, Sec. 5.1)
+    edm:            (sigma^2 + sd^2) / (sigma sd)^2     (EDM, Karras et al. 2022, Table 1)
+    """
+    if name == "uniform":
+        return lambda s: torch.ones_like(s)
+    if name == "snr":
+        return lambda s: s.pow(-2)
+    if name == "snr_plus_one":
+        return lambda s: s.pow(-2) + 1
+    if name == "min_snr":
+        return lambda s: s.pow(-2).clamp(max=gamma)
+    if name == "soft_min_snr":
+        return lambda s: 1 / (s**2 + 1 / gamma)
+    if name == "edm":
+        return lambda s: (s**2 + sigma_data**2) / (s * sigma_data) ** 2
+    raise ValueError(f"unknown weighting {name!r}; known: {WEIGHTINGS}")
+
+
+WEIGHTINGS = ("uniform", "snr", "snr_plus_one", "min_snr", "soft_min_snr", "edm")
+
+
+def masked_mean(err: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Per-sample mean of err over the entries where mask is 1: (batch, ...) -> (batch,)."""
+    dims = tuple(range(1, err.ndim))
+    if mask is None:
+        return err.mean(dim=dims)
+    try:
+        mask = torch.broadcast_to(mask.to(err.dtype), err.shape)
+    except RuntimeError:
+        raise ValueError(f"loss mask of shape {tuple(mask.shape)} does not broadcast to the data shape {tuple(err.shape)}") from None
+    return (err * mask).sum(dim=dims) / mask.sum(dim=dims).clamp(min=1)
+
+
+class DiffusionLoss:
+    """loss(denoiser, x0, cond, generator, mask=None) -> (batch,) weighted denoising loss.
+
+    x0: (batch, ...) clean data; the denoiser follows the sigma-space contract.
+    """
+
+    def __init__(self, noise: NoiseDistribution, weight: Callable[[torch.Tensor], torch.Tensor] | str = "edm",
+                 sigma_data: float = 0.5):
+        self.noise = noise
+        self.weight = weighting(weight, sigma_data=sigma_data) if isinstance(weight, str) else weight
+
+    def __call__(self, denoiser, x0: torch.Tensor, cond: Optional[Mapping[str, Any]] = None,
+                 generator: Generator = None, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        sigma = self.noise.sample(x0.shape[0], generator, x0.device)
+        noise = randn_like(x0, generator)
+        x = x0 + noise * append_dims(sigma.to(x0.dtype), x0.ndim)
+        denoised = denoiser(x, sigma, cond)
+        err = (denoised.float() - x0.float()) ** 2
+        return self.weight(sigma.float()) * masked_mean(err, mask)

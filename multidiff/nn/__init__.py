@@ -1,0 +1,1 @@
+"""multidiff.nn"""

@@ -1,0 +1,1 @@
+"""multidiff.shapes"""
