@@ -5,13 +5,32 @@ from .diffusers_interop import sample_with_diffusers_scheduler, schedule_from_di
 from .grids import SPACINGS, sigma_grid
 from .guidance import ClassifierFreeGuidance, cfg, rescale_guidance
 from .masked import KnownValueDenoiser, sample_repaint
-from .objectives import (WEIGHTINGS, CosineInterpolated, DiffusionLoss, LogitNormal, LogNormal,
-                         NoiseDistribution, UniformT, masked_mean, weighting)
+from .objectives import (
+                         WEIGHTINGS,
+                         CosineInterpolated,
+                         DiffusionLoss,
+                         LogitNormal,
+                         LogNormal,
+                         NoiseDistribution,
+                         UniformT,
+                         masked_mean,
+                         weighting,
+)
 from .optimize import optimize_sigmas
 from .samplers import ODE_ORDER, SAMPLERS, check_sigmas, evaluations, steps_for_evaluations
 from .sampling import get_sampler, sample
-from .schedules import (EDM, SCHEDULES, VE, NoiseSchedule, RectifiedFlow, ScheduleConfig, VPContinuous,
-                        VPDiscrete, alpha_from_sigma, rescale_zero_terminal_snr)
+from .schedules import (
+                         EDM,
+                         SCHEDULES,
+                         VE,
+                         NoiseSchedule,
+                         RectifiedFlow,
+                         ScheduleConfig,
+                         VPContinuous,
+                         VPDiscrete,
+                         alpha_from_sigma,
+                         rescale_zero_terminal_snr,
+)
 from .utils import append_dims, make_generators, randn_like
 
 __all__ = [

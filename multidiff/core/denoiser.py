@@ -14,7 +14,8 @@ rectified-flow path the flow formula reduces to x0 = x_t - t u.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,7 +60,7 @@ class Denoiser(nn.Module):
     def sigma_max(self) -> float:
         return self.schedule.sigma_max
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Optional[Mapping[str, Any]] = None):
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Mapping[str, Any] | None = None):
         sigma64 = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
         if sigma64.ndim == 0:
             sigma64 = sigma64.expand(x.shape[0])

@@ -3,17 +3,18 @@ a diffusers scheduler config into one of our schedules.
 
 diffusers schedulers step in their own space (x_t = alpha_t x0 + sigma_t n for VP
 schedulers, sigma-space for Euler-type ones, flow time for flow-matching ones) and
-expect the model output in their ``prediction_type``; ``DiffusersSampler`` converts our
-denoiser's x0 estimate into that output at each step.
+expect the model output in their ``prediction_type``; ``sample_with_diffusers_scheduler``
+converts our denoiser's x0 estimate into that output at each step.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
 from .schedules import NoiseSchedule, RectifiedFlow, VPDiscrete
-from .utils import append_dims
 
 
 def schedule_from_diffusers(config: Mapping[str, Any]) -> NoiseSchedule:
@@ -33,55 +34,98 @@ def schedule_from_diffusers(config: Mapping[str, Any]) -> NoiseSchedule:
     )
 
 
-def _scheduler_sigma(scheduler, t: torch.Tensor, step_index: int) -> tuple[float, str]:
-    """Sigma-space level of the scheduler's current timestep, and the space it steps in."""
-    if hasattr(scheduler, "sigmas") and "FlowMatch" in type(scheduler).__name__:
-        tf = float(scheduler.sigmas[step_index])  # flow time in [0, 1]
-        return tf / (1 - tf) if tf < 1 else float("inf"), "flow"
-    if hasattr(scheduler, "init_noise_sigma") and hasattr(scheduler, "sigmas") and \
-            type(scheduler).__name__.startswith(("Euler", "Heun", "KDPM", "LMS")):
-        return float(scheduler.sigmas[scheduler.step_index if scheduler.step_index is not None else step_index]), "sigma"
-    abar = float(scheduler.alphas_cumprod[int(t)])
-    return ((1 - abar) / abar) ** 0.5, "vp"
+#: Largest sigma handed to the denoiser. A scheduler step at zero SNR (flow time t = 1, or
+#: abar = 0 with rescaled betas) has sigma = inf, which sigma space cannot hold; the
+#: denoiser then gets x_t / alpha at this sigma instead (alpha ~ 1e-8: the same x_t, and a
+#: model time within 1e-8 of the end of the schedule).
+SIGMA_CAP = 1e8
+_INF = float("inf")
+
+
+def _vp_sigma_at_timestep(scheduler, t: float) -> float:
+    """Sigma-space level of a (possibly fractional) training timestep of a VP scheduler:
+    abar at integer t, log-sigma interpolation in between (the inverse of diffusers'
+    ``_sigma_to_t``, as our VPDiscrete)."""
+    abar = scheduler.alphas_cumprod.to(torch.float64)
+    lo = min(max(math.floor(t), 0), len(abar) - 1)
+    w = t - lo
+
+    def sigma(k):
+        a = float(abar[k])
+        return math.sqrt((1 - a) / a) if a > 0 else _INF
+
+    if w <= 0 or lo + 1 >= len(abar):
+        return sigma(lo)
+    s_lo, s_hi = sigma(lo), sigma(lo + 1)
+    if s_hi == _INF:
+        return _INF
+    return math.exp((1 - w) * math.log(s_lo) + w * math.log(s_hi))
+
+
+def _model_noise_level(scheduler, t: torch.Tensor, step_index: int) -> tuple[float, float, float, str]:
+    """(sigma, alpha_t, sigma_t, path) of the noise level the scheduler's raw model is asked about.
+
+    The model input is x_t = alpha_t x0 + sigma_t n (after ``scale_model_input``) and the
+    model is given the timestep t. For flow-matching schedulers t is the flow time
+    (alpha_t = 1 - t, sigma_t = t, read from ``scheduler.sigmas``). For the others the
+    level is that of the timestep t in ``alphas_cumprod`` (so a scheduler that rounds its
+    timesteps, e.g. DPMSolverMultistep with Karras sigmas, is reproduced as its raw model
+    sees it), or ``scheduler.sigmas`` when its timesteps are not training indices.
+    """
+    index = getattr(scheduler, "step_index", None)
+    index = step_index if index is None else index
+    sigmas = getattr(scheduler, "sigmas", None)
+    config = scheduler.config
+    if sigmas is not None and ("FlowMatch" in type(scheduler).__name__ or config.get("use_flow_sigmas")):
+        tf = float(sigmas[index])  # flow time in [0, 1]
+        return (tf / (1 - tf) if tf < 1 else _INF), 1 - tf, tf, "flow"
+    if hasattr(scheduler, "alphas_cumprod") and config.get("timestep_type", "discrete") == "discrete":
+        sigma = _vp_sigma_at_timestep(scheduler, float(t))
+    else:
+        sigma = float(sigmas[index])
+    if sigma == _INF:
+        return sigma, 0.0, 1.0, "vp"
+    alpha_t = (1 + sigma**2) ** -0.5
+    return sigma, alpha_t, sigma * alpha_t, "vp"
 
 
 @torch.no_grad()
 def sample_with_diffusers_scheduler(denoiser, noise: torch.Tensor, scheduler, num_inference_steps: int, *,
-                                    cond: Optional[Mapping[str, Any]] = None, generator=None) -> torch.Tensor:
+                                    cond: Mapping[str, Any] | None = None, generator=None) -> torch.Tensor:
     """Generate with a diffusers scheduler stepping and our denoiser predicting.
 
     noise: standard normal (batch, ...). Returns the final sample (sigma 0 / data space).
+    At each step the scheduler's model input x_t (``scale_model_input``) is handed to the
+    denoiser in sigma space, x_t / alpha_t at sigma_t / alpha_t, and its x0 estimate is
+    turned into the scheduler's ``prediction_type`` (epsilon, sample, v_prediction,
+    flow_prediction; flow-matching schedulers get the velocity n - x0) with the same
+    alpha_t, sigma_t. For a ``Denoiser`` over the scheduler's schedule
+    (``schedule_from_diffusers``) the result therefore equals the scheduler's own loop
+    with the raw model.
     """
     scheduler.set_timesteps(num_inference_steps, device=noise.device)
-    prediction = scheduler.config.get("prediction_type", "epsilon")
-    x = noise * scheduler.init_noise_sigma
+    flow = "FlowMatch" in type(scheduler).__name__
+    prediction = scheduler.config.get("prediction_type", "flow_prediction" if flow else "epsilon")
+    x = noise * getattr(scheduler, "init_noise_sigma", 1.0)
     step_kwargs = {"generator": generator} if generator is not None else {}
     for i, t in enumerate(scheduler.timesteps):
-        sigma, space = _scheduler_sigma(scheduler, t, i)
-        if space == "vp":
-            alpha = (1 + sigma**2) ** -0.5
-            x_sigma = x / alpha
-        elif space == "flow":
-            alpha = 1 / (1 + sigma)
-            x_sigma = x / alpha
-        else:
-            alpha = 1.0
-            x_sigma = x
-        sig = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
-        x0 = denoiser(x_sigma, sig, cond)
-        eps = (x_sigma - x0) / sigma
-        if space == "flow":
-            out = eps - x0
+        x_t = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
+        sigma, alpha_t, sigma_t, path = _model_noise_level(scheduler, t, i)
+        sigma_in = min(sigma, SIGMA_CAP)
+        x_sigma = x_t * (1 + sigma_in) if path == "flow" else x_t * (1 + sigma_in**2) ** 0.5  # x_t / alpha
+        sig = torch.full((x.shape[0],), sigma_in, dtype=x.dtype, device=x.device)
+        x0 = denoiser(x_sigma, sig, cond).to(x.dtype)
+        # the raw model's output, from x_t (not x_sigma) so that sigma = inf stays exact
+        eps = (x_t - x0 * alpha_t) / sigma_t
+        if prediction == "flow_prediction":
+            out = eps - x0  # flow-matching velocity dx_t/dt for x_t = (1 - t) x0 + t n
         elif prediction == "epsilon":
             out = eps
         elif prediction == "sample":
             out = x0
         elif prediction == "v_prediction":
-            a = (1 + sigma**2) ** -0.5  # v is defined on the VP path
-            out = eps * a - x0 * (sigma * a)
+            out = eps * alpha_t - x0 * sigma_t
         else:
             raise ValueError(f"unsupported diffusers prediction_type {prediction!r}")
-        model_in = scheduler.scale_model_input(x, t)  # keeps the scheduler's internal state right
-        del model_in
         x = scheduler.step(out, t, x, **step_kwargs).prev_sample
     return x

@@ -7,13 +7,14 @@ Spacings (``SPACINGS``):
              (DDIM's uniform timesteps; integer timesteps for discrete VP)
   trailing   linear in t, starting at t(sigma_max) and leaving out the t(sigma_min) end
              (Lin et al. 2023, Table 2)
-  flow_shift flow time t = sigma / (1 + sigma) linear, then SD3's shift
-             t' = shift t / (1 + (shift - 1) t) (Esser et al. 2024, Sec. 5.3.2)
+  flow_shift flow time t = sigma / (1 + sigma) linear in the unshifted time u of SD3's
+             shift t = shift u / (1 + (shift - 1) u) (Esser et al. 2024, Sec. 5.3.2), with
+             the ends kept at sigma_max and sigma_min (diffusers' FlowMatchEulerDiscrete
+             grid when sigma_min is its last nonzero value and sigma_max -> inf)
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
@@ -23,7 +24,7 @@ SPACINGS = ("karras", "loglinear", "linear_t", "trailing", "flow_shift")
 
 
 def sigma_grid(n_steps: int, sigma_min: float, sigma_max: float, spacing: str = "karras", *,
-               rho: float = 7.0, shift: float = 3.0, schedule: Optional[NoiseSchedule] = None) -> torch.Tensor:
+               rho: float = 7.0, shift: float = 3.0, schedule: NoiseSchedule | None = None) -> torch.Tensor:
     """Build a float64 grid of n_steps + 1 sigmas from sigma_max down to sigma_min, then 0.
 
     ``linear_t`` and ``trailing`` need the ``schedule`` whose time they are linear in.
@@ -42,9 +43,12 @@ def sigma_grid(n_steps: int, sigma_min: float, sigma_max: float, spacing: str = 
     elif spacing == "loglinear":
         sigmas = torch.exp(math.log(sigma_max) + ramp * (math.log(sigma_min) - math.log(sigma_max)))
     elif spacing == "flow_shift":
+        # linear in the unshifted time u, where t = shift u / (1 + (shift - 1) u); the ends are
+        # mapped back first so the grid still runs from sigma_max to sigma_min
         t_hi, t_lo = sigma_max / (1 + sigma_max), sigma_min / (1 + sigma_min)
-        t = t_hi + ramp * (t_lo - t_hi)
-        t = shift * t / (1 + (shift - 1) * t)
+        u_hi, u_lo = (t / (shift - (shift - 1) * t) for t in (t_hi, t_lo))
+        u = u_hi + ramp * (u_lo - u_hi)
+        t = shift * u / (1 + (shift - 1) * u)
         sigmas = t / (1 - t)
     else:
         if schedule is None:
@@ -53,8 +57,11 @@ def sigma_grid(n_steps: int, sigma_min: float, sigma_max: float, spacing: str = 
         t_hi = float(schedule.t_of_sigma(torch.tensor(sigma_max, dtype=torch.float64)))
         if spacing == "linear_t":
             t = t_hi + ramp * (t_lo - t_hi)
+        elif schedule.discrete:  # trailing: n equal strides down from t_hi + 1, rounded, minus 1
+            stride = (t_hi - t_lo + 1) / n
+            t = (t_hi + 1 - stride * torch.arange(n, dtype=torch.float64)).round() - 1
         else:  # trailing: n equal strides down from t_hi, the low end left out
-            stride = (t_hi - t_lo + (1 if schedule.discrete else 0)) / n
+            stride = (t_hi - t_lo) / n
             t = t_hi - stride * torch.arange(n, dtype=torch.float64)
         if schedule.discrete:
             t = t.round()

@@ -11,14 +11,15 @@ Whole outputs are blended; no backbone code is involved.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
 from .utils import append_dims
 
 
-def _batch_cond(a: Optional[Mapping[str, Any]], b: Optional[Mapping[str, Any]]) -> Optional[dict]:
+def _batch_cond(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> dict | None:
     """Concatenate two conditioning mappings along the batch dimension (key by key)."""
     if a is None and b is None:
         return None
@@ -50,7 +51,7 @@ class ClassifierFreeGuidance(torch.nn.Module):
     """
 
     def __init__(self, denoiser, scale: float, uncond, *, rescale: float = 0.0,
-                 interval: tuple[float, float] = (0.0, float("inf")), negative: Optional[Mapping[str, Any]] = None):
+                 interval: tuple[float, float] = (0.0, float("inf")), negative: Mapping[str, Any] | None = None):
         super().__init__()
         self.denoiser, self.scale, self.uncond = denoiser, float(scale), uncond
         self.rescale, self.interval, self.negative = float(rescale), interval, negative

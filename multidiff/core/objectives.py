@@ -12,8 +12,9 @@ mask keeps, so padding and known regions do not count.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 import torch
 
@@ -71,7 +72,7 @@ class LogitNormal(NoiseDistribution):
     schedule: NoiseSchedule
     mean: float = 0.0
     std: float = 1.0
-    shift: Optional[float] = None
+    shift: float | None = None
 
     def sample(self, batch, generator=None, device=None):
         n = rand_per_sample(batch, generator, device, torch.float64, normal=True)
@@ -90,6 +91,8 @@ class CosineInterpolated(NoiseDistribution):
 
     log-SNR(t) = -2 log tan(pi t / 2) + 2 log(noise_d / image_d), interpolated linearly in t
     between the shift for noise_d_low and noise_d_high; sigma = sigma_data * exp(-logsnr / 2).
+    t = 0 is the sigma_max end and t = 1 the sigma_min end, so the noise_d_low shift rules
+    high noise and the noise_d_high shift low noise (as k-diffusion's rand_cosine_interpolated).
     """
 
     image_d: float = 64.0
@@ -101,9 +104,10 @@ class CosineInterpolated(NoiseDistribution):
 
     def _logsnr(self, t, noise_d):
         shift = 2 * math.log(noise_d / self.image_d)
-        lo = math.atan(math.exp(-0.5 * (-2 * math.log(self.sigma_max / self.sigma_data) - shift)))
-        hi = math.atan(math.exp(-0.5 * (-2 * math.log(self.sigma_min / self.sigma_data) - shift)))
-        return -2 * torch.log(torch.tan(hi + t * (lo - hi))) + shift
+        # angles of the two ends: at_max (sigma_max, t = 0) and at_min (sigma_min, t = 1)
+        at_max = math.atan(math.exp(-0.5 * (-2 * math.log(self.sigma_max / self.sigma_data) - shift)))
+        at_min = math.atan(math.exp(-0.5 * (-2 * math.log(self.sigma_min / self.sigma_data) - shift)))
+        return -2 * torch.log(torch.tan(at_max + t * (at_min - at_max))) + shift
 
     def sample(self, batch, generator=None, device=None):
         t = rand_per_sample(batch, generator, device, torch.float64)
@@ -141,7 +145,7 @@ def weighting(name: str, *, sigma_data: float = 0.5, gamma: float = 5.0) -> Call
 WEIGHTINGS = ("uniform", "snr", "snr_plus_one", "min_snr", "soft_min_snr", "edm")
 
 
-def masked_mean(err: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+def masked_mean(err: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Per-sample mean of err over the entries where mask is 1: (batch, ...) -> (batch,)."""
     dims = tuple(range(1, err.ndim))
     if mask is None:
@@ -164,8 +168,8 @@ class DiffusionLoss:
         self.noise = noise
         self.weight = weighting(weight, sigma_data=sigma_data) if isinstance(weight, str) else weight
 
-    def __call__(self, denoiser, x0: torch.Tensor, cond: Optional[Mapping[str, Any]] = None,
-                 generator: Generator = None, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def __call__(self, denoiser, x0: torch.Tensor, cond: Mapping[str, Any] | None = None,
+                 generator: Generator = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         sigma = self.noise.sample(x0.shape[0], generator, x0.device)
         noise = randn_like(x0, generator)
         x = x0 + noise * append_dims(sigma.to(x0.dtype), x0.ndim)

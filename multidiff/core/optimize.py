@@ -17,7 +17,8 @@ noise, since it has only n_steps - 1 free numbers.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,8 +42,8 @@ def reference_solution(denoiser, x_init, sigmas_ref, cond=None):
 
 
 def optimize_sigmas(denoiser, x_init: torch.Tensor, n_steps: int, method: str = "dpmpp_2m", *,
-                    sigma_min: float, sigma_max: float, cond: Optional[Mapping[str, Any]] = None,
-                    reference: Optional[torch.Tensor] = None, reference_steps: int = 500,
+                    sigma_min: float, sigma_max: float, cond: Mapping[str, Any] | None = None,
+                    reference: torch.Tensor | None = None, reference_steps: int = 500,
                     init_spacing: str = "karras", max_evals: int = 1500, progress: bool = False,
                     **sampler_opts) -> torch.Tensor:
     """Return an (n_steps + 1,) float64 grid ending in 0, tuned for ``denoiser`` and ``method``.

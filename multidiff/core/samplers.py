@@ -15,7 +15,7 @@ depend on the rest of its batch).
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -172,11 +172,13 @@ def sample_dpmpp_2m(denoiser, x, sigmas, *, cond=None, generator=None, callback=
 
 @torch.no_grad()
 def sample_dpmpp_3m(denoiser, x, sigmas, *, cond=None, generator=None, callback=None, eta=0.0, s_noise=1.0):
-    """DPM-Solver++(3M): 3rd-order multistep exponential integrator in lambda = -log sigma.
+    """DPM-Solver++(3M): multistep exponential integrator in lambda = -log sigma.
 
-    The data prediction is expanded to second order in lambda from the last three
-    outputs; phi_2, phi_3 are the exponential-integrator weights (Lu et al. 2022, Sec. 3).
-    eta > 0 gives the SDE variant (noise through ``generator``).
+    The data prediction is extrapolated from the last three outputs; phi_2, phi_3 are the
+    exponential-integrator weights (Lu et al. 2022, Sec. 3). eta > 0 gives the SDE variant
+    (noise through ``generator``). The update is k-diffusion's sample_dpmpp_3m_sde (and
+    diffusers' order-3 DPMSolverMultistep step); its second-difference term has half the
+    weight a third-order expansion needs, so its global order is 2 (see ``ODE_ORDER``).
     """
     s = check_sigmas(sigmas).tolist()
     d_1 = d_2 = h_1 = h_2 = None
@@ -379,9 +381,15 @@ SAMPLERS: dict[str, Callable] = {
     "flow_midpoint": sample_flow_midpoint,
 }
 
-#: Deterministic samplers (probability-flow ODE solvers) and their order of accuracy.
+#: Deterministic samplers (probability-flow ODE solvers) and their global order of accuracy
+#: as implemented (a lower bound: the UniC corrector adds about one to UniPC's predictor order).
+#: dpmpp_3m is 2: it reproduces k-diffusion's sample_dpmpp_3m_sde (eta = 0), which, like
+#: diffusers' order-3 DPMSolverMultistep update, weights the second divided difference
+#: (d2 ~ h^2 D''/2) by phi_3 where the exact integral needs h^2 D'', so one step is exact
+#: for D linear in lambda but not quadratic; it is still more accurate than dpmpp_2m.
+#: tests/test_core_convergence.py measures these orders.
 ODE_ORDER = {"ddim": 1, "euler": 1, "flow_euler": 1, "heun": 2, "flow_midpoint": 2,
-             "dpmpp_2m": 2, "dpmpp_3m": 3, "unipc": 2, "unipc3": 3}
+             "dpmpp_2m": 2, "dpmpp_3m": 2, "unipc": 2, "unipc3": 3}
 
 
 def evaluations(method: str, n_steps: int) -> int:

@@ -1,7 +1,8 @@
 """``sample``: the one entry point that dispatches to SAMPLERS, with masks and progress."""
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -17,7 +18,7 @@ def get_sampler(method: str) -> Callable:
 
 
 def sample(denoiser, x: torch.Tensor, sigmas, method: str = "dpmpp_2m", *,
-           cond: Optional[Mapping[str, Any]] = None, generator=None, callback=None,
+           cond: Mapping[str, Any] | None = None, generator=None, callback=None,
            progress: bool = False, resample: int = 1, **opts) -> torch.Tensor:
     """Run ``method`` from x at sigmas[0] down to sigma = 0.
 

@@ -85,11 +85,15 @@ class NoiseSchedule:
         Computed by autograd through the schedule so every subclass gets it for free.
         """
         t = _f64(t).detach().clone().requires_grad_(True)
+
+        def grad(y):  # a coefficient that does not depend on t (VE's alpha = 1) has derivative 0
+            if not y.requires_grad:
+                return torch.zeros_like(t)
+            g = torch.autograd.grad(y.sum(), t, retain_graph=True, allow_unused=True)[0]
+            return torch.zeros_like(t) if g is None else g
+
         with torch.enable_grad():
-            a = self.alpha(t)
-            s = self.sigma(t)
-            da = torch.autograd.grad(a.sum(), t, retain_graph=True)[0]
-            ds = torch.autograd.grad(s.sum(), t)[0]
+            da, ds = grad(self.alpha(t)), grad(self.sigma(t))
         return da.detach(), ds.detach()
 
     def __repr__(self) -> str:

@@ -1,7 +1,8 @@
 """Small tensor helpers shared by the core: rank-agnostic broadcasting and seeded noise."""
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
+from typing import Union
 
 import torch
 

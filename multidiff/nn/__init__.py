@@ -1,1 +1,7 @@
-"""multidiff.nn"""
+"""Layers shared by every backbone: embeddings, modulation (FiLM / adaLN-Zero), attention dispatch."""
+from .attention import BACKENDS, Attention, attention, xformers_available
+from .embeddings import FourierFeatures, LabelEmbedding, NoiseLevelEmbedding, SinusoidalEmbedding
+from .modulation import AdaLNZero, FiLM, modulate
+
+__all__ = ["BACKENDS", "Attention", "attention", "xformers_available", "FourierFeatures", "LabelEmbedding",
+           "NoiseLevelEmbedding", "SinusoidalEmbedding", "FiLM", "AdaLNZero", "modulate"]

@@ -1,0 +1,267 @@
+"""Builders of audio data sets from what the package registries ship (no downloads).
+
+``build_spoken_digits``: "zero".."nine" spoken by Debian's espeak-ng across its English
+accents and voice variants, at random speeds and pitches, trimmed of silence and centred
+in fixed-length clips; labelled; split by voice variant so test voices are unseen.
+Every builder is deterministic given its seed and writes a CSV manifest.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import random
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .io import load_audio, save_wav
+
+DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+ESPEAK_ACCENTS = ("en", "en-us", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
+
+
+def espeak_binary() -> str:
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise RuntimeError("espeak-ng is not installed: `apt-get install espeak-ng` (Debian) provides it")
+    return exe
+
+
+def espeak_variants() -> list[str]:
+    """Voice variants espeak-ng knows (its !v folder), sorted."""
+    out = subprocess.run([espeak_binary(), "--voices=variant"], capture_output=True, text=True, check=True).stdout
+    names = [line.split()[4].split("/")[-1] for line in out.splitlines()[1:] if len(line.split()) >= 5]
+    return sorted(set(names))
+
+
+def _stable_fraction(text: str, seed: int) -> float:
+    digest = hashlib.sha256(f"{seed}:{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def center_clip(wave: torch.Tensor, length: int) -> torch.Tensor:
+    """Trim or zero-pad (channels, n) to (channels, length), keeping the middle."""
+    n = wave.shape[-1]
+    if n >= length:
+        start = (n - length) // 2
+        return wave[..., start:start + length]
+    left = (length - n) // 2
+    return torch.nn.functional.pad(wave, (left, length - n - left))
+
+
+def trim_silence(wave: torch.Tensor, top_db: float = 40.0) -> torch.Tensor:
+    import librosa
+
+    _, (start, end) = librosa.effects.trim(wave.mean(0).numpy(), top_db=top_db)
+    return wave[..., start:end] if end > start else wave
+
+
+def build_spoken_digits(out_dir, *, sample_rate: int = 16000, duration: float = 1.0,
+                        accents: Sequence[str] = ESPEAK_ACCENTS, variants: Sequence[str] | None = None,
+                        clips_per_voice: int = 1, speed_range=(130, 200), pitch_range=(25, 75),
+                        test_fraction: float = 0.15, seed: int = 0, workers: int = 4, progress: bool = True) -> Path:
+    """Synthesize labelled spoken digits; returns the manifest path (out_dir/manifest.csv).
+
+    One clip per (digit, accent, variant, k < clips_per_voice) with speed (words/min) and
+    pitch (0-99) drawn from the ranges by a seeded RNG. Variants whose stable hash falls
+    under ``test_fraction`` go to the test split, the rest to train.
+    """
+    exe = espeak_binary()
+    out_dir = Path(out_dir)
+    (out_dir / "audio").mkdir(parents=True, exist_ok=True)
+    variants = list(variants) if variants is not None else espeak_variants()
+    rng = random.Random(seed)
+    jobs = []
+    for accent in accents:
+        for variant in variants:
+            split = "test" if _stable_fraction(variant, seed) < test_fraction else "train"
+            for k in range(clips_per_voice):
+                for label, word in enumerate(DIGITS):
+                    speed = rng.randint(*speed_range)
+                    pitch = rng.randint(*pitch_range)
+                    name = f"{word}_{accent}_{variant}_{k}.wav".replace("+", "_")
+                    jobs.append(dict(path=f"audio/{name}", label=label, text=word, split=split, accent=accent,
+                                     variant=variant, speed=speed, pitch=pitch))
+    length = int(round(sample_rate * duration))
+
+    def synth(job):
+        with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
+            cmd = [exe, "-v", f"{job['accent']}+{job['variant']}", "-s", str(job["speed"]), "-p", str(job["pitch"]),
+                   "-w", tmp.name, job["text"]]
+            subprocess.run(cmd, check=True, capture_output=True)
+            wave, _ = load_audio(tmp.name, sample_rate=sample_rate, channels=1)
+        wave = trim_silence(wave)
+        peak = float(wave.abs().max())
+        if peak < 1e-4:
+            return None
+        wave = center_clip(wave * (0.9 / peak), length)
+        save_wav(out_dir / job["path"], wave, sample_rate)
+        return job
+
+    rows = []
+    iterator = ThreadPoolExecutor(max(1, workers)).map(synth, jobs)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, total=len(jobs), desc="espeak-ng digits")
+    for job in iterator:
+        if job is not None:
+            rows.append(job)
+    manifest = out_dir / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "label", "text", "split", "accent", "variant", "speed", "pitch"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
+
+
+# ------------------------------------------------------------------------------- music
+GM_INSTRUMENTS = {0: "piano", 24: "guitar", 40: "violin", 56: "trumpet", 73: "flute", 19: "organ", 32: "bass", 11: "vibraphone"}
+SOUNDFONTS = ("/usr/share/sounds/sf2/TimGM6mb.sf2", "/usr/share/sounds/sf2/FluidR3_GM.sf2",
+              "/usr/share/sounds/sf2/default-GM.sf2")
+
+
+def find_soundfont() -> str | None:
+    for path in SOUNDFONTS:
+        if Path(path).is_file():
+            return path
+    return None
+
+
+def render_midi(midi, sample_rate: int, soundfont: str | None = None) -> np.ndarray:
+    """Render a pretty_midi.PrettyMIDI to mono float32 audio.
+
+    Uses Debian's fluidsynth with a General MIDI soundfont when both are present, and
+    pretty_midi's own (sine-based) synthesizer otherwise.
+    """
+    soundfont = soundfont or find_soundfont()
+    exe = shutil.which("fluidsynth")
+    if soundfont and exe:
+        with tempfile.TemporaryDirectory() as tmp:
+            mid, wav = Path(tmp) / "in.mid", Path(tmp) / "out.wav"
+            midi.write(str(mid))
+            subprocess.run([exe, "-ni", "-g", "0.8", "-F", str(wav), "-r", str(sample_rate), soundfont, str(mid)],
+                           check=True, capture_output=True)
+            wave, _ = load_audio(wav, sample_rate=sample_rate, channels=1)
+            return wave[0].numpy()
+    return midi.synthesize(fs=sample_rate).astype(np.float32)
+
+
+def build_notes(out_dir, *, sample_rate: int = 16000, duration: float = 1.0, pitches=range(48, 84),
+                programs: Sequence[int] = (0, 24, 40, 56, 73, 19), velocities=(80, 110),
+                test_fraction: float = 0.15, seed: int = 0, progress: bool = True) -> Path:
+    """Single notes over MIDI pitches and General MIDI instruments, labelled with both.
+
+    Each clip: one note held for 0.7 * duration then released, rendered at each velocity.
+    Manifest columns: path, label (pitch index), pitch (MIDI), program, instrument, velocity, split.
+    """
+    import pretty_midi
+
+    out_dir = Path(out_dir)
+    (out_dir / "audio").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    pitches = list(pitches)
+    length = int(round(sample_rate * duration))
+    rows, jobs = [], [(p, prog, vel) for prog in programs for p in pitches for vel in velocities]
+    iterator = jobs
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(jobs, desc="rendering notes")
+    for pitch, program, velocity in iterator:
+        midi = pretty_midi.PrettyMIDI()
+        inst = pretty_midi.Instrument(program=program)
+        inst.notes.append(pretty_midi.Note(velocity=velocity, pitch=pitch, start=0.0, end=0.7 * duration))
+        midi.instruments.append(inst)
+        wave = torch.from_numpy(render_midi(midi, sample_rate))[None]
+        wave = wave[..., :length] if wave.shape[-1] >= length else torch.nn.functional.pad(wave, (0, length - wave.shape[-1]))
+        peak = float(wave.abs().max())
+        if peak < 1e-4:
+            continue
+        name = f"audio/note_p{pitch}_g{program}_v{velocity}.wav"
+        save_wav(out_dir / name, wave * (0.9 / peak), sample_rate)
+        split = "test" if rng.random() < test_fraction else "train"
+        rows.append(dict(path=name, label=pitches.index(pitch), pitch=pitch, program=program,
+                         instrument=GM_INSTRUMENTS.get(program, str(program)), velocity=velocity, split=split))
+    manifest = out_dir / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "label", "pitch", "program", "instrument", "velocity", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
+
+
+def corpus_melodies(max_tunes: int, seed: int = 0, collections=("essenFolksong",)):
+    """Yield (name, [(midi_pitch, start_s, end_s), ...]) melodies from the music21 corpus (folk tunes)."""
+    from music21 import converter, corpus, note, tempo
+
+    paths = sorted(str(p) for p in corpus.getPaths() if any(c in str(p) for c in collections))
+    random.Random(seed).shuffle(paths)
+    count = 0
+    for path in paths:
+        try:
+            parsed = converter.parse(path)
+        except Exception:  # a corpus file music21 cannot parse: skip it
+            continue
+        scores = list(parsed.scores) if hasattr(parsed, "scores") else [parsed]
+        for k, score in enumerate(scores):
+            bpm = 100.0
+            marks = list(score.recurse().getElementsByClass(tempo.MetronomeMark))
+            if marks and marks[0].number:
+                bpm = float(marks[0].number)
+            sec_per_quarter = 60.0 / bpm
+            notes = [(n.pitch.midi, float(n.offset) * sec_per_quarter, float(n.offset + n.quarterLength) * sec_per_quarter)
+                     for n in score.flatten().notes if isinstance(n, note.Note)]
+            if len(notes) >= 8:
+                yield f"{Path(path).stem}_{k}", notes
+                count += 1
+                if count >= max_tunes:
+                    return
+
+
+def build_melodies(out_dir, *, n_tunes: int = 200, seconds: float = 4.0, sample_rate: int = 16000,
+                   program: int = 0, transpose_range=(-3, 3), test_fraction: float = 0.1, seed: int = 0,
+                   progress: bool = True) -> Path:
+    """Folk tunes from the music21 corpus rendered to fixed-length clips (first ``seconds``)."""
+    import pretty_midi
+
+    out_dir = Path(out_dir)
+    (out_dir / "audio").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    length = int(round(seconds * sample_rate))
+    rows = []
+    iterator = corpus_melodies(n_tunes, seed)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, total=n_tunes, desc="rendering melodies")
+    for name, notes in iterator:
+        shift = rng.randint(*transpose_range)
+        midi = pretty_midi.PrettyMIDI()
+        inst = pretty_midi.Instrument(program=program)
+        for pitch, start, end in notes:
+            if start >= seconds:
+                break
+            inst.notes.append(pretty_midi.Note(velocity=100, pitch=int(np.clip(pitch + shift, 21, 108)),
+                                               start=start, end=min(end, seconds)))
+        midi.instruments.append(inst)
+        wave = torch.from_numpy(render_midi(midi, sample_rate))[None]
+        wave = wave[..., :length] if wave.shape[-1] >= length else torch.nn.functional.pad(wave, (0, length - wave.shape[-1]))
+        peak = float(wave.abs().max())
+        if peak < 1e-4:
+            continue
+        path = f"audio/{name}.wav"
+        save_wav(out_dir / path, wave * (0.9 / peak), sample_rate)
+        rows.append(dict(path=path, label=-1, text=name, split="test" if rng.random() < test_fraction else "train"))
+    manifest = out_dir / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "label", "text", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest

@@ -1,0 +1,75 @@
+"""Noise-level and label embeddings shared by every backbone."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class SinusoidalEmbedding(nn.Module):
+    """Sinusoidal features of a scalar per sample (Vaswani et al. 2017; Ho et al. 2020, App. B).
+
+    (batch,) -> (batch, dim). Frequencies are spread geometrically over
+    [min_freq, max_freq] cycles per unit, so one embedding resolves both EDM's
+    c_noise = ln(sigma)/4 (a few units wide) and timesteps 0..1000.
+    """
+
+    def __init__(self, dim: int, min_freq: float = 1e-3, max_freq: float = 10.0):
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"SinusoidalEmbedding dim must be even, got {dim}")
+        freqs = torch.exp(torch.linspace(math.log(min_freq), math.log(max_freq), dim // 2)) * 2 * math.pi
+        self.register_buffer("freqs", freqs, persistent=False)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        args = t.float()[:, None] * self.freqs[None]
+        return torch.cat([args.cos(), args.sin()], dim=-1)
+
+
+class FourierFeatures(nn.Module):
+    """Random Fourier features of coordinates (Tancik et al. 2020): (..., d) -> (..., 2 * n)."""
+
+    def __init__(self, in_dim: int, n_features: int, scale: float = 1.0, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("basis", torch.randn(in_dim, n_features, generator=g) * scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        proj = 2 * math.pi * x.float() @ self.basis
+        return torch.cat([proj.cos(), proj.sin()], dim=-1)
+
+
+class NoiseLevelEmbedding(nn.Module):
+    """(batch,) noise level -> (batch, dim): sinusoidal features then a 2-layer MLP."""
+
+    def __init__(self, dim: int, features: int = 256, min_freq: float = 1e-3, max_freq: float = 10.0):
+        super().__init__()
+        self.features = SinusoidalEmbedding(features, min_freq, max_freq)
+        self.mlp = nn.Sequential(nn.Linear(features, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.features(t))
+
+
+class LabelEmbedding(nn.Module):
+    """Class labels -> (batch, dim), with an extra "null" label (index num_classes) for
+    classifier-free guidance (Ho & Salimans 2022). Labels of -1 also mean null."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim)
+        nn.init.normal_(self.table.weight, std=0.02)
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        labels = labels.long()
+        if labels.numel() and (int(labels.max()) > self.num_classes or int(labels.min()) < -1):
+            raise ValueError(f"class labels must lie in [0, {self.num_classes}) (or -1 / {self.num_classes} for null), "
+                             f"got range [{int(labels.min())}, {int(labels.max())}]")
+        labels = torch.where(labels < 0, torch.full_like(labels, self.num_classes), labels)
+        return self.table(labels)
