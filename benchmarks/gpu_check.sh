@@ -1,0 +1,52 @@
+# GPU check, run from the repository root on a CUDA machine (target: under 8 minutes):
+#   1. an environment, the first that works of: an existing .venv whose torch sees CUDA; the
+#      machine's python3 when it already holds CUDA torch and the project's needs (run from the
+#      source tree, nothing installed: works offline); `python3 -m venv .venv` with
+#      `pip install -e '.[dev]'`;
+#   2. the trainer / config / CLI tests with MULTIDIFF_TEST_DEVICE=cuda (these decide the exit code);
+#   3. the rest of the test suite on CUDA (reported, time-boxed; some modalities' tests may lack packages offline);
+#   4. a table of training samples/s and peak memory per registered backbone, fp32 / bf16, SDPA / xformers.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 MULTIDIFF_TEST_DEVICE=cuda
+start=$(date +%s)
+elapsed() { echo "$(( $(date +%s) - start ))s"; }
+has_cuda() { "$1" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; }
+has_needs() {  # what the trainer, its tests and the benchmark import
+    PYTHONPATH="$PWD" "$1" -c "import multidiff.train.commands, multidiff.toy.data, accelerate, safetensors, yaml, tqdm, matplotlib, tensorboard, pytest" 2>/dev/null
+}
+
+echo "== environment ($(elapsed))"
+PY=""
+if [ -x .venv/bin/python ] && has_cuda .venv/bin/python && has_needs .venv/bin/python; then
+    PY=.venv/bin/python
+elif command -v python3 >/dev/null && has_cuda python3 && has_needs python3; then
+    echo "using the machine's python3 ($(command -v python3)) with the source tree on PYTHONPATH"
+    PY=python3
+else
+    [ -x .venv/bin/python ] || python3 -m venv .venv
+    timeout 420 .venv/bin/pip install -q --retries 1 --timeout 30 -e '.[dev]' || echo "pip install failed"
+    PY=.venv/bin/python
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+"$PY" - <<'EOF'
+import torch, accelerate
+print(f"python {__import__('sys').version.split()[0]}, torch {torch.__version__}, accelerate {accelerate.__version__}")
+print(f"cuda available: {torch.cuda.is_available()}" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
+EOF
+has_cuda "$PY" || { echo "no CUDA device visible: nothing to check"; exit 1; }
+
+echo "== trainer, config and CLI tests on CUDA ($(elapsed))"
+timeout 240 "$PY" -m pytest -q --durations=8 \
+    tests/test_config.py tests/test_cli.py tests/test_train_*.py
+status=$?
+
+echo "== the rest of the test suite on CUDA, reported only ($(elapsed))"
+timeout 120 "$PY" -m pytest -q --continue-on-collection-errors \
+    --ignore=tests/test_config.py --ignore=tests/test_cli.py --ignore-glob='tests/test_train_*.py' 2>&1 | tail -25
+echo "(rest of the suite: exit status ${PIPESTATUS[0]})"
+
+echo "== training throughput ($(elapsed))"
+timeout 100 "$PY" benchmarks/train_throughput.py --steps 30 --warmup 5 --timeout 60
+echo "== done in $(elapsed); trainer tests exit status $status"
+exit $status

@@ -1,0 +1,126 @@
+"""Turn config sections into objects: data set, backbone, denoiser, loss, optimizer, LR schedule."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..core import (
+    CosineInterpolated,
+    Denoiser,
+    DiffusionLoss,
+    LogitNormal,
+    LogNormal,
+    NoiseSchedule,
+    UniformT,
+    weighting,
+)
+from . import registry
+from .config import Config, ObjectiveConfig, OptimizerConfig, data_params, model_params
+from .registry import DataSpec
+
+
+def build_dataset(config: Config):
+    """The data set of ``config.data``; it carries a ``spec`` (:class:`DataSpec`)."""
+    entry = registry.DATASETS[config.data.name]
+    dataset = entry.factory(data_params(config), config.data.path, config.trainer.seed)
+    spec = getattr(dataset, "spec", None)
+    if not isinstance(spec, DataSpec):
+        raise TypeError(f"data set {config.data.name!r} has no DataSpec in its .spec attribute")
+    return dataset
+
+
+def build_model(config: Config, spec: DataSpec) -> nn.Module:
+    """The backbone of ``config.model`` for data described by ``spec``."""
+    entry = registry.MODELS[config.model.name]
+    return entry.factory(model_params(config), spec, gradient_checkpointing=config.model.gradient_checkpointing)
+
+
+def build_denoiser(model: nn.Module, objective: ObjectiveConfig) -> Denoiser:
+    """Wrap a backbone (maybe DDP-wrapped) into the sigma-space denoiser of the objective."""
+    schedule = objective.schedule.build()
+    return Denoiser(model, schedule, objective.prediction, sigma_data=objective.schedule.sigma_data)
+
+
+def build_noise_distribution(objective: ObjectiveConfig, schedule: NoiseSchedule):
+    n = objective.noise
+    if n.name == "lognormal":
+        return LogNormal(n.p_mean, n.p_std)
+    if n.name == "uniform_t":
+        return UniformT(schedule)
+    if n.name == "logit_normal":
+        return LogitNormal(schedule, n.mean, n.std, n.shift)
+    if n.name == "cosine_interpolated":
+        return CosineInterpolated(n.image_d, n.noise_d_low, n.noise_d_high, objective.schedule.sigma_data,
+                                  schedule.sigma_min, schedule.sigma_max)
+    raise ValueError(f"unknown noise distribution {n.name!r}")
+
+
+def build_loss(objective: ObjectiveConfig, schedule: NoiseSchedule) -> DiffusionLoss:
+    sd = objective.schedule.sigma_data
+    weight = weighting(objective.weighting, sigma_data=sd, gamma=objective.min_snr_gamma)
+    return DiffusionLoss(build_noise_distribution(objective, schedule), weight, sigma_data=sd)
+
+
+def build_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.name == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, betas=config.betas, eps=config.eps,
+                                 weight_decay=config.weight_decay)
+    if config.name == "adam":
+        return torch.optim.Adam(params, lr=config.lr, betas=config.betas, eps=config.eps,
+                                weight_decay=config.weight_decay)
+    if config.name == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    raise ValueError(f"unknown optimizer {config.name!r}")
+
+
+@dataclass
+class LRSchedule:
+    """lr(samples seen) = base * warmup * decay; a pure function of samples seen (no state)."""
+
+    config: OptimizerConfig
+    duration_samples: int
+
+    def factor(self, samples: int) -> float:
+        c = self.config
+        warm = min(samples / c.warmup_samples, 1.0) if c.warmup_samples > 0 else 1.0
+        frac = min(samples / max(self.duration_samples, 1), 1.0)
+        if c.schedule == "constant":
+            decay = 1.0
+        elif c.schedule == "cosine":
+            decay = c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
+        elif c.schedule == "linear":
+            decay = c.min_lr_ratio + (1 - c.min_lr_ratio) * (1 - frac)
+        elif c.schedule == "inv_sqrt":
+            decay = 1 / math.sqrt(max(samples / c.decay_samples, 1.0))
+        else:
+            raise ValueError(f"unknown learning-rate schedule {c.schedule!r}")
+        return warm * decay
+
+    def lr(self, samples: int) -> float:
+        return self.config.lr * self.factor(samples)
+
+    def apply(self, optimizer: torch.optim.Optimizer, samples: int) -> float:
+        """Set the learning rate for the step that ends at ``samples`` samples seen."""
+        lr = self.lr(samples)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def state_dict(self) -> dict:
+        return {"base_lr": self.config.lr, "schedule": self.config.schedule, "duration_samples": self.duration_samples}
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def default_device(name: str) -> torch.device | None:
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda":
+        return torch.device("cuda")
+    return None

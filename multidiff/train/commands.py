@@ -1,0 +1,248 @@
+"""The verbs ``multidiff train | sample | eval | info`` (wired up by multidiff/cli.py).
+
+    multidiff train RECIPE.yaml [key.sub=value ...]        train (or resume: trainer.resume=PATH|auto)
+    multidiff train CHECKPOINT [key.sub=value ...]         continue a run from its own saved config
+    multidiff sample CHECKPOINT --num N --steps S --sampler NAME --guidance W --seed K --out DIR
+    multidiff eval CHECKPOINT [--samples FILE] ...         the modality's metrics, written to DIR/metrics.json
+    multidiff info CHECKPOINT [--json] [--config]
+
+Each prints where it wrote its outputs. Exit codes: 0 success (also after a clean stop on
+SIGTERM / Ctrl-C), 1 training failure (e.g. NaN losses), 2 bad configuration or arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _err(verb: str, message: str) -> None:
+    print(f"multidiff {verb}: {message}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------- train
+def train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="a YAML recipe, or a checkpoint / run folder to continue from")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                        help="config overrides, values parsed as YAML (e.g. trainer.batch_size=512)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+
+
+def resolve_train_config(recipe: str, overrides: list[str]):
+    """A validated Config from a recipe path or a checkpoint folder, plus overrides."""
+    from . import checkpoint as ckpt
+    from .config import load_config
+
+    path = Path(recipe)
+    if path.is_dir():
+        folder = ckpt.resolve(path)
+        raw = ckpt.read_json(folder / "config.json")
+        raw.setdefault("trainer", {})["resume"] = str(folder)
+        return load_config(raw, overrides)
+    return load_config(path, overrides)
+
+
+def train_run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .config import ConfigError
+
+    try:
+        config = resolve_train_config(args.recipe, args.overrides)
+    except (ConfigError, FileNotFoundError) as e:
+        _err("train", str(e))
+        return 2
+    if args.print_config:
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    from .trainer import NonFiniteLossError, Trainer
+
+    try:
+        trainer = Trainer(config)
+        result = trainer.fit()
+    except ConfigError as e:
+        _err("train", str(e))
+        return 2
+    except NonFiniteLossError as e:
+        _err("train", str(e))
+        return 1
+    if trainer.is_main:
+        print(f"{result.status}: {result.samples_seen} samples seen in {result.steps} steps"
+              f" ({result.nonfinite_total} skipped for NaN/inf), last loss {result.last_loss:.5g}")
+        print(f"wrote checkpoint: {result.checkpoint}")
+        print(f"wrote latest link: {result.out_dir / 'checkpoints' / 'latest'}")
+        print(f"wrote loss log: {result.csv}")
+        if config.trainer.tracker != "none":
+            print(f"wrote {config.trainer.tracker} logs: {result.out_dir / 'logs'}")
+        for p in result.previews[-1:]:
+            print(f"wrote preview: {p}")
+        if result.status == "interrupted":
+            print(f"resume with: multidiff train {result.checkpoint}")
+    return 0
+
+
+# --------------------------------------------------------------------------- sample / eval
+def _sampling_arguments(parser: argparse.ArgumentParser, out_default: str) -> None:
+    parser.add_argument("checkpoint", help="checkpoint folder, its 'latest' link, or a run's out_dir")
+    parser.add_argument("--num", type=int, default=None, help="number of samples (default: sampling.num_samples)")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: sampling.steps)")
+    parser.add_argument("--sampler", default=None, help="sampler name from multidiff.core.SAMPLERS")
+    parser.add_argument("--spacing", default=None, help="sigma spacing from multidiff.core.SPACINGS")
+    parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off)")
+    parser.add_argument("--label", type=int, default=None, help="class label for all samples (conditional models)")
+    parser.add_argument("--seed", type=int, default=None, help="sample k uses the generator seeded seed + k")
+    parser.add_argument("--batch-size", type=int, default=None, help="samples per forward batch")
+    parser.add_argument("--no-ema", action="store_true", help="use the trained weights instead of the EMA")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--out", default=out_default, help=f"output folder (default: {out_default})")
+
+
+def _sampling_config(config, args):
+    from dataclasses import replace
+
+    from ..core import SAMPLERS, SPACINGS
+
+    s = config.sampling
+    changes = {k: v for k, v in {"num_samples": args.num, "steps": args.steps, "sampler": args.sampler,
+                                  "spacing": args.spacing, "guidance": args.guidance, "seed": args.seed,
+                                  "batch_size": args.batch_size}.items() if v is not None}
+    s = replace(s, **changes)
+    if s.sampler not in SAMPLERS:
+        raise ValueError(f"--sampler: unknown sampler {s.sampler!r}; known: {', '.join(sorted(SAMPLERS))}")
+    if s.spacing not in SPACINGS:
+        raise ValueError(f"--spacing: unknown spacing {s.spacing!r}; known: {', '.join(SPACINGS)}")
+    for name in ("num_samples", "steps", "batch_size"):
+        if getattr(s, name) < 1:
+            raise ValueError(f"--{name.replace('_samples', '').replace('_', '-')} must be >= 1")
+    return s
+
+
+def _generate(args, verb: str):
+    """(samples, labels, config, spec, folder, weights) for sample / eval."""
+    from .sampling import default_labels, generate
+    from .trainer import load_for_sampling
+
+    model, config, spec, state, folder, weights = load_for_sampling(args.checkpoint, args.device, not args.no_ema)
+    sampling = _sampling_config(config, args)
+    if sampling.guidance != 1.0 and spec.num_classes == 0:
+        print(f"multidiff {verb}: note: the model is unconditional, --guidance {sampling.guidance} has no effect",
+              file=sys.stderr)
+    labels = default_labels(sampling.num_samples, spec, args.label)
+    samples = generate(model, config.objective, spec, sampling, labels=labels, progress=sys.stderr.isatty())
+    return samples, labels, config, spec, folder, weights, sampling
+
+
+def sample_arguments(parser: argparse.ArgumentParser) -> None:
+    _sampling_arguments(parser, "outputs/samples")
+
+
+def sample_run(args: argparse.Namespace) -> int:
+    from safetensors.torch import save_file
+
+    from .registry import PREVIEWS
+
+    try:
+        samples, labels, config, spec, folder, weights, sampling = _generate(args, "sample")
+    except (FileNotFoundError, ValueError) as e:
+        _err("sample", str(e))
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {"samples": samples.contiguous()}
+    if labels is not None:
+        tensors["labels"] = labels.contiguous()
+    meta = {"checkpoint": str(folder), "weights": weights.name, "sampler": sampling.sampler,
+            "steps": str(sampling.steps), "guidance": str(sampling.guidance), "seed": str(sampling.seed)}
+    save_file(tensors, str(out / "samples.safetensors"), metadata=meta)
+    print(f"sampled {len(samples)} x {tuple(spec.sample_shape)} from {folder} ({weights.name}) with "
+          f"{sampling.sampler}, {sampling.steps} steps, guidance {sampling.guidance}, seed {sampling.seed}")
+    print(f"wrote samples: {out / 'samples.safetensors'}")
+    fn = PREVIEWS.get(spec.modality)
+    if fn is not None:
+        for p in fn(samples, out, "samples", labels=labels):
+            print(f"wrote preview: {p}")
+    return 0
+
+
+def evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    _sampling_arguments(parser, "outputs/eval")
+    parser.add_argument("--samples", default=None,
+                        help="evaluate this samples.safetensors (from multidiff sample) instead of sampling anew")
+
+
+def evaluate_run(args: argparse.Namespace) -> int:
+    from safetensors.torch import load_file
+
+    from . import checkpoint as ckpt
+    from .config import config_from_json
+    from .registry import EVALUATORS, DataSpec
+
+    try:
+        if args.samples:
+            folder = ckpt.resolve(args.checkpoint)
+            config = config_from_json(ckpt.read_json(folder / "config.json"))
+            spec = DataSpec.from_json(ckpt.read_json(folder / "state.json")["spec"])
+            loaded = load_file(args.samples)
+            samples, labels = loaded["samples"], loaded.get("labels")
+        else:
+            samples, labels, config, spec, folder, _, _ = _generate(args, "eval")
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        _err("eval", str(e))
+        return 2
+    fn = EVALUATORS.get(spec.modality)
+    if fn is None:
+        _err("eval", f"no evaluator is registered for modality {spec.modality!r}")
+        return 2
+    metrics = fn(samples, config, labels=labels)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"checkpoint": str(folder), "num_samples": len(samples), "metrics": metrics}
+    (out / "metrics.json").write_text(json.dumps(report, indent=2))
+    width = max((len(k) for k in metrics), default=0)
+    for k, v in metrics.items():
+        print(f"{k:<{width}}  {v:.6g}")
+    print(f"wrote metrics: {out / 'metrics.json'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------- info
+def info_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="checkpoint folder, its 'latest' link, or a run's out_dir")
+    parser.add_argument("--json", action="store_true", help="print the checkpoint's state.json")
+    parser.add_argument("--config", action="store_true", help="print the full resolved config (YAML)")
+
+
+def info_run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from . import checkpoint as ckpt
+
+    try:
+        folder = ckpt.resolve(args.checkpoint)
+    except FileNotFoundError as e:
+        _err("info", str(e))
+        return 2
+    state = ckpt.read_json(folder / "state.json")
+    config = ckpt.read_json(folder / "config.json")
+    if args.json:
+        print(json.dumps(state, indent=2))
+        return 0
+    train, t = state["train"], config["trainer"]
+    print(f"checkpoint     {folder}")
+    print(f"model          {config['model']['name']} {config['model']['params']} ({state['num_parameters']:,} parameters)")
+    print(f"data           {config['data']['name']} {config['data']['params']}; sample shape "
+          f"{tuple(state['spec']['sample_shape'])}, {state['spec']['num_classes']} classes, modality {state['spec']['modality']}")
+    sched = config["objective"]["schedule"]
+    print(f"objective      schedule {sched['name']}, prediction {config['objective']['prediction']}, "
+          f"noise {config['objective']['noise']['name']}, weighting {config['objective']['weighting']}")
+    print(f"progress       {train['samples_seen']:,} / {t['duration_samples']:,} samples seen, step {train['step']}, "
+          f"{train['updates']} updates, {train['nonfinite_total']} skipped (NaN/inf)")
+    print(f"batch          {state['batch_size']} global over {state['num_processes']} process(es); lr now {state['lr']:.4g}")
+    print(f"ema            {state['ema']}")
+    print(f"saved          {state['time']} with torch {state['torch']}")
+    for f in sorted(folder.iterdir()):
+        print(f"  {f.name:<24} {f.stat().st_size / 1e6:9.3f} MB")
+    if args.config:
+        print(yaml.safe_dump(config, sort_keys=False), end="")
+    return 0

@@ -1,0 +1,182 @@
+"""Name -> factory registries that configs choose from (no ``class_name`` reflection).
+
+A modality plugs into training by registering, at import time of one of its modules:
+
+    register_model("audio_unet1d", factory, params=UNetParams, modality="audio",
+                   example_shape=(1, 16384), example_batch=32)
+    register_dataset("audio_digits", factory, params=DigitsParams, modality="audio", needs_path=True)
+    register_preview("audio", write_wav_previews)
+    register_evaluator("audio", audio_metrics)
+
+and :func:`load_plugins` imports those modules: the toy modules, ``multidiff.<m>.registry``
+for m in audio / video / shapes when such a module exists, and any module named in the
+comma-separated environment variable ``MULTIDIFF_PLUGINS``. A new modality therefore
+needs no edit here: it adds ``multidiff/<modality>/registry.py``.
+
+Signatures (all shapes exclude nothing: ``sample_shape`` is one sample's shape, without batch):
+
+* model factory ``factory(params, spec: DataSpec, *, gradient_checkpointing: bool) -> nn.Module``;
+  the module follows ``model(x_in (batch, *sample_shape), noise_level (batch,), cond) -> (batch, *sample_shape)``,
+  with ``cond`` None or a mapping (``{"label": LongTensor (batch,)}`` for class-conditional models, where
+  the label ``spec.num_classes`` means "no label", for classifier-free guidance).
+* data-set factory ``factory(params, path: str | None, seed: int) -> torch.utils.data.Dataset`` whose
+  items are dicts ``{"x": Tensor sample_shape, "label": int (optional), ...}``; it must also have
+  a ``spec`` attribute (a :class:`DataSpec`).
+* preview ``fn(samples: Tensor (n, *sample_shape), out_dir: Path, name: str, *, labels=None) -> list[Path]``
+  writes human-viewable files (PNG, WAV, MP4, PLY ...) and returns their paths.
+* evaluator ``fn(samples: Tensor (n, *sample_shape), config: Config, *, labels=None) -> dict[str, float]``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a model needs to know about its data: one sample's shape, the class count
+    (0 = unconditional) and the modality name that selects preview and metric hooks."""
+
+    sample_shape: tuple[int, ...]
+    num_classes: int = 0
+    modality: str = "generic"
+
+    def to_json(self) -> dict:
+        return {"sample_shape": list(self.sample_shape), "num_classes": self.num_classes, "modality": self.modality}
+
+    @classmethod
+    def from_json(cls, d: dict) -> DataSpec:
+        return cls(tuple(int(s) for s in d["sample_shape"]), int(d.get("num_classes", 0)), str(d.get("modality", "generic")))
+
+
+@dataclass
+class EmptyParams:
+    """Parameters of an entry that takes none."""
+
+
+@dataclass
+class ModelEntry:
+    factory: Callable[..., Any]
+    params: type = EmptyParams
+    modality: str = "generic"
+    example_shape: tuple[int, ...] = (2,)   # one sample's shape for benchmarks
+    example_batch: int = 256                # a batch size that suits the backbone in benchmarks
+    example_num_classes: int = 0
+    description: str = ""
+
+
+@dataclass
+class DatasetEntry:
+    factory: Callable[..., Any]
+    params: type = EmptyParams
+    modality: str = "generic"
+    needs_path: bool = False
+    description: str = ""
+
+
+MODELS: dict[str, ModelEntry] = {}
+DATASETS: dict[str, DatasetEntry] = {}
+PREVIEWS: dict[str, Callable[..., list]] = {}
+EVALUATORS: dict[str, Callable[..., dict]] = {}
+
+#: modules imported by load_plugins (missing ones are skipped).
+PLUGIN_MODULES: list[str] = [
+    "multidiff.toy.model",
+    "multidiff.toy.data",
+    "multidiff.audio.registry",
+    "multidiff.video.registry",
+    "multidiff.shapes.registry",
+]
+_loaded: set[str] = set()
+#: built-in plugin modules that failed to import (module -> error), reported by unknown-name errors
+PLUGIN_ERRORS: dict[str, str] = {}
+
+
+def _check_params(name: str, params: type) -> None:
+    if not dataclasses.is_dataclass(params):
+        raise TypeError(f"{name}: params must be a dataclass type, got {params!r}")
+
+
+def register_model(name: str, factory: Callable, *, params: type = EmptyParams, modality: str = "generic",
+                   example_shape: tuple[int, ...] = (2,), example_batch: int = 256, example_num_classes: int = 0,
+                   description: str = "") -> None:
+    """Make a backbone available to configs as ``model.name: <name>``."""
+    _check_params(name, params)
+    MODELS[name] = ModelEntry(factory, params, modality, tuple(example_shape), example_batch, example_num_classes,
+                              description)
+
+
+def register_dataset(name: str, factory: Callable, *, params: type = EmptyParams, modality: str = "generic",
+                     needs_path: bool = False, description: str = "") -> None:
+    """Make a data set available to configs as ``data.name: <name>``."""
+    _check_params(name, params)
+    DATASETS[name] = DatasetEntry(factory, params, modality, needs_path, description)
+
+
+def register_preview(modality: str, fn: Callable) -> None:
+    """Set the function that writes viewable previews of a modality's samples."""
+    PREVIEWS[modality] = fn
+
+
+def register_evaluator(modality: str, fn: Callable) -> None:
+    """Set the function that scores a modality's samples (``multidiff eval``)."""
+    EVALUATORS[modality] = fn
+
+
+def load_plugins() -> None:
+    """Import every plugin module once so its register_* calls run."""
+    extra = [m.strip() for m in os.environ.get("MULTIDIFF_PLUGINS", "").split(",") if m.strip()]
+    for module in PLUGIN_MODULES + extra:
+        if module in _loaded:
+            continue
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name is not None and module.startswith(e.name):
+                pass  # the plugin module does not exist (yet): nothing to register
+            elif module in extra:
+                raise
+            else:
+                # a built-in modality whose optional dependencies are missing here: its names stay
+                # unregistered, and the unknown-name error reports why
+                PLUGIN_ERRORS[module] = f"{type(e).__name__}: {e}"
+        _loaded.add(module)
+
+
+# ------------------------------------------------------------------- built-in: synthetic
+@dataclass
+class SyntheticParams:
+    """Random tensors of a fixed shape: for throughput benchmarks of any backbone."""
+
+    shape: list[int] = field(default_factory=lambda: [2])
+    size: int = 65536
+    num_classes: int = 0
+
+
+class SyntheticDataset:
+    """Items {"x": N(0, 0.5^2) tensor of ``shape``}, the same for a given index and seed."""
+
+    def __init__(self, params: SyntheticParams, path: str | None, seed: int):
+        import torch
+
+        self.params, self.seed, self._torch = params, seed, torch
+        self.spec = DataSpec(tuple(params.shape), params.num_classes, "generic")
+
+    def __len__(self) -> int:
+        return self.params.size
+
+    def __getitem__(self, i: int) -> dict:
+        torch = self._torch
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(i))
+        item = {"x": 0.5 * torch.randn(tuple(self.params.shape), generator=g)}
+        if self.params.num_classes:
+            item["label"] = int(i) % self.params.num_classes
+        return item
+
+
+register_dataset("synthetic", SyntheticDataset, params=SyntheticParams,
+                 description="random N(0, 0.25) tensors of a given shape (benchmarks)")

@@ -1,0 +1,60 @@
+"""The CSV loss log (one row per log interval) and config flattening for trackers."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ("step", "samples_seen", "loss", "lr", "grad_norm", "nonfinite_total", "samples_per_sec", "elapsed_s")
+
+
+class CSVLog:
+    """Appends rows to ``path``; on resume drops rows logged after the checkpoint's position,
+    so a resumed run's log reads as if it had never stopped."""
+
+    def __init__(self, path: Path, resume_samples: int | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and resume_samples is not None:
+            rows = read_csv(self.path)
+            self._write_all([r for r in rows if int(r["samples_seen"]) <= resume_samples])
+        elif not self.path.exists() or resume_samples is None:
+            self._write_all([])
+
+    def _write_all(self, rows: list[dict]) -> None:
+        with open(self.path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: r.get(k, "") for k in COLUMNS})
+
+    def append(self, row: dict[str, Any]) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=COLUMNS).writerow({k: _fmt(row.get(k)) for k in COLUMNS})
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(v)  # shortest exact round-trip form
+    return str(v)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def flat_hparams(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{"trainer": {"batch_size": 256}} -> {"trainer/batch_size": 256}, values as int/float/str/bool."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}/{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(flat_hparams(v, key))
+        elif isinstance(v, (bool, int, float, str)):
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out

@@ -1,0 +1,498 @@
+"""The training loop on accelerate: one script for one CPU, one GPU, or many through
+``accelerate launch``.
+
+One optimizer step (global batch B over P processes and A accumulation micro-steps):
+
+    for each micro-batch (B / (P A) samples, this process's slice of the stream):
+        per-sample loss (batch,) = DiffusionLoss(denoiser, x0, cond, per-sample generators)
+        backward(sum / (B / P))            # no gradient sync but on the last micro-batch
+    loss = all-reduce(sum) / B             # the global mean, identical on every process
+    if loss or gradient norm is NaN/inf:   skip the update, count it, stop after too many in a row
+    clip gradients; lr = schedule(samples seen); optimizer step; EMA update
+
+All durations (training length, warm-up, log / checkpoint / preview intervals, EMA
+half-life) are in samples seen. SIGTERM / SIGINT finish the current step, save a
+checkpoint and return; ``Trainer.fit`` then reports status "interrupted".
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt
+from .build import LRSchedule, build_dataset, build_denoiser, build_loss, build_model, build_optimizer, count_parameters
+from .config import Config, ConfigError, config_from_json
+from .data import make_loader, mix_seed, sample_generators
+from .ema import EMA
+from .registry import PREVIEWS, DataSpec
+from .sampling import default_labels, generate
+from .tracking import CSVLog, flat_hparams
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many optimizer steps in a row had a NaN or infinite loss or gradient."""
+
+
+@dataclass
+class TrainState:
+    """Everything about the loop's position that a checkpoint must restore (state.json)."""
+
+    step: int = 0                 # batches processed, skipped ones included
+    samples_seen: int = 0         # the data stream's position
+    updates: int = 0              # optimizer steps taken
+    nonfinite_total: int = 0
+    nonfinite_in_a_row: int = 0
+    log_loss_sum: float = 0.0     # running sums of the current log interval
+    log_loss_count: int = 0
+    elapsed_s: float = 0.0
+
+
+@dataclass
+class FitResult:
+    status: str                   # "finished" or "interrupted"
+    out_dir: Path
+    checkpoint: Path | None
+    samples_seen: int
+    steps: int
+    nonfinite_total: int
+    last_loss: float
+    csv: Path
+    previews: list = field(default_factory=list)
+
+
+def crossed(before: int, after: int, every: int) -> bool:
+    """Did the count pass a multiple of ``every`` going from before to after? (every 0 = never)"""
+    return every > 0 and before // every != after // every
+
+
+def make_accelerator(config: Config):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    t = config.trainer
+    if t.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device", "'cuda' was asked for but torch.cuda.is_available() is False")
+    out_dir = Path(t.out_dir)
+    # "auto" without a GPU must say cpu=True: otherwise accelerate runs each launched process on
+    # its own instead of as one multi-CPU (gloo) job
+    cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
+    accelerator = Accelerator(
+        cpu=cpu,
+        mixed_precision="no" if t.mixed_precision == "fp32" else t.mixed_precision,
+        log_with="tensorboard" if t.tracker == "tensorboard" else None,
+        project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")),
+        dynamo_backend="inductor" if t.compile else "no",
+        step_scheduler_with_optimizer=False,
+    )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes != launched:
+        raise RuntimeError(f"{launched} processes were launched but accelerate set up {accelerator.num_processes}: "
+                           f"each would train alone (check trainer.device={t.device!r} against the launch)")
+    return accelerator
+
+
+class Trainer:
+    """Builds everything from a validated :class:`Config` and runs :meth:`fit`.
+
+    ``resume``: "config" (default) follows trainer.resume; otherwise "auto", None or a
+    checkpoint path, as trainer.resume would be.
+
+    Attributes of interest: ``accelerator``, ``model`` (prepared backbone), ``denoiser``,
+    ``loss_fn`` (per-sample loss callable), ``optimizer``, ``ema`` (None without EMA),
+    ``spec`` (DataSpec), ``state`` (TrainState), ``out_dir``.
+    """
+
+    def __init__(self, config: Config, *, resume: str | None = "config"):
+        from accelerate.utils import set_seed
+
+        self.config = config
+        t = config.trainer
+        self.accelerator = acc = make_accelerator(config)
+        self.world, self.rank = acc.num_processes, acc.process_index
+        if t.batch_size % (self.world * t.grad_accum):
+            raise ConfigError("trainer.batch_size", f"{t.batch_size} does not divide into {self.world} processes x "
+                              f"{t.grad_accum} accumulation steps")
+        self.local_batch = t.batch_size // self.world
+        self.micro_batch = self.local_batch // t.grad_accum
+        self.out_dir = Path(t.out_dir)
+        self.ckpt_root = self.out_dir / "checkpoints"
+        set_seed(t.seed)
+
+        self.dataset = build_dataset(config)
+        self.spec: DataSpec = self.dataset.spec
+        backbone = build_model(config, self.spec).to(acc.device)
+        self.ema = EMA(backbone, t.ema) if t.ema.kind != "none" else None
+        optimizer = build_optimizer(backbone, config.optimizer)
+        self.model, self.optimizer = acc.prepare(backbone, optimizer)
+        self._unwrapped: torch.nn.Module | None = None
+        self.denoiser = build_denoiser(self.model, config.objective)
+        self.loss_fn = build_loss(config.objective, self.denoiser.schedule)
+        self.lr_schedule = LRSchedule(config.optimizer, t.duration_samples)
+        self.state = TrainState()
+        self.num_parameters = count_parameters(backbone)
+        self._stop_signal: int | None = None
+        self._last_grad_norm: float | None = None
+        self._lr = self.lr_schedule.lr(0)
+        self._last_preview: int | None = None
+        self._rate_from = (time.perf_counter(), 0)  # (time, samples seen) of the last log
+
+        source = t.resume if resume == "config" else resume
+        self.resumed_from: Path | None = None
+        if source == "auto":
+            self.resumed_from = ckpt.find_latest(self.out_dir)
+        elif source:
+            self.resumed_from = ckpt.resolve(source)
+        if self.resumed_from is not None:
+            self.load(self.resumed_from)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def unwrapped(self) -> torch.nn.Module:
+        """The backbone without DDP / compile wrappers (same parameters as ``model``)."""
+        if self._unwrapped is None:
+            self._unwrapped = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        return self._unwrapped
+
+    def sampling_model(self) -> torch.nn.Module:
+        """The EMA network when kept and asked for (sampling.use_ema), else the trained one."""
+        if self.ema is not None and self.config.sampling.use_ema:
+            return self.ema.module
+        return self.unwrapped()
+
+    def batches(self):
+        """This process's batches from the current stream position on (endless)."""
+        t = self.config.trainer
+        loader = make_loader(self.dataset, seed=t.seed, start=self.state.samples_seen, batch_size=t.batch_size,
+                             rank=self.rank, world=self.world, num_workers=self.config.data.num_workers,
+                             pin_memory=self.accelerator.device.type == "cuda")
+        return iter(loader)
+
+    def _generators(self, positions: torch.Tensor):
+        t = self.config.trainer
+        if t.noise_generators == "per_sample":
+            return sample_generators(t.seed, positions, self.accelerator.device)
+        # one generator for this process and step, seeded from (seed, rank, first position)
+        g = torch.Generator(self.accelerator.device)
+        g.manual_seed(mix_seed(mix_seed(t.seed, -(2**40) - self.rank), int(positions[0])))
+        return g
+
+    def _cond(self, batch: dict, sl: slice, gens) -> dict | None:
+        """Conditioning of a micro-batch: every batch key but x / position, labels dropped
+        to the null label with probability objective.cond_drop_prob."""
+        device = self.accelerator.device
+        cond = {k: v[sl].to(device) for k, v in batch.items() if k not in ("x", "position") and torch.is_tensor(v)}
+        if not cond:
+            return None
+        p = self.config.objective.cond_drop_prob
+        if "label" in cond and self.spec.num_classes > 0 and p > 0:
+            n = cond["label"].shape[0]
+            if isinstance(gens, torch.Generator):
+                u = torch.rand(n, generator=gens, device=device)
+            else:
+                u = torch.stack([torch.rand((), generator=g, device=device) for g in gens])
+            cond["label"] = torch.where(u < p, torch.full_like(cond["label"], self.spec.num_classes), cond["label"])
+        return cond
+
+    # ------------------------------------------------------------------ one step
+    def forward_backward(self, batch: dict) -> float:
+        """Accumulate gradients of the global-mean loss over this process's batch.
+
+        batch: {"x": (B/P, *sample_shape), "position": (B/P,), ...}. Returns the loss averaged
+        over the global batch (the same on every process); gradients are synchronised.
+        """
+        acc, t = self.accelerator, self.config.trainer
+        x_all = batch["x"].to(acc.device, non_blocking=True)
+        positions = batch["position"]
+        total = torch.zeros((), device=acc.device, dtype=torch.float32)
+        for j in range(t.grad_accum):
+            sl = slice(j * self.micro_batch, (j + 1) * self.micro_batch)
+            gens = self._generators(positions[sl])
+            cond = self._cond(batch, sl, gens)
+            sync = j == t.grad_accum - 1
+            with contextlib.nullcontext() if sync else acc.no_sync(self.model):
+                per_sample = self.loss_fn(self.denoiser, x_all[sl], cond, gens)  # (micro,)
+                acc.backward(per_sample.sum() / self.local_batch)
+            total = total + per_sample.detach().float().sum()
+        return float(acc.reduce(total, "sum")) / t.batch_size
+
+    def apply_update(self, loss: float) -> bool:
+        """Clip, step and update the EMA if the loss and gradients are finite; else skip and count.
+
+        Returns whether the update was applied. Raises NonFiniteLossError after
+        trainer.max_nonfinite_in_a_row skipped steps in a row.
+        """
+        acc, t, s = self.accelerator, self.config.trainer, self.state
+        samples_after = s.samples_seen + t.batch_size
+        finite = math.isfinite(loss)
+        grad_norm = None
+        if finite:
+            max_norm = self.config.optimizer.grad_clip or float("inf")
+            grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), max_norm))
+            # with fp16 loss scaling an overflow is routine: the scaler skips that step itself
+            finite = math.isfinite(grad_norm) or t.mixed_precision == "fp16"
+        s.step += 1
+        s.samples_seen = samples_after
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            s.nonfinite_total += 1
+            s.nonfinite_in_a_row += 1
+            if s.nonfinite_in_a_row >= t.max_nonfinite_in_a_row:
+                raise NonFiniteLossError(
+                    f"the loss or gradient was NaN/inf for {s.nonfinite_in_a_row} steps in a row "
+                    f"(step {s.step}, {s.samples_seen} samples seen, {s.nonfinite_total} skipped in all); stopping "
+                    f"without saving. Lower optimizer.lr, set optimizer.grad_clip, or check the data. "
+                    f"Last checkpoint: {ckpt.find_latest(self.out_dir) or 'none'}")
+            return False
+        s.nonfinite_in_a_row = 0
+        self._lr = self.lr_schedule.apply(self.optimizer, samples_after)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if getattr(self.optimizer, "step_was_skipped", False):  # fp16 overflow: the scaler backed off
+            return False
+        if self.ema is not None:
+            self.ema.update(self.unwrapped(), samples_after, t.batch_size)
+        s.updates += 1
+        self._last_grad_norm = grad_norm
+        s.log_loss_sum += loss
+        s.log_loss_count += 1
+        return True
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> Path:
+        """Write a checkpoint at the current position (all processes call this)."""
+        acc, s = self.accelerator, self.state
+        name = ckpt.checkpoint_name(s.samples_seen)
+        final = self.ckpt_root / name
+        for p in self.unwrapped().parameters():
+            if not torch.isfinite(p).all():
+                raise NonFiniteLossError("the weights contain NaN/inf; refusing to write a checkpoint")
+        if final.exists():
+            acc.wait_for_everyone()
+            return final
+        if self.is_main:
+            ckpt.begin(self.ckpt_root, name)
+        acc.wait_for_everyone()
+        tmp = self.ckpt_root / f".tmp-{name}"
+        ckpt.write_json(tmp / f"rng-{self.rank}.json", ckpt.rng_state())
+        acc.wait_for_everyone()
+        if self.is_main:
+            ckpt.write_module(tmp / "model.safetensors", self.unwrapped())
+            if self.ema is not None:
+                ckpt.write_module(tmp / "ema.safetensors", self.ema.module)
+            ckpt.write_state(tmp, "optimizer", self.optimizer.state_dict())
+            state = {
+                "format": 1,
+                "train": asdict(s),
+                "spec": self.spec.to_json(),
+                "batch_size": self.config.trainer.batch_size,
+                "num_processes": self.world,
+                "lr": self._lr,
+                "lr_schedule": self.lr_schedule.state_dict(),
+                "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None,
+                "ema": None if self.ema is None else {"kind": self.ema.config.kind, "gamma": self.ema.gamma},
+                "num_parameters": self.num_parameters,
+                "model": self.config.model.name,
+                "torch": torch.__version__,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+            ckpt.write_json(tmp / "config.json", self.config.to_dict())
+            ckpt.write_json(tmp / "state.json", state)
+            ckpt.commit(self.ckpt_root, name, self.config.trainer.keep_checkpoints)
+        acc.wait_for_everyone()
+        return final
+
+    def load(self, path: Path) -> None:
+        """Restore weights, EMA, optimizer, scaler, loop state and RNG states from a checkpoint."""
+        path = Path(path)
+        state = ckpt.read_json(path / "state.json")
+        saved_spec = DataSpec.from_json(state["spec"])
+        if saved_spec.sample_shape != self.spec.sample_shape or saved_spec.num_classes != self.spec.num_classes:
+            raise ValueError(f"checkpoint {path} was trained on {saved_spec}, the data now gives {self.spec}")
+        ckpt.load_module(self.unwrapped(), path / "model.safetensors")
+        if self.ema is not None:
+            ema_file = path / "ema.safetensors"
+            ckpt.load_module(self.ema.module, ema_file if ema_file.exists() else path / "model.safetensors")
+        self.optimizer.load_state_dict(ckpt.read_state(path, "optimizer"))
+        if state.get("scaler") and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(state["scaler"])
+        self.state = TrainState(**state["train"])
+        self._lr = state.get("lr", self._lr)
+        rng_file = path / f"rng-{self.rank}.json"
+        if rng_file.exists():
+            ckpt.set_rng_state(ckpt.read_json(rng_file))
+
+    # ------------------------------------------------------------------ previews and logs
+    def preview(self) -> list:
+        """Sample with the EMA model and write the modality's preview files (main process)."""
+        self._last_preview = self.state.samples_seen
+        if not self.is_main:
+            return []
+        fn = PREVIEWS.get(self.spec.modality)
+        if fn is None:
+            return []
+        sampling = self.config.sampling
+        num = self.config.trainer.preview_samples
+        labels = default_labels(num, self.spec)
+        samples = generate(self.sampling_model(), self.config.objective, self.spec, sampling, num=num,
+                           labels=labels, device=self.accelerator.device)
+        return list(fn(samples, self.out_dir / "previews", f"samples-{self.state.samples_seen:012d}", labels=labels))
+
+    def _safe_preview(self) -> list:
+        """A preview that cannot end a training run: errors are reported and training goes on."""
+        if self._last_preview == self.state.samples_seen:
+            return []
+        try:
+            return self.preview()
+        except Exception as e:  # noqa: BLE001 - a broken preview hook must not lose a long run
+            self.accelerator.print(f"warning: preview at {self.state.samples_seen} samples failed: "
+                                   f"{type(e).__name__}: {e}")
+            return []
+
+    def _log(self, csv: CSVLog | None) -> float | None:
+        """Write the mean loss of the interval since the last log (CSV + trackers); returns it."""
+        s = self.state
+        if s.log_loss_count == 0:
+            return None
+        now = time.perf_counter()
+        rate = (s.samples_seen - self._rate_from[1]) / max(now - self._rate_from[0], 1e-9)
+        self._rate_from = (now, s.samples_seen)
+        loss = s.log_loss_sum / s.log_loss_count
+        row = {"step": s.step, "samples_seen": s.samples_seen, "loss": loss, "lr": self._lr,
+               "grad_norm": self._last_grad_norm, "nonfinite_total": s.nonfinite_total,
+               "samples_per_sec": round(rate, 2), "elapsed_s": round(s.elapsed_s, 3)}
+        if csv is not None:
+            csv.append(row)
+        self.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "samples_seen"},
+                             step=s.samples_seen)
+        s.log_loss_sum, s.log_loss_count = 0.0, 0
+        return loss
+
+    # ------------------------------------------------------------------ signals
+    def _on_signal(self, signum, frame):
+        if self._stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self._stop_signal = signum
+
+    @contextlib.contextmanager
+    def _signals(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _should_stop(self) -> bool:
+        stop = self._stop_signal is not None
+        if self.world > 1:  # any process signalled -> all stop at the same step
+            flag = torch.tensor(int(stop), device=self.accelerator.device)
+            stop = bool(self.accelerator.reduce(flag, "max"))
+        return stop
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> FitResult:
+        """Train until trainer.duration_samples, or a signal; returns where things were written."""
+        threads = torch.get_num_threads()
+        if self.config.trainer.cpu_threads:
+            torch.set_num_threads(self.config.trainer.cpu_threads)
+        try:
+            return self._fit()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(self) -> FitResult:
+        from tqdm.auto import tqdm
+
+        acc, t, s = self.accelerator, self.config.trainer, self.state
+        csv = None
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.write_json(self.out_dir / "config.json", self.config.to_dict())
+            csv = CSVLog(self.out_dir / "losses.csv", s.samples_seen if self.resumed_from else None)
+        if t.tracker != "none":
+            acc.init_trackers("multidiff", config=flat_hparams(self.config.to_dict()))
+        acc.print(f"multidiff train: {self.config.model.name} ({self.num_parameters:,} parameters) on "
+                  f"{self.config.data.name}, {self.world} process(es) on {acc.device}, precision "
+                  f"{t.mixed_precision}, global batch {t.batch_size} (micro-batch {self.micro_batch} x "
+                  f"{t.grad_accum} accumulation x {self.world} processes), out_dir {self.out_dir}")
+        if self.resumed_from is not None:
+            acc.print(f"resuming from {self.resumed_from} at {s.samples_seen} samples seen (step {s.step})")
+
+        bar = tqdm(total=t.duration_samples, initial=min(s.samples_seen, t.duration_samples), unit="sample",
+                   unit_scale=True, dynamic_ncols=True, disable=not (t.progress and self.is_main), desc="train")
+        previews: list = []
+        last_loss = float("nan")
+        saved: Path | None = self.resumed_from
+        status = "finished"
+        self._rate_from = (time.perf_counter(), s.samples_seen)
+        self.model.train()
+        with self._signals(), contextlib.ExitStack() as cleanup:
+            cleanup.callback(bar.close)
+            if t.tracker != "none":
+                cleanup.callback(acc.end_training)
+            batches = self.batches()
+            while s.samples_seen < t.duration_samples:
+                step_t0 = time.perf_counter()
+                before = s.samples_seen
+                loss = self.forward_backward(next(batches))
+                self.apply_update(loss)
+                s.elapsed_s += time.perf_counter() - step_t0
+                if math.isfinite(loss):
+                    last_loss = loss
+                bar.update(min(s.samples_seen, t.duration_samples) - min(before, t.duration_samples))
+                if crossed(before, s.samples_seen, t.log_every_samples):
+                    logged = self._log(csv)
+                    if logged is not None:
+                        bar.set_postfix(loss=f"{logged:.4g}", refresh=False)
+                stop = self._should_stop()
+                done = s.samples_seen >= t.duration_samples
+                if done and s.log_loss_count:  # the last, partial log interval
+                    self._log(csv)
+                if stop or done or crossed(before, s.samples_seen, t.checkpoint_every_samples):
+                    saved = self.save()
+                if t.preview_every_samples > 0 and (done or crossed(before, s.samples_seen, t.preview_every_samples)):
+                    previews += self._safe_preview()
+                if stop and not done:
+                    status = "interrupted"
+                    acc.print(f"\nstopped by signal {signal.Signals(self._stop_signal).name} at {s.samples_seen} "
+                              f"samples seen; checkpoint {saved}")
+                    break
+            acc.wait_for_everyone()
+        return FitResult(status, self.out_dir, saved, s.samples_seen, s.step, s.nonfinite_total, last_loss,
+                         self.out_dir / "losses.csv", previews)
+
+
+def load_for_sampling(path: str | Path, device=None, use_ema: bool = True):
+    """(model, config, spec, state, folder, weights file) of a checkpoint; the model in eval mode on ``device``.
+
+    Uses ema.safetensors when present and ``use_ema``, else model.safetensors.
+    """
+    from .build import build_model
+
+    folder = ckpt.resolve(path)
+    config = config_from_json(ckpt.read_json(folder / "config.json"))
+    state = ckpt.read_json(folder / "state.json")
+    spec = DataSpec.from_json(state["spec"])
+    model = build_model(config, spec)
+    weights = folder / "ema.safetensors"
+    if not (use_ema and weights.exists()):
+        weights = folder / "model.safetensors"
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    ckpt.load_module(model, weights)
+    model.eval().requires_grad_(False)
+    return model, config, spec, state, folder, weights
