@@ -5,7 +5,6 @@ Each item is a dict:
   loss_mask    (1, length) float32, 1 where there is real audio, 0 on padding
   label        int class label (-1 when unlabelled)
   text         caption string ("" when none)
-  index        the item's index
 Decoding goes through ``load_audio`` (soundfile, PyAV otherwise) and an optional on-disk
 cache of decoded, resampled, trimmed audio, so later epochs do not decode again. A file
 that fails to decode is skipped (the next file is used), counted in ``bad_files`` and
@@ -182,5 +181,5 @@ class AudioDataset(Dataset):
         if self.polarity_flip > 0 and float(torch.rand((), generator=g)) < self.polarity_flip:
             wave = -wave
         label = row.get(self.label_column, -1)
-        return {"x": wave.float().contiguous(), "loss_mask": mask, "index": index,
+        return {"x": wave.float().contiguous(), "loss_mask": mask,
                 "label": int(label) if label not in (None, "") else -1, "text": str(row.get("text", "") or "")}

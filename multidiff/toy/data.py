@@ -127,7 +127,7 @@ def write_scatter(samples: torch.Tensor, out_dir: Path, name: str, *, labels: to
     return [path]
 
 
-def toy_preview(samples: torch.Tensor, out_dir: Path, name: str, *, labels=None) -> list[Path]:
+def toy_preview(samples: torch.Tensor, out_dir: Path, name: str, *, labels=None, spec=None) -> list[Path]:
     if samples.ndim != 2 or samples.shape[1] != 2:
         return []
     return write_scatter(samples, out_dir, name, labels=labels)
@@ -176,7 +176,7 @@ def mixture_metrics(samples: torch.Tensor, mixture: GaussianMixture, labels: tor
     return out
 
 
-def toy_evaluate(samples: torch.Tensor, config, *, labels=None) -> dict:
+def toy_evaluate(samples: torch.Tensor, config, *, labels=None, spec=None) -> dict:
     from ..train.config import data_params
 
     params = data_params(config) if config.data.name == "toy_gmm" else ToyGMMParams()

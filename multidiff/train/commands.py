@@ -160,7 +160,7 @@ def sample_run(args: argparse.Namespace) -> int:
     print(f"wrote samples: {out / 'samples.safetensors'}")
     fn = PREVIEWS.get(spec.modality)
     if fn is not None:
-        for p in fn(samples, out, "samples", labels=labels):
+        for p in fn(samples, out, "samples", labels=labels, spec=spec):
             print(f"wrote preview: {p}")
     return 0
 
@@ -194,7 +194,7 @@ def evaluate_run(args: argparse.Namespace) -> int:
     if fn is None:
         _err("eval", f"no evaluator is registered for modality {spec.modality!r}")
         return 2
-    metrics = fn(samples, config, labels=labels)
+    metrics = fn(samples, config, labels=labels, spec=spec)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"checkpoint": str(folder), "num_samples": len(samples), "metrics": metrics}

@@ -22,9 +22,11 @@ Signatures (all shapes exclude nothing: ``sample_shape`` is one sample's shape, 
 * data-set factory ``factory(params, path: str | None, seed: int) -> torch.utils.data.Dataset`` whose
   items are dicts ``{"x": Tensor sample_shape, "label": int (optional), ...}``; it must also have
   a ``spec`` attribute (a :class:`DataSpec`).
-* preview ``fn(samples: Tensor (n, *sample_shape), out_dir: Path, name: str, *, labels=None) -> list[Path]``
+* preview ``fn(samples: Tensor (n, *sample_shape), out_dir: Path, name: str, *, labels=None, spec=None) -> list[Path]``
   writes human-viewable files (PNG, WAV, MP4, PLY ...) and returns their paths.
-* evaluator ``fn(samples: Tensor (n, *sample_shape), config: Config, *, labels=None) -> dict[str, float]``.
+* evaluator ``fn(samples: Tensor (n, *sample_shape), config: Config, *, labels=None, spec=None) -> dict[str, float]``.
+* data-set items may also hold ``loss_mask`` (a tensor broadcastable to x: 1 = counts in the loss, 0 = padding);
+  the trainer passes it to the loss instead of the model.
 """
 from __future__ import annotations
 
@@ -44,13 +46,17 @@ class DataSpec:
     sample_shape: tuple[int, ...]
     num_classes: int = 0
     modality: str = "generic"
+    #: modality facts previews and metrics need, JSON-serialisable (e.g. {"sample_rate": 16000})
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
 
     def to_json(self) -> dict:
-        return {"sample_shape": list(self.sample_shape), "num_classes": self.num_classes, "modality": self.modality}
+        return {"sample_shape": list(self.sample_shape), "num_classes": self.num_classes, "modality": self.modality,
+                "meta": dict(self.meta)}
 
     @classmethod
     def from_json(cls, d: dict) -> DataSpec:
-        return cls(tuple(int(s) for s in d["sample_shape"]), int(d.get("num_classes", 0)), str(d.get("modality", "generic")))
+        return cls(tuple(int(s) for s in d["sample_shape"]), int(d.get("num_classes", 0)), str(d.get("modality", "generic")),
+                   dict(d.get("meta", {})))
 
 
 @dataclass

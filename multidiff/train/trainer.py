@@ -191,7 +191,8 @@ class Trainer:
         """Conditioning of a micro-batch: every batch key but x / position, labels dropped
         to the null label with probability objective.cond_drop_prob."""
         device = self.accelerator.device
-        cond = {k: v[sl].to(device) for k, v in batch.items() if k not in ("x", "position") and torch.is_tensor(v)}
+        cond = {k: v[sl].to(device) for k, v in batch.items()
+                if k not in ("x", "position", "loss_mask") and torch.is_tensor(v)}
         if not cond:
             return None
         p = self.config.objective.cond_drop_prob
@@ -221,7 +222,8 @@ class Trainer:
             cond = self._cond(batch, sl, gens)
             sync = j == t.grad_accum - 1
             with contextlib.nullcontext() if sync else acc.no_sync(self.model):
-                per_sample = self.loss_fn(self.denoiser, x_all[sl], cond, gens)  # (micro,)
+                extra = {"mask": batch["loss_mask"][sl].to(acc.device)} if "loss_mask" in batch else {}
+                per_sample = self.loss_fn(self.denoiser, x_all[sl], cond, gens, **extra)  # (micro,)
                 acc.backward(per_sample.sum() / self.local_batch)
             total = total + per_sample.detach().float().sum()
         return float(acc.reduce(total, "sum")) / t.batch_size
@@ -346,7 +348,8 @@ class Trainer:
         labels = default_labels(num, self.spec)
         samples = generate(self.sampling_model(), self.config.objective, self.spec, sampling, num=num,
                            labels=labels, device=self.accelerator.device)
-        return list(fn(samples, self.out_dir / "previews", f"samples-{self.state.samples_seen:012d}", labels=labels))
+        return list(fn(samples, self.out_dir / "previews", f"samples-{self.state.samples_seen:012d}", labels=labels,
+                       spec=self.spec))
 
     def _safe_preview(self) -> list:
         """A preview that cannot end a training run: errors are reported and training goes on."""

@@ -1,0 +1,122 @@
+"""Audio's entries in the training registries: the ``audio_unet1d`` backbone, the ``audio`` data set
+(folder or manifest), WAV + spectrogram previews and signal metrics. Imported by
+``multidiff.train.registry.load_plugins``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..train.registry import DataSpec, register_dataset, register_evaluator, register_model, register_preview
+from .data import AudioDataset
+from .io import save_wav, spectrogram_sheet
+from .unet1d import UNET1D_PRESETS
+
+MODALITY = "audio"
+
+
+@dataclass
+class UNet1DParams:
+    """A preset of multidiff.audio.unet1d (tiny / small / base / large) and overrides of its fields."""
+
+    preset: str = "small"
+    channels: Optional[list[int]] = None
+    factors: Optional[list[int]] = None
+    blocks_per_level: Optional[int] = None
+    attention_levels: Optional[list[int]] = None
+    attention_heads: Optional[int] = None
+    emb_dim: Optional[int] = None
+    dropout: float = 0.0
+    extra_in_channels: int = 0
+    cross_attention_dim: Optional[int] = None
+    attention_backend: str = "auto"
+
+
+def build_unet1d(params: UNet1DParams, spec: DataSpec, *, gradient_checkpointing: bool = False):
+    if params.preset not in UNET1D_PRESETS:
+        raise ValueError(f"model.params.preset: unknown UNet1D preset {params.preset!r}; known: {sorted(UNET1D_PRESETS)}")
+    overrides = {k: v for k, v in vars(params).items() if k != "preset" and v is not None}
+    model = UNET1D_PRESETS[params.preset](in_channels=spec.sample_shape[0], num_classes=spec.num_classes, **overrides)
+    model.gradient_checkpointing = gradient_checkpointing
+    return model
+
+
+register_model("audio_unet1d", build_unet1d, params=UNet1DParams, modality=MODALITY, example_shape=(1, 16384),
+               example_batch=32, description="1D waveform U-Net (multidiff.audio.unet1d)")
+
+
+@dataclass
+class AudioDataParams:
+    """See multidiff.audio.data.AudioDataset. num_classes: None reads it from the labels."""
+
+    sample_rate: int = 16000
+    channels: int = 1
+    length: int = 16000
+    split: Optional[str] = "train"
+    random_crop: bool = True
+    normalize: Optional[str] = None
+    target_rms: float = 0.1
+    trim_db: Optional[float] = None
+    polarity_flip: float = 0.0
+    cache_dir: Optional[str] = None
+    label_column: str = "label"
+    num_classes: Optional[int] = None
+
+
+class AudioTrainData(torch.utils.data.Dataset):
+    """AudioDataset items as the trainer wants them: x, loss_mask and (when labelled) label."""
+
+    def __init__(self, params: AudioDataParams, path: Optional[str], seed: int):
+        if path is None:
+            raise ValueError("data.path: the audio data set needs a folder or a manifest (.csv / .jsonl)")
+        self.audio = AudioDataset(path, params.sample_rate, params.channels, params.length, split=params.split,
+                                  random_crop=params.random_crop, normalize=params.normalize,
+                                  target_rms=params.target_rms, trim_db=params.trim_db,
+                                  polarity_flip=params.polarity_flip, cache_dir=params.cache_dir, seed=seed,
+                                  label_column=params.label_column)
+        classes = params.num_classes if params.num_classes is not None else self.audio.num_classes
+        self.spec = DataSpec((params.channels, params.length), classes, MODALITY, {"sample_rate": params.sample_rate})
+
+    def __len__(self) -> int:
+        return len(self.audio)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.audio[index]
+        out = {"x": item["x"], "loss_mask": item["loss_mask"]}
+        if self.spec.num_classes > 0:
+            out["label"] = item["label"] if item["label"] >= 0 else self.spec.num_classes
+        return out
+
+
+register_dataset("audio", AudioTrainData, params=AudioDataParams, modality=MODALITY, needs_path=True,
+                 description="audio folder or manifest (multidiff.audio.data.AudioDataset)")
+
+
+def _sample_rate(spec) -> int:
+    return int((spec.meta if spec is not None else {}).get("sample_rate", 16000))
+
+
+def audio_preview(samples: torch.Tensor, out_dir: Path, name: str, *, labels=None, spec=None, max_files: int = 16) -> list[Path]:
+    """WAV files of the first samples plus one spectrogram sheet PNG."""
+    sr = _sample_rate(spec)
+    out_dir = Path(out_dir) / name
+    waves = [samples[k].float().clamp(-1, 1) for k in range(min(len(samples), max_files))]
+    titles = [f"#{k}" + (f" label {int(labels[k])}" if labels is not None else "") for k in range(len(waves))]
+    paths = [save_wav(out_dir / f"{k:03d}.wav", w, sr) for k, w in enumerate(waves)]
+    paths.append(spectrogram_sheet(waves, sr, out_dir / "spectrograms.png", titles=titles))
+    return paths
+
+
+def audio_evaluate(samples: torch.Tensor, config, *, labels=None, spec=None) -> dict:
+    """Signal statistics of generated audio (classifier / pitch metrics: multidiff.audio.metrics)."""
+    x = samples.float()
+    rms = x.pow(2).mean(dim=tuple(range(1, x.ndim))).sqrt()
+    return {"rms_mean": float(rms.mean()), "peak_mean": float(x.abs().amax(dim=tuple(range(1, x.ndim))).mean()),
+            "clipped_fraction": float((x.abs() >= 0.999).float().mean()), "silent_fraction": float((rms < 1e-3).float().mean()),
+            "n": int(len(x))}
+
+
+register_preview(MODALITY, audio_preview)
+register_evaluator(MODALITY, audio_evaluate)
