@@ -91,3 +91,15 @@ def test_presets_grow():
 def test_bad_factor_config():
     with pytest.raises(ValueError, match="factors"):
         UNet1D(channels=(8, 16), factors=(2, 2))
+
+
+def test_patched_unet_shapes_and_length_rule():
+    model = UNet1D(channels=(16, 32), factors=(2,), blocks_per_level=1, attention_levels=(1,), emb_dim=32,
+                   patch_size=16, num_classes=3)
+    assert model.total_factor == 32
+    x = torch.randn(2, 1, 32 * 7)
+    assert model(x, torch.tensor([0.1, 1.0]), {"label": torch.tensor([0, 2])}).shape == x.shape
+    with pytest.raises(ValueError, match="divisible"):
+        model(torch.randn(1, 1, 48), torch.tensor([0.0]))
+    with pytest.raises(ValueError, match="patch_size"):
+        UNet1D(channels=(8, 16), factors=(2,), patch_size=0)

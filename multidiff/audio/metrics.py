@@ -197,3 +197,43 @@ def classifier_scores(model: AudioClassifier, generated: torch.Tensor, requested
     if requested is not None:
         out["accuracy"] = float((probs.argmax(1) == requested.to(probs.device)).float().mean())
     return out
+
+
+# ------------------------------------------------------------------- classifier on disk
+def save_classifier(model: AudioClassifier, path, extra: Optional[dict] = None) -> None:
+    """safetensors weights + a JSON sidecar (num_classes, sample_rate, extra facts)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    meta = {"num_classes": model.head.out_features, "sample_rate": model.sample_rate, **(extra or {})}
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+
+
+def load_classifier(path) -> AudioClassifier:
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"audio classifier {path} does not exist (train one with datasets/train_classifier.py)")
+    meta = json.loads(path.with_suffix(".json").read_text())
+    model = AudioClassifier(int(meta["num_classes"]), int(meta["sample_rate"]))
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
+def load_split(manifest, split: Optional[str], sample_rate: int, length: int, limit: Optional[int] = None):
+    """(waves (N, 1, length), labels (N,)) of a manifest split, centred crops, no augmentation."""
+    from .data import AudioDataset
+
+    ds = AudioDataset(manifest, sample_rate, 1, length, split=split, random_crop=False)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    items = [ds[k] for k in range(n)]
+    return torch.stack([it["x"] for it in items]), torch.tensor([it["label"] for it in items])

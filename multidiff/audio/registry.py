@@ -32,6 +32,7 @@ class UNet1DParams:
     extra_in_channels: int = 0
     cross_attention_dim: Optional[int] = None
     attention_backend: str = "auto"
+    patch_size: Optional[int] = None
 
 
 def build_unet1d(params: UNet1DParams, spec: DataSpec, *, gradient_checkpointing: bool = False):
@@ -110,12 +111,28 @@ def audio_preview(samples: torch.Tensor, out_dir: Path, name: str, *, labels=Non
 
 
 def audio_evaluate(samples: torch.Tensor, config, *, labels=None, spec=None) -> dict:
-    """Signal statistics of generated audio (classifier / pitch metrics: multidiff.audio.metrics)."""
+    """Signal statistics of generated audio, plus SC09-style scores when the data set has a
+    trained classifier (``<manifest folder>/classifier.safetensors``, from datasets/train_classifier.py):
+    accuracy against the requested labels, Inception Score, and Frechet distance to the test split."""
     x = samples.float()
     rms = x.pow(2).mean(dim=tuple(range(1, x.ndim))).sqrt()
-    return {"rms_mean": float(rms.mean()), "peak_mean": float(x.abs().amax(dim=tuple(range(1, x.ndim))).mean()),
-            "clipped_fraction": float((x.abs() >= 0.999).float().mean()), "silent_fraction": float((rms < 1e-3).float().mean()),
-            "n": int(len(x))}
+    out = {"rms_mean": float(rms.mean()), "peak_mean": float(x.abs().amax(dim=tuple(range(1, x.ndim))).mean()),
+           "clipped_fraction": float((x.abs() >= 0.999).float().mean()),
+           "silent_fraction": float((rms < 1e-3).float().mean()), "n": int(len(x))}
+    path = getattr(getattr(config, "data", None), "path", None)
+    classifier_path = Path(path).parent / "classifier.safetensors" if path and Path(path).is_file() else None
+    if classifier_path is not None and classifier_path.is_file():
+        from .metrics import classifier_scores, load_classifier, load_split
+
+        model = load_classifier(classifier_path)
+        real, _ = load_split(path, "test", model.sample_rate, x.shape[-1], limit=2000)
+        requested = None
+        if labels is not None and spec is not None and spec.num_classes:
+            requested = torch.as_tensor(labels)
+            keep = requested < spec.num_classes  # null-label samples have no requested class
+            x, requested = x[keep], requested[keep]
+        out.update({f"classifier_{k}": v for k, v in classifier_scores(model, x.mean(1, keepdim=True), requested, real).items()})
+    return out
 
 
 register_preview(MODALITY, audio_preview)

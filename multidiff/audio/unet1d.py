@@ -9,8 +9,11 @@ Schneider et al. 2023, "Moûsai"):
     optional cross-attention there to a conditioning sequence (batch, tokens, dim);
   * additive skip connections scaled by 1/sqrt(2) (Saharia et al. 2022, Imagen App. B);
   * ``extra_in_channels`` concatenated to the input for signal conditioning (e.g. a
-    mask and the known audio for inpainting / continuation).
-Any length divisible by prod(factors) works at inference.
+    mask and the known audio for inpainting / continuation);
+  * optional patching (``patch_size`` > 1): a strided input convolution and a transposed
+    output convolution, so the first level already runs at length / patch_size
+    (Hoogeboom et al. 2023, simple diffusion, Sec. 3.2) — the fast choice on CPUs.
+Any length divisible by patch_size * prod(factors) works at inference.
 
 Conditioning mapping keys: ``label`` (batch,) long (-1 or num_classes = null), ``context``
 (batch, tokens, cross_attention_dim), ``context_mask`` (batch, tokens) bool,
@@ -93,7 +96,7 @@ class UNet1D(ModelMixin, ConfigMixin):
                  blocks_per_level: int = 2, attention_levels: Sequence[int] = (3,), attention_heads: int = 4,
                  emb_dim: int = 256, num_classes: int = 0, cross_attention_dim: int | None = None,
                  extra_in_channels: int = 0, dropout: float = 0.0, kernel_size: int = 3,
-                 attention_backend: str = "auto", skip_scale: float = 2 ** -0.5):
+                 attention_backend: str = "auto", skip_scale: float = 2 ** -0.5, patch_size: int = 1):
         super().__init__()
         channels, factors = list(channels), list(factors)
         if len(factors) != len(channels) - 1:
@@ -104,7 +107,12 @@ class UNet1D(ModelMixin, ConfigMixin):
         self.gradient_checkpointing = False
         self.noise_embed = NoiseLevelEmbedding(emb_dim)
         self.label_embed = LabelEmbedding(num_classes, emb_dim) if num_classes > 0 else None
-        self.in_conv = nn.Conv1d(in_channels + extra_in_channels, channels[0], 7, padding=3)
+        if patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+        if patch_size == 1:
+            self.in_conv = nn.Conv1d(in_channels + extra_in_channels, channels[0], 7, padding=3)
+        else:  # patching (Hoogeboom et al. 2023, Sec. 3.2): the first level runs at length / patch_size
+            self.in_conv = nn.Conv1d(in_channels + extra_in_channels, channels[0], patch_size, stride=patch_size)
         n_levels = len(channels)
         attn = set(attention_levels) | ({n_levels - 1} if attention_heads > 0 else set())
 
@@ -131,10 +139,13 @@ class UNet1D(ModelMixin, ConfigMixin):
             self.upsamplers.append(nn.ConvTranspose1d(channels[level + 1], channels[level], factors[level], stride=factors[level]))
             self.up_blocks.append(make_blocks(channels[level], channels[level], level))
         self.out_norm = nn.GroupNorm(_groups(channels[0]), channels[0])
-        self.out_conv = nn.Conv1d(channels[0], self.out_ch, 3, padding=1)
+        if patch_size == 1:
+            self.out_conv = nn.Conv1d(channels[0], self.out_ch, 3, padding=1)
+        else:
+            self.out_conv = nn.ConvTranspose1d(channels[0], self.out_ch, patch_size, stride=patch_size)
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
-        self.total_factor = math.prod(factors)
+        self.total_factor = math.prod(factors) * patch_size
 
     def _run(self, block, h, emb, context, context_mask):
         if self.gradient_checkpointing and torch.is_grad_enabled():
