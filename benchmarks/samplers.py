@@ -73,7 +73,7 @@ class Config:
     nfes: tuple = NFES
     opt_methods: tuple = OPTIMIZABLE
     opt_max_evals: int = 600      # Powell evaluations per optimised grid
-    opt_inits: tuple = ("karras", "loglinear")  # start spacing: the one best on the calibration batch
+    opt_inits: tuple = ("karras", "loglinear", "trailing")  # start grid: the one best on the calibration batch
     peers: bool = True
     overhead_methods: tuple = ("euler", "dpmpp_2m", "unipc")
     overhead_steps: int = 10
@@ -275,15 +275,17 @@ def diffusers_peers(problem: Problem) -> list:
 def optimised_grids(problem: Problem, method: str, x_calib, ref_calib, cfg: Config) -> tuple:
     """Grids from optimize_sigmas for each NFE, calibrated on x_calib only.
 
-    The start spacing is the one with the lower calibration error among cfg.opt_inits.
+    The start grid (``init=``) is the spacing with the lowest calibration error among
+    cfg.opt_inits (linear_t / trailing over the problem's schedule).
     """
     grids, inits = {}, {}
     for nfe in cfg.nfes:
         n = steps_for_evaluations(method, nfe)
-        init = min(cfg.opt_inits, key=lambda sp: rms(
-            sample(problem.denoiser, x_calib, sigma_grid(n, problem.sigma_min, problem.sigma_max, sp), method), ref_calib))
+        starts = {sp: sigma_grid(n, problem.sigma_min, problem.sigma_max, sp, schedule=problem.schedule)
+                  for sp in cfg.opt_inits}
+        init = min(cfg.opt_inits, key=lambda sp: rms(sample(problem.denoiser, x_calib, starts[sp], method), ref_calib))
         grids[nfe] = optimize_sigmas(problem.denoiser, x_calib, n, method, sigma_min=problem.sigma_min,
-                                     sigma_max=problem.sigma_max, reference=ref_calib, init_spacing=init,
+                                     sigma_max=problem.sigma_max, reference=ref_calib, init=starts[init],
                                      max_evals=cfg.opt_max_evals)
         inits[nfe] = init
     return grids, inits

@@ -21,6 +21,8 @@ with warnings.catch_warnings():
         DDIMScheduler,
         DDPMScheduler,
         DPMSolverMultistepScheduler,
+        EDMDPMSolverMultistepScheduler,
+        EDMEulerScheduler,
         EulerAncestralDiscreteScheduler,
         EulerDiscreteScheduler,
         FlowMatchEulerDiscreteScheduler,
@@ -29,13 +31,17 @@ with warnings.catch_warnings():
     )
 
 from multidiff.core import (
+    EDM,
     SAMPLERS,
     Denoiser,
     RectifiedFlow,
     VPDiscrete,
+    sample,
     sample_with_diffusers_scheduler,
     schedule_from_diffusers,
+    sigma_grid,
 )
+from multidiff.toy.gmm import two_d_mixture
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -199,6 +205,102 @@ def test_adapter_with_our_sampler_grid_equals_our_sampler(fake_eps, rel_err):
     sigmas = sigma_space_grid(scheduler, schedule, "ddim")
     ours = SAMPLERS["ddim"](denoiser, noise * (1 + sigmas[0] ** 2).sqrt(), sigmas)
     assert rel_err(ours, out) < TOL
+
+
+# ------------------------------------------------------- EDM-preconditioned schedulers
+EDM_CASES = [
+    (EDMEulerScheduler, {}),
+    (EDMEulerScheduler, dict(prediction_type="v_prediction")),
+    (EDMEulerScheduler, dict(sigma_schedule="exponential", sigma_data=1.0)),
+    (EDMDPMSolverMultistepScheduler, {}),
+    (EDMDPMSolverMultistepScheduler, dict(solver_order=3, prediction_type="v_prediction")),
+    (EDMDPMSolverMultistepScheduler, dict(sigma_schedule="exponential", solver_type="heun")),
+]
+EDM_IDS = [f"{c.__name__}-{i}" for i, (c, _) in enumerate(EDM_CASES)]
+
+
+def raw_edm_model(denoiser, scheduler, sigma_of_timestep=lambda t: torch.exp(4 * t)):
+    """The network F an EDM scheduler expects, built from a sigma-space denoiser: it sees
+    c_in x and its timestep (EDM's c_noise = log(sigma) / 4 by default), and
+    D = c_skip x + c_out F with the scheduler's sigma_data and sign of c_out (negative for
+    v_prediction)."""
+    sigma_data = scheduler.config.sigma_data
+    sign = -1.0 if scheduler.config.prediction_type == "v_prediction" else 1.0
+
+    def model(model_in, t):
+        sigma = sigma_of_timestep(torch.as_tensor(t, dtype=torch.float64)).reshape(-1)
+        x = model_in * (sigma**2 + sigma_data**2).sqrt()
+        x0 = denoiser(x, sigma.expand(x.shape[0]))
+        c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
+        c_out = sign * sigma * sigma_data / (sigma**2 + sigma_data**2).sqrt()
+        return (x0 - c_skip * x) / c_out
+
+    return model
+
+
+@pytest.mark.parametrize("cls,kwargs", EDM_CASES, ids=EDM_IDS)
+def test_adapter_edm_schedulers_equal_their_loop_with_the_preconditioned_model(cls, kwargs, rel_err):
+    """EDM schedulers precondition: the adapter hands step() F = (x0 - c_skip x) / c_out, and
+    with the exact mixture denoiser this is the scheduler's own loop with the network F."""
+    gm = two_d_mixture()
+    noise = torch.randn(64, 2, generator=torch.Generator().manual_seed(20), dtype=torch.float64)
+    scheduler = cls(**kwargs)
+    ref = diffusers_loop(scheduler, 10, noise, raw_edm_model(gm, scheduler))
+    out = sample_with_diffusers_scheduler(gm, noise, cls(**kwargs), 10)
+    assert torch.isfinite(out).all()
+    assert rel_err(out, ref) < TOL
+
+
+@pytest.mark.filterwarnings("ignore:Should have:UserWarning")  # torchsde on diffusers' float32 sigma ends
+def test_adapter_cosine_dpmsolver(rel_err):
+    """CosineDPMSolverMultistep (Stable Audio's): EDM-preconditioned too, with c_noise =
+    atan(sigma) * 2 / pi, v_prediction and Brownian-tree noise seeded from the generator."""
+    pytest.importorskip("torchsde")
+    from diffusers import CosineDPMSolverMultistepScheduler
+
+    gm = two_d_mixture()
+    noise = torch.randn(64, 2, generator=torch.Generator().manual_seed(23), dtype=torch.float64)
+    scheduler = CosineDPMSolverMultistepScheduler()
+    model = raw_edm_model(gm, scheduler, lambda t: torch.tan(t * (torch.pi / 2)))
+    ref = diffusers_loop(scheduler, 10, noise, model, {"generator": torch.Generator().manual_seed(5)})
+    out = sample_with_diffusers_scheduler(gm, noise, CosineDPMSolverMultistepScheduler(), 10,
+                                          generator=torch.Generator().manual_seed(5))
+    assert rel_err(out, ref) < TOL
+    with pytest.raises(ValueError, match="atan"):
+        schedule_from_diffusers(scheduler.config)
+
+
+@pytest.mark.parametrize("cls", [EDMEulerScheduler, EDMDPMSolverMultistepScheduler])
+def test_adapter_edm_schedulers_with_a_network_through_our_edm_wrapper(cls, fake_eps, rel_err):
+    """A raw EDM network wrapped in Denoiser(..., "edm") == the scheduler's loop with that network."""
+    noise = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(21), dtype=torch.float64)
+    ref = diffusers_loop(cls(), 12, noise, fake_eps)
+    scheduler = cls()
+    schedule = schedule_from_diffusers(scheduler.config)
+    denoiser = Denoiser(fake_eps, schedule, "edm", sigma_data=scheduler.config.sigma_data)
+    out = sample_with_diffusers_scheduler(denoiser, noise, scheduler, 12)
+    assert rel_err(out, ref) < TOL
+
+
+def test_adapter_edm_schedulers_land_on_the_data():
+    """At 10 steps the EDM schedulers driven by the exact denoiser reach the log-likelihood of
+    our samplers running the same algorithm on the same (Karras) grid."""
+    gm = two_d_mixture()
+    noise = torch.randn(1000, 2, generator=torch.Generator().manual_seed(22), dtype=torch.float64)
+    true_ll = float(gm.log_prob(gm.sample(20000, torch.Generator().manual_seed(0))).mean())
+    grid = sigma_grid(10, 0.002, 80.0, "karras")
+    for cls, method in ((EDMEulerScheduler, "euler"), (EDMDPMSolverMultistepScheduler, "dpmpp_2m")):
+        ll = float(gm.log_prob(sample_with_diffusers_scheduler(gm, noise, cls(), 10)).mean())
+        ours = float(gm.log_prob(sample(gm, noise * 80.0, grid, method)).mean())
+        assert abs(ll - ours) < 0.05, (cls.__name__, ll, ours)
+        assert ll > true_ll - 3.0, (cls.__name__, ll, true_ll)  # a wrong output type gives ~ -1000
+
+
+def test_schedule_from_diffusers_edm():
+    for cls in (EDMEulerScheduler, EDMDPMSolverMultistepScheduler):
+        schedule = schedule_from_diffusers(cls(sigma_min=0.01, sigma_max=50.0, sigma_data=0.7).config)
+        assert isinstance(schedule, EDM)
+        assert (schedule.sigma_min, schedule.sigma_max, schedule.sigma_data) == (0.01, 50.0, 0.7)
 
 
 # ------------------------------------------------------------ schedule_from_diffusers

@@ -1,6 +1,8 @@
 """Sampler contract: purity, per-sample generators, evaluation counts, callbacks, identities."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -158,3 +160,109 @@ def test_sample_progress_bar_keeps_the_callback(gm, grid):
     out = sample(gm, x, grid, "heun", progress=True, callback=seen.append)
     torch.testing.assert_close(out, SAMPLERS["heun"](gm, x, grid), rtol=0, atol=0)
     assert len(seen) == len(grid) - 1
+
+
+# ------------------------------------------------------------------ the loop's own machinery
+@pytest.mark.parametrize("method", sorted(SAMPLERS))
+def test_samplers_leave_their_inputs_and_the_denoiser_outputs_alone(method, gm, grid):
+    """The updates run in place only on tensors the sampler made: x, the grid and every
+    denoiser output are as they were."""
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(9), dtype=F64) * 80.0
+    x_before, grid_before = x.clone(), grid.clone()
+    outputs = []
+
+    def recording(xi, sigma, cond=None):
+        out = gm(xi, sigma, cond)
+        outputs.append((out, out.clone()))
+        return out
+
+    SAMPLERS[method](recording, x, grid, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x, x_before) and torch.equal(grid, grid_before)
+    assert all(torch.equal(out, copy) for out, copy in outputs)
+
+
+def test_lerp_chain_equals_the_sum_of_differences():
+    from multidiff.core.samplers import _chain_step, _lerp_chain
+
+    gen = torch.Generator().manual_seed(10)
+    for _ in range(50):
+        k = int(torch.randint(1, 4, (1,), generator=gen))
+        outputs = list(torch.randn(k + 1, 7, generator=gen, dtype=F64))
+        x = torch.randn(7, generator=gen, dtype=F64)
+        ratio = float(torch.rand(1, generator=gen))
+        c = [float(v) for v in torch.randn(k, generator=gen, dtype=F64)]
+        expected = ratio * x + (1 - ratio) * outputs[0] + sum(ck * (outputs[j] - outputs[j + 1]) for j, ck in enumerate(c))
+        chain = _lerp_chain(ratio, c)
+        torch.testing.assert_close(_chain_step(x, ratio, outputs, chain, c), expected, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(_chain_step(x, ratio, outputs, None, c), expected, rtol=1e-10, atol=1e-10)
+    # a zero weight ahead of a nonzero one cannot be chained: the differences are added instead
+    assert _lerp_chain(0.5, [0.0, 0.3]) is None
+    assert _lerp_chain(0.5, [0.2, 0.0]) == (-0.4,)
+
+
+def test_unipc_weights_match_a_linear_solve():
+    """The Python-float UniPC weights equal torch.linalg.solve on the same Vandermonde system."""
+    from multidiff.core.samplers import _unipc_weights
+
+    gen = torch.Generator().manual_seed(11)
+    for order in (1, 2, 3):
+        for bh in ("bh1", "bh2"):
+            for _ in range(20):
+                hh = -float(torch.rand(1, generator=gen)) * 3 - 0.01
+                rks = sorted((-float(v) * 3 - 0.2 for v in torch.rand(order - 1, generator=gen)), reverse=True)
+                b_h, rhos_p, rhos_c = _unipc_weights(hh, rks, order, bh)
+                r = torch.tensor(rks + [1.0], dtype=F64)
+                rows = torch.stack([r**k for k in range(order)])
+                h_phi, fact, b = math.expm1(hh) / hh - 1, 1, []
+                for k in range(1, order + 1):
+                    b.append(h_phi * fact / b_h)
+                    fact *= k + 1
+                    h_phi = h_phi / hh - 1 / fact
+                b = torch.tensor(b, dtype=F64)
+                if order == 3:
+                    torch.testing.assert_close(torch.tensor(rhos_p, dtype=F64), torch.linalg.solve(rows[:2, :2], b[:2]))
+                if order > 1:
+                    torch.testing.assert_close(torch.tensor(rhos_c, dtype=F64), torch.linalg.solve(rows, b))
+
+
+def test_reused_sigma_tensors_survive_a_denoiser_that_writes_into_them(gm, grid):
+    """The per-step sigma tensors are reused across calls on one grid (CPU), but never once
+    written into: a later call still sees the right noise levels."""
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(12), dtype=F64) * 80.0
+    ref = SAMPLERS["euler"](gm, x, grid)
+
+    def vandal(xi, sigma, cond=None):
+        out = gm(xi, sigma, cond)
+        sigma.mul_(0.5)
+        return out
+
+    SAMPLERS["euler"](vandal, x, grid)
+    torch.testing.assert_close(SAMPLERS["euler"](gm, x, grid), ref, rtol=0, atol=0)
+
+    def check(xi, sigma, cond=None):
+        assert float(sigma[0]) in [float(v) for v in grid]
+        return gm(xi, sigma, cond)
+
+    SAMPLERS["dpmpp_2m"](check, x, grid)
+
+
+def test_sample_checks_the_grid_once_and_gives_other_samplers_a_tensor(gm, grid, monkeypatch):
+    from multidiff.core import check_sigmas
+
+    received = []
+
+    def custom(denoiser, x, sigmas, **kw):
+        received.append(sigmas)
+        return SAMPLERS["euler"](denoiser, x, sigmas, **kw)
+
+    monkeypatch.setitem(SAMPLERS, "custom", custom)
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(13), dtype=F64) * 80.0
+    out = sample(gm, x, grid.tolist(), "custom")
+    assert isinstance(received[0], torch.Tensor) and received[0].dtype == F64
+    torch.testing.assert_close(out, sample(gm, x, grid, "euler"), rtol=0, atol=0)
+    assert check_sigmas(grid) is grid  # already a float64 CPU tensor: no copy
+    checked = check_sigmas([3.0, 1.0, 0.0])
+    assert checked.dtype == F64 and checked.tolist() == [3.0, 1.0, 0.0]
+    checked[1] = 5.0  # modified in place after the check: checked again
+    with pytest.raises(ValueError, match="strictly descending"):
+        SAMPLERS["euler"](gm, x, checked)
