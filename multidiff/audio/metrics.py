@@ -200,7 +200,7 @@ def classifier_scores(model: AudioClassifier, generated: torch.Tensor, requested
 
 
 # ------------------------------------------------------------------- classifier on disk
-def save_classifier(model: AudioClassifier, path, extra: Optional[dict] = None) -> None:
+def save_classifier(model: AudioClassifier, path, extra: dict | None = None) -> None:
     """safetensors weights + a JSON sidecar (num_classes, sample_rate, extra facts)."""
     import json
     from pathlib import Path
@@ -229,7 +229,7 @@ def load_classifier(path) -> AudioClassifier:
     return model.eval()
 
 
-def load_split(manifest, split: Optional[str], sample_rate: int, length: int, limit: Optional[int] = None):
+def load_split(manifest, split: str | None, sample_rate: int, length: int, limit: int | None = None):
     """(waves (N, 1, length), labels (N,)) of a manifest split, centred crops, no augmentation."""
     from .data import AudioDataset
 

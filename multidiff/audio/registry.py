@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -22,17 +21,17 @@ class UNet1DParams:
     """A preset of multidiff.audio.unet1d (tiny / small / base / large) and overrides of its fields."""
 
     preset: str = "small"
-    channels: Optional[list[int]] = None
-    factors: Optional[list[int]] = None
-    blocks_per_level: Optional[int] = None
-    attention_levels: Optional[list[int]] = None
-    attention_heads: Optional[int] = None
-    emb_dim: Optional[int] = None
+    channels: list[int] | None = None
+    factors: list[int] | None = None
+    blocks_per_level: int | None = None
+    attention_levels: list[int] | None = None
+    attention_heads: int | None = None
+    emb_dim: int | None = None
     dropout: float = 0.0
     extra_in_channels: int = 0
-    cross_attention_dim: Optional[int] = None
+    cross_attention_dim: int | None = None
     attention_backend: str = "auto"
-    patch_size: Optional[int] = None
+    patch_size: int | None = None
 
 
 def build_unet1d(params: UNet1DParams, spec: DataSpec, *, gradient_checkpointing: bool = False):
@@ -55,21 +54,21 @@ class AudioDataParams:
     sample_rate: int = 16000
     channels: int = 1
     length: int = 16000
-    split: Optional[str] = "train"
+    split: str | None = "train"
     random_crop: bool = True
-    normalize: Optional[str] = None
+    normalize: str | None = None
     target_rms: float = 0.1
-    trim_db: Optional[float] = None
+    trim_db: float | None = None
     polarity_flip: float = 0.0
-    cache_dir: Optional[str] = None
+    cache_dir: str | None = None
     label_column: str = "label"
-    num_classes: Optional[int] = None
+    num_classes: int | None = None
 
 
 class AudioTrainData(torch.utils.data.Dataset):
     """AudioDataset items as the trainer wants them: x, loss_mask and (when labelled) label."""
 
-    def __init__(self, params: AudioDataParams, path: Optional[str], seed: int):
+    def __init__(self, params: AudioDataParams, path: str | None, seed: int):
         if path is None:
             raise ValueError("data.path: the audio data set needs a folder or a manifest (.csv / .jsonl)")
         self.audio = AudioDataset(path, params.sample_rate, params.channels, params.length, split=params.split,
