@@ -90,3 +90,13 @@ def test_bad_audio_path_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="data.path"):
         load_config(str(REPO / "recipes/audio/tones_smoke.yaml"), [f"data.path={tmp_path / 'nope.csv'}"])
+
+
+def test_label_to_pitch_mapping_from_a_notes_manifest(tmp_path):
+    from multidiff.audio.registry import _label_pitches
+
+    (tmp_path / "m.csv").write_text("path,label,pitch_instrument,pitch\na.wav,0,0,60\nb.wav,0,1,60\nc.wav,1,2,61\n")
+    assert _label_pitches(tmp_path / "m.csv", "pitch_instrument") == {0: 60.0, 1: 60.0, 2: 61.0}
+    assert _label_pitches(tmp_path / "m.csv", "label") == {0: 60.0, 1: 61.0}
+    (tmp_path / "d.csv").write_text("path,label\na.wav,3\n")
+    assert _label_pitches(tmp_path / "d.csv", "label") == {}

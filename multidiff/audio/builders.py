@@ -159,7 +159,9 @@ def build_notes(out_dir, *, sample_rate: int = 16000, duration: float = 1.0, pit
     """Single notes over MIDI pitches and General MIDI instruments, labelled with both.
 
     Each clip: one note held for 0.7 * duration then released, rendered at each velocity.
-    Manifest columns: path, label (pitch index), pitch (MIDI), program, instrument, velocity, split.
+    Manifest columns: path, label (pitch index), pitch_instrument (pitch index * len(programs)
+    + program index: one class per pitch and instrument), pitch (MIDI), program, instrument,
+    velocity, split, text.
     """
     import pretty_midi
 
@@ -187,11 +189,14 @@ def build_notes(out_dir, *, sample_rate: int = 16000, duration: float = 1.0, pit
         name = f"audio/note_p{pitch}_g{program}_v{velocity}.wav"
         save_wav(out_dir / name, wave * (0.9 / peak), sample_rate)
         split = "test" if rng.random() < test_fraction else "train"
-        rows.append(dict(path=name, label=pitches.index(pitch), pitch=pitch, program=program,
-                         instrument=GM_INSTRUMENTS.get(program, str(program)), velocity=velocity, split=split))
+        rows.append(dict(path=name, label=pitches.index(pitch),
+                         pitch_instrument=pitches.index(pitch) * len(programs) + list(programs).index(program),
+                         pitch=pitch, program=program, instrument=GM_INSTRUMENTS.get(program, str(program)),
+                         velocity=velocity, split=split, text=f"{GM_INSTRUMENTS.get(program, program)} midi {pitch}"))
     manifest = out_dir / "manifest.csv"
     with open(manifest, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "label", "pitch", "program", "instrument", "velocity", "split"])
+        writer = csv.DictWriter(f, fieldnames=["path", "label", "pitch_instrument", "pitch", "program", "instrument",
+                                               "velocity", "split", "text"])
         writer.writeheader()
         writer.writerows(rows)
     return manifest

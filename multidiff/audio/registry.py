@@ -131,7 +131,27 @@ def audio_evaluate(samples: torch.Tensor, config, *, labels=None, spec=None) -> 
             keep = requested < spec.num_classes  # null-label samples have no requested class
             x, requested = x[keep], requested[keep]
         out.update({f"classifier_{k}": v for k, v in classifier_scores(model, x.mean(1, keepdim=True), requested, real).items()})
+    if path and Path(path).is_file() and labels is not None:
+        pitches = _label_pitches(path, config.data.params.get("label_column", "label"))
+        if pitches:
+            from .metrics import pitch_accuracy
+
+            keep = [k for k, lab in enumerate(torch.as_tensor(labels).tolist()) if lab in pitches]
+            if keep:
+                result = pitch_accuracy([samples[k] for k in keep], [pitches[int(labels[k])] for k in keep],
+                                        _sample_rate(spec))
+                out.update({f"pitch_{k}": v for k, v in result.items()})
     return out
+
+
+def _label_pitches(manifest, label_column: str) -> dict:
+    """label -> MIDI pitch, for manifests with a 'pitch' column (the notes set)."""
+    from .data import read_manifest
+
+    rows = read_manifest(manifest)
+    if not rows or "pitch" not in rows[0] or label_column not in rows[0]:
+        return {}
+    return {int(r[label_column]): float(r["pitch"]) for r in rows if r.get(label_column, "") != ""}
 
 
 register_preview(MODALITY, audio_preview)
