@@ -87,12 +87,12 @@ def build_spoken_digits(out_dir, *, sample_rate: int = 16000, duration: float = 
                     pitch = rng.randint(*pitch_range)
                     name = f"{word}_{accent}_{variant}_{k}.wav".replace("+", "_")
                     jobs.append(dict(path=f"audio/{name}", label=label, text=word, split=split, accent=accent,
-                                     variant=variant, speed=speed, pitch=pitch))
+                                     variant=variant, speed=speed, espeak_pitch=pitch))
     length = int(round(sample_rate * duration))
 
     def synth(job):
         with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
-            cmd = [exe, "-v", f"{job['accent']}+{job['variant']}", "-s", str(job["speed"]), "-p", str(job["pitch"]),
+            cmd = [exe, "-v", f"{job['accent']}+{job['variant']}", "-s", str(job["speed"]), "-p", str(job["espeak_pitch"]),
                    "-w", tmp.name, job["text"]]
             subprocess.run(cmd, check=True, capture_output=True)
             wave, _ = load_audio(tmp.name, sample_rate=sample_rate, channels=1)
@@ -115,7 +115,7 @@ def build_spoken_digits(out_dir, *, sample_rate: int = 16000, duration: float = 
             rows.append(job)
     manifest = out_dir / "manifest.csv"
     with open(manifest, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "label", "text", "split", "accent", "variant", "speed", "pitch"])
+        writer = csv.DictWriter(f, fieldnames=["path", "label", "text", "split", "accent", "variant", "speed", "espeak_pitch"])
         writer.writeheader()
         writer.writerows(rows)
     return manifest
