@@ -113,12 +113,8 @@ def build_spoken_digits(out_dir, *, sample_rate: int = 16000, duration: float = 
     for job in iterator:
         if job is not None:
             rows.append(job)
-    manifest = out_dir / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "label", "text", "split", "accent", "variant", "speed", "espeak_pitch"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
+    return write_manifest(out_dir / "manifest.csv",
+                          ["path", "label", "text", "split", "accent", "variant", "speed", "espeak_pitch"], rows)
 
 
 # ------------------------------------------------------------------------------- music
@@ -153,6 +149,22 @@ def render_midi(midi, sample_rate: int, soundfont: str | None = None) -> np.ndar
     return midi.synthesize(fs=sample_rate).astype(np.float32)
 
 
+def render_clip(midi, sample_rate: int, length: int) -> torch.Tensor | None:
+    """Render a PrettyMIDI to a (1, length) clip peak-normalised to 0.9; None when silent."""
+    wave = torch.from_numpy(render_midi(midi, sample_rate))[None]
+    wave = wave[..., :length] if wave.shape[-1] >= length else torch.nn.functional.pad(wave, (0, length - wave.shape[-1]))
+    peak = float(wave.abs().max())
+    return None if peak < 1e-4 else wave * (0.9 / peak)
+
+
+def write_manifest(path: Path, fieldnames: Sequence[str], rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fieldnames))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def build_notes(out_dir, *, sample_rate: int = 16000, duration: float = 1.0, pitches=range(48, 84),
                 programs: Sequence[int] = (0, 24, 40, 56, 73, 19), velocities=(80, 110),
                 test_fraction: float = 0.15, seed: int = 0, progress: bool = True) -> Path:
@@ -181,25 +193,18 @@ def build_notes(out_dir, *, sample_rate: int = 16000, duration: float = 1.0, pit
         inst = pretty_midi.Instrument(program=program)
         inst.notes.append(pretty_midi.Note(velocity=velocity, pitch=pitch, start=0.0, end=0.7 * duration))
         midi.instruments.append(inst)
-        wave = torch.from_numpy(render_midi(midi, sample_rate))[None]
-        wave = wave[..., :length] if wave.shape[-1] >= length else torch.nn.functional.pad(wave, (0, length - wave.shape[-1]))
-        peak = float(wave.abs().max())
-        if peak < 1e-4:
+        wave = render_clip(midi, sample_rate, length)
+        if wave is None:
             continue
         name = f"audio/note_p{pitch}_g{program}_v{velocity}.wav"
-        save_wav(out_dir / name, wave * (0.9 / peak), sample_rate)
+        save_wav(out_dir / name, wave, sample_rate)
         split = "test" if rng.random() < test_fraction else "train"
         rows.append(dict(path=name, label=pitches.index(pitch),
                          pitch_instrument=pitches.index(pitch) * len(programs) + list(programs).index(program),
                          pitch=pitch, program=program, instrument=GM_INSTRUMENTS.get(program, str(program)),
                          velocity=velocity, split=split, text=f"{GM_INSTRUMENTS.get(program, program)} midi {pitch}"))
-    manifest = out_dir / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "label", "pitch_instrument", "pitch", "program", "instrument",
-                                               "velocity", "split", "text"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
+    return write_manifest(out_dir / "manifest.csv", ["path", "label", "pitch_instrument", "pitch", "program",
+                                                     "instrument", "velocity", "split", "text"], rows)
 
 
 def corpus_melodies(max_tunes: int, seed: int = 0, collections=("essenFolksong",)):
@@ -256,17 +261,10 @@ def build_melodies(out_dir, *, n_tunes: int = 200, seconds: float = 4.0, sample_
             inst.notes.append(pretty_midi.Note(velocity=100, pitch=int(np.clip(pitch + shift, 21, 108)),
                                                start=start, end=min(end, seconds)))
         midi.instruments.append(inst)
-        wave = torch.from_numpy(render_midi(midi, sample_rate))[None]
-        wave = wave[..., :length] if wave.shape[-1] >= length else torch.nn.functional.pad(wave, (0, length - wave.shape[-1]))
-        peak = float(wave.abs().max())
-        if peak < 1e-4:
+        wave = render_clip(midi, sample_rate, length)
+        if wave is None:
             continue
         path = f"audio/{name}.wav"
-        save_wav(out_dir / path, wave * (0.9 / peak), sample_rate)
+        save_wav(out_dir / path, wave, sample_rate)
         rows.append(dict(path=path, label=-1, text=name, split="test" if rng.random() < test_fraction else "train"))
-    manifest = out_dir / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "label", "text", "split"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
+    return write_manifest(out_dir / "manifest.csv", ["path", "label", "text", "split"], rows)
