@@ -103,3 +103,20 @@ def test_patched_unet_shapes_and_length_rule():
         model(torch.randn(1, 1, 48), torch.tensor([0.0]))
     with pytest.raises(ValueError, match="patch_size"):
         UNet1D(channels=(8, 16), factors=(2,), patch_size=0)
+
+
+def test_conditioning_token_lets_attention_see_the_label():
+    torch.manual_seed(0)
+    model = unet1d_tiny(num_classes=3, conditioning_token=True)
+    # only the attention path may carry the label: zero FiLM so res blocks ignore the embedding
+    perturb_zero_inits(model)
+    for m in model.modules():
+        if m.__class__.__name__ == "FiLM":
+            torch.nn.init.zeros_(m.proj[1].weight)
+            torch.nn.init.zeros_(m.proj[1].bias)
+    x = torch.randn(1, 1, 256)
+    a = model(x, torch.tensor([1.0]), {"label": torch.tensor([0])})
+    b = model(x, torch.tensor([1.0]), {"label": torch.tensor([1])})
+    assert (a - b).abs().max() > 1e-4
+    plain = unet1d_tiny(num_classes=3)
+    assert sum(p.numel() for p in model.parameters()) > sum(p.numel() for p in plain.parameters())

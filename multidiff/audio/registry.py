@@ -32,6 +32,7 @@ class UNet1DParams:
     cross_attention_dim: int | None = None
     attention_backend: str = "auto"
     patch_size: int | None = None
+    conditioning_token: bool | None = None
 
 
 def build_unet1d(params: UNet1DParams, spec: DataSpec, *, gradient_checkpointing: bool = False):

@@ -63,18 +63,30 @@ class ResBlock1d(nn.Module):
 
 
 class AttentionBlock1d(nn.Module):
-    """Pre-norm self-attention over positions, then optional cross-attention to a context."""
+    """Pre-norm self-attention over positions, then optional cross-attention to a context.
 
-    def __init__(self, channels: int, heads: int, context_dim: int | None = None, backend: str = "auto"):
+    With ``emb_dim`` set, the embedding (noise level + class) is also projected to one extra
+    key/value token every position can attend to ("conditioning token", as the class token
+    of Peebles & Xie 2023, DiT's in-context conditioning), on top of FiLM in the res blocks.
+    """
+
+    def __init__(self, channels: int, heads: int, context_dim: int | None = None, backend: str = "auto",
+                 emb_dim: int | None = None):
         super().__init__()
         self.norm = nn.GroupNorm(_groups(channels), channels)
         self.self_attn = Attention(channels, heads, backend=backend)
+        self.emb_token = nn.Linear(emb_dim, channels) if emb_dim else None
         self.cross_norm = nn.LayerNorm(channels) if context_dim else None
         self.cross_attn = Attention(channels, heads, context_dim=context_dim, backend=backend) if context_dim else None
 
     def forward(self, x: torch.Tensor, emb=None, context=None, context_mask=None) -> torch.Tensor:
         tokens = rearrange(self.norm(x), "b c l -> b l c")
-        h = rearrange(x, "b c l -> b l c") + self.self_attn(tokens)
+        if self.emb_token is not None and emb is not None:
+            keys = torch.cat([self.emb_token(emb).to(tokens.dtype)[:, None], tokens], dim=1)
+            attended = self.self_attn(tokens, context=keys)
+        else:
+            attended = self.self_attn(tokens)
+        h = rearrange(x, "b c l -> b l c") + attended
         if self.cross_attn is not None and context is not None:
             h = h + self.cross_attn(self.cross_norm(h), context=context.to(h.dtype), context_mask=context_mask)
         return rearrange(h, "b l c -> b c l")
@@ -96,7 +108,8 @@ class UNet1D(ModelMixin, ConfigMixin):
                  blocks_per_level: int = 2, attention_levels: Sequence[int] = (3,), attention_heads: int = 4,
                  emb_dim: int = 256, num_classes: int = 0, cross_attention_dim: int | None = None,
                  extra_in_channels: int = 0, dropout: float = 0.0, kernel_size: int = 3,
-                 attention_backend: str = "auto", skip_scale: float = 2 ** -0.5, patch_size: int = 1):
+                 attention_backend: str = "auto", skip_scale: float = 2 ** -0.5, patch_size: int = 1,
+                 conditioning_token: bool = False):
         super().__init__()
         channels, factors = list(channels), list(factors)
         if len(factors) != len(channels) - 1:
@@ -114,6 +127,7 @@ class UNet1D(ModelMixin, ConfigMixin):
         else:  # patching (Hoogeboom et al. 2023, Sec. 3.2): the first level runs at length / patch_size
             self.in_conv = nn.Conv1d(in_channels + extra_in_channels, channels[0], patch_size, stride=patch_size)
         n_levels = len(channels)
+        token_dim = emb_dim if conditioning_token else None
         attn = set(attention_levels) | ({n_levels - 1} if attention_heads > 0 else set())
 
         def make_blocks(ch_in, ch, level):
@@ -121,7 +135,7 @@ class UNet1D(ModelMixin, ConfigMixin):
             for b in range(blocks_per_level):
                 blocks.append(ResBlock1d(ch_in if b == 0 else ch, ch, emb_dim, dropout, kernel_size))
                 if level in attn and attention_heads > 0:
-                    blocks.append(AttentionBlock1d(ch, attention_heads, cross_attention_dim, attention_backend))
+                    blocks.append(AttentionBlock1d(ch, attention_heads, cross_attention_dim, attention_backend, token_dim))
             return blocks
 
         self.down_blocks = nn.ModuleList()
@@ -131,7 +145,8 @@ class UNet1D(ModelMixin, ConfigMixin):
             self.downsamplers.append(nn.Conv1d(channels[level], channels[level + 1], factors[level], stride=factors[level]))
         self.mid_blocks = nn.ModuleList([ResBlock1d(channels[-1], channels[-1], emb_dim, dropout, kernel_size)])
         if attention_heads > 0:
-            self.mid_blocks.append(AttentionBlock1d(channels[-1], attention_heads, cross_attention_dim, attention_backend))
+            self.mid_blocks.append(AttentionBlock1d(channels[-1], attention_heads, cross_attention_dim, attention_backend,
+                                                    token_dim))
         self.mid_blocks.append(ResBlock1d(channels[-1], channels[-1], emb_dim, dropout, kernel_size))
         self.upsamplers = nn.ModuleList()
         self.up_blocks = nn.ModuleList()
