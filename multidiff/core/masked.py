@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from .samplers import _call, _report, _validated
+from .samplers import _call, _report, _validated, ddim_weights
 from .utils import Generator, randn_like
 
 
@@ -66,11 +66,10 @@ def sample_repaint(denoiser, x, sigmas, *, known, mask, cond=None, generator=Non
             if u == 0:
                 _report(callback, i, x, s[i], s[i + 1], denoised)
             eps = (x_in - denoised) / s[i]
-            abar, abar_next = 1 / (1 + s[i] ** 2), 1 / (1 + s[i + 1] ** 2)
-            var = eta**2 * (1 - abar_next) / (1 - abar) * (1 - abar / abar_next)
-            x_next = denoised + eps * math.sqrt(max(1 - abar_next - var, 0.0) / abar_next)
-            if var > 0:
-                x_next = x_next + randn_like(x, generator) * math.sqrt(var / abar_next)
+            c, noise_std = ddim_weights(s[i], s[i + 1], eta)
+            x_next = denoised + eps * c
+            if noise_std > 0:
+                x_next = x_next + randn_like(x, generator) * noise_std
             if u < resample - 1 and s[i + 1] > 0:
                 x = x_next + randn_like(x, generator) * math.sqrt(s[i] ** 2 - s[i + 1] ** 2)
             else:

@@ -265,6 +265,15 @@ def sample_euler_ancestral(denoiser, x, sigmas, *, cond=None, generator=None, ca
     return x
 
 
+def ddim_weights(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
+    """(weight on eps, std of fresh noise) of a sigma-space DDIM step (Song et al. 2021, Eq. 12):
+    x_next = D + c * eps + noise_std * z, from the VP form with abar = 1 / (1 + sigma^2)
+    divided by sqrt(abar_next)."""
+    abar, abar_next = 1 / (1 + sigma**2), 1 / (1 + sigma_next**2)
+    var = eta**2 * (1 - abar_next) / (1 - abar) * (1 - abar / abar_next)
+    return math.sqrt(max(1 - abar_next - var, 0.0) / abar_next), math.sqrt(var / abar_next)
+
+
 @_no_grad
 def sample_ddim(denoiser, x, sigmas, *, cond=None, generator=None, callback=None, eta=0.0):
     """DDIM (Song et al. 2021, Eq. 12) written in sigma space for any noise level grid.
@@ -279,12 +288,11 @@ def sample_ddim(denoiser, x, sigmas, *, cond=None, generator=None, callback=None
         denoised = _den(denoiser, x, levels[i], cond)
         if callback is not None:
             callback({"i": i, "x": x, "sigma": s[i], "sigma_next": s[i + 1], "denoised": denoised})
-        abar, abar_next = 1 / (1 + s[i] ** 2), 1 / (1 + s[i + 1] ** 2)
-        var = eta**2 * (1 - abar_next) / (1 - abar) * (1 - abar / abar_next)
         # x_next = D + eps * c with eps = (x - D) / sigma
-        x = torch.lerp(denoised, x, math.sqrt(max(1 - abar_next - var, 0.0) / abar_next) / s[i])
-        if var > 0:
-            x.add_(randn_like(x, generator), alpha=math.sqrt(var / abar_next))
+        c, noise_std = ddim_weights(s[i], s[i + 1], eta)
+        x = torch.lerp(denoised, x, c / s[i])
+        if noise_std > 0:
+            x.add_(randn_like(x, generator), alpha=noise_std)
     return x
 
 
