@@ -9,7 +9,7 @@ from multidiff.core import ODE_ORDER, SAMPLERS
 
 def test_demo_writes_png_and_ode_samplers_improve_with_steps(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--samples", "1000", "--no-progress"]) == 0
+    assert main(["demo", "--out", str(out), "--samples", "1000", "--no-progress", "--part", "samplers"]) == 0
 
     png = out / "samplers.png"
     assert png.exists()

@@ -33,6 +33,9 @@ class UNet1DParams:
     attention_backend: str = "auto"
     patch_size: int | None = None
     conditioning_token: bool | None = None
+    patch_transform: str | None = None
+    label_factors: list[int] | None = None
+    input_gate: bool | None = None
 
 
 def build_unet1d(params: UNet1DParams, spec: DataSpec, *, gradient_checkpointing: bool = False):
@@ -132,6 +135,7 @@ def audio_evaluate(samples: torch.Tensor, config, *, labels=None, spec=None) -> 
             keep = requested < spec.num_classes  # null-label samples have no requested class
             x, requested = x[keep], requested[keep]
         out.update({f"classifier_{k}": v for k, v in classifier_scores(model, x.mean(1, keepdim=True), requested, real).items()})
+    pitches = {}
     if path and Path(path).is_file() and labels is not None:
         pitches = _label_pitches(path, config.data.params.get("label_column", "label"))
         if pitches:
@@ -142,6 +146,16 @@ def audio_evaluate(samples: torch.Tensor, config, *, labels=None, spec=None) -> 
                 result = pitch_accuracy([samples[k] for k in keep], [pitches[int(labels[k])] for k in keep],
                                         _sample_rate(spec))
                 out.update({f"pitch_{k}": v for k, v in result.items()})
+    if not pitches and not (classifier_path is not None and classifier_path.is_file()):
+        # music without labels (melodies): is it pitched and in tune, next to real held-out clips
+        from .metrics import intonation, load_split
+
+        sr = _sample_rate(spec)
+        out.update({f"intonation_{k}": v for k, v in intonation(list(samples[:64]), sr).items()})
+        if path and Path(path).is_file():
+            real, _ = load_split(path, "test", sr, x.shape[-1], limit=min(64, len(x)))
+            if len(real):
+                out.update({f"real_intonation_{k}": v for k, v in intonation(list(real), sr).items()})
     return out
 
 

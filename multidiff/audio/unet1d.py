@@ -12,10 +12,18 @@ Schneider et al. 2023, "Moûsai"):
     mask and the known audio for inpainting / continuation);
   * optional patching (``patch_size`` > 1): a strided input convolution and a transposed
     output convolution, so the first level already runs at length / patch_size
-    (Hoogeboom et al. 2023, simple diffusion, Sec. 3.2) — the fast choice on CPUs.
+    (Hoogeboom et al. 2023, simple diffusion, Sec. 3.2) — the fast choice on CPUs; or, with
+    ``patch_transform="mdct"``, a fixed orthogonal MDCT (multidiff.audio.mdct) whose
+    ``patch_size`` frequency bands become the channels and whose overlap-add inverse rebuilds
+    the waveform (smooth frame boundaries, no comb at sample_rate / patch_size);
+  * ``input_gate`` (MDCT only): the output is A + G * X, with A and G predicted per band and
+    frame and X the input's MDCT coefficients — a spectral mask, as speech enhancement
+    networks predict, so the network can cancel the noise the preconditioning's skip term
+    lets through (silence between words) with a gain instead of by copying the noise.
 Any length divisible by patch_size * prod(factors) works at inference.
 
-Conditioning mapping keys: ``label`` (batch,) long (-1 or num_classes = null), ``context``
+Conditioning mapping keys: ``label`` (batch,) long (-1 or num_classes = null; ``label_factors``
+declares a product class such as pitch x instrument, see multidiff.nn.LabelEmbedding), ``context``
 (batch, tokens, cross_attention_dim), ``context_mask`` (batch, tokens) bool,
 ``concat`` (batch, extra_in_channels, length). Missing keys mean "unconditional".
 """
@@ -33,6 +41,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..nn import Attention, FiLM, LabelEmbedding, NoiseLevelEmbedding
+from .mdct import imdct, mdct, mdct_basis
 
 
 def _groups(channels: int, preferred: int = 32) -> int:
@@ -109,7 +118,8 @@ class UNet1D(ModelMixin, ConfigMixin):
                  emb_dim: int = 256, num_classes: int = 0, cross_attention_dim: int | None = None,
                  extra_in_channels: int = 0, dropout: float = 0.0, kernel_size: int = 3,
                  attention_backend: str = "auto", skip_scale: float = 2 ** -0.5, patch_size: int = 1,
-                 conditioning_token: bool = False):
+                 conditioning_token: bool = False, patch_transform: str = "conv",
+                 label_factors: Sequence[int] | None = None, input_gate: bool = False):
         super().__init__()
         channels, factors = list(channels), list(factors)
         if len(factors) != len(channels) - 1:
@@ -119,10 +129,16 @@ class UNet1D(ModelMixin, ConfigMixin):
         self.out_ch = out_channels or in_channels
         self.gradient_checkpointing = False
         self.noise_embed = NoiseLevelEmbedding(emb_dim)
-        self.label_embed = LabelEmbedding(num_classes, emb_dim) if num_classes > 0 else None
+        self.label_embed = LabelEmbedding(num_classes, emb_dim, label_factors) if num_classes > 0 else None
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
-        if patch_size == 1:
+        if patch_transform not in ("conv", "mdct"):
+            raise ValueError(f"patch_transform must be 'conv' or 'mdct', got {patch_transform!r}")
+        self.mdct_hop = patch_size if patch_transform == "mdct" and patch_size > 1 else 0
+        if self.mdct_hop:
+            self.register_buffer("mdct_basis", mdct_basis(patch_size), persistent=False)
+            self.in_conv = nn.Conv1d((in_channels + extra_in_channels) * patch_size, channels[0], 3, padding=1)
+        elif patch_size == 1:
             self.in_conv = nn.Conv1d(in_channels + extra_in_channels, channels[0], 7, padding=3)
         else:  # patching (Hoogeboom et al. 2023, Sec. 3.2): the first level runs at length / patch_size
             self.in_conv = nn.Conv1d(in_channels + extra_in_channels, channels[0], patch_size, stride=patch_size)
@@ -154,7 +170,11 @@ class UNet1D(ModelMixin, ConfigMixin):
             self.upsamplers.append(nn.ConvTranspose1d(channels[level + 1], channels[level], factors[level], stride=factors[level]))
             self.up_blocks.append(make_blocks(channels[level], channels[level], level))
         self.out_norm = nn.GroupNorm(_groups(channels[0]), channels[0])
-        if patch_size == 1:
+        if input_gate and not (self.mdct_hop and self.out_ch == in_channels):
+            raise ValueError("input_gate needs patch_transform='mdct' (patch_size > 1) and out_channels == in_channels")
+        if self.mdct_hop:  # with input_gate: (additive output, gain on the input's coefficients) per band
+            self.out_conv = nn.Conv1d(channels[0], self.out_ch * patch_size * (2 if input_gate else 1), 3, padding=1)
+        elif patch_size == 1:
             self.out_conv = nn.Conv1d(channels[0], self.out_ch, 3, padding=1)
         else:
             self.out_conv = nn.ConvTranspose1d(channels[0], self.out_ch, patch_size, stride=patch_size)
@@ -189,6 +209,9 @@ class UNet1D(ModelMixin, ConfigMixin):
                                  f"got {tuple(extra.shape)}")
             x = torch.cat([x, extra.to(x.dtype)], dim=1)
         context, context_mask = cond.get("context"), cond.get("context_mask")
+        if self.mdct_hop:  # (b, c, length) -> (b, c * bands, frames)
+            x = rearrange(mdct(x, self.mdct_hop, self.mdct_basis), "b c k t -> b (c k) t")
+        coeffs = x[:, :self.out_ch * self.mdct_hop] if self.config.input_gate else None
         h = self.in_conv(x)
         skips = []
         for blocks, down in zip(self.down_blocks, self.downsamplers):
@@ -202,7 +225,13 @@ class UNet1D(ModelMixin, ConfigMixin):
             h = (up(h) + skips.pop()) * self.config.skip_scale
             for block in blocks:
                 h = self._run(block, h, emb, context, context_mask)
-        return self.out_conv(nn.functional.silu(self.out_norm(h)))
+        out = self.out_conv(nn.functional.silu(self.out_norm(h)))
+        if coeffs is not None:
+            additive, gain = out.chunk(2, dim=1)
+            out = additive + gain * coeffs
+        if self.mdct_hop:
+            out = imdct(rearrange(out, "b (c k) t -> b c k t", k=self.mdct_hop), self.mdct_hop, self.mdct_basis)
+        return out
 
 
 # ------------------------------------------------------------------------------ presets

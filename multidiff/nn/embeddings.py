@@ -53,14 +53,29 @@ class NoiseLevelEmbedding(nn.Module):
 
 
 class LabelEmbedding(nn.Module):
-    """Class labels -> (batch, dim), with an extra "null" label (index num_classes) for
-    classifier-free guidance (Ho & Salimans 2022). Labels of -1 also mean null."""
+    """Class labels (batch,) -> (batch, dim), with an extra "null" label (index num_classes) for
+    classifier-free guidance (Ho & Salimans 2022). Labels of -1 also mean null.
 
-    def __init__(self, num_classes: int, dim: int):
+    ``factors`` (optional) declares a product class: label = ((i_0 * f_1 + i_1) * f_2 + i_2) ...,
+    e.g. pitch x instrument; the embedding is then a sum of one table per factor, so a pitch
+    learned on one instrument carries over to the others. prod(factors) must equal num_classes.
+    """
+
+    def __init__(self, num_classes: int, dim: int, factors=None):
         super().__init__()
         self.num_classes = num_classes
-        self.table = nn.Embedding(num_classes + 1, dim)
-        nn.init.normal_(self.table.weight, std=0.02)
+        self.factors = tuple(int(f) for f in factors) if factors else ()
+        if self.factors:
+            if math.prod(self.factors) != num_classes:
+                raise ValueError(f"label factors {list(self.factors)} multiply to {math.prod(self.factors)}, "
+                                 f"not num_classes={num_classes}")
+            self.tables = nn.ModuleList(nn.Embedding(f, dim) for f in self.factors)
+            self.null = nn.Parameter(torch.zeros(dim))
+            for table in self.tables:
+                nn.init.normal_(table.weight, std=0.02 / math.sqrt(len(self.factors)))
+        else:
+            self.table = nn.Embedding(num_classes + 1, dim)
+            nn.init.normal_(self.table.weight, std=0.02)
 
     @property
     def null_label(self) -> int:
@@ -72,4 +87,12 @@ class LabelEmbedding(nn.Module):
             raise ValueError(f"class labels must lie in [0, {self.num_classes}) (or -1 / {self.num_classes} for null), "
                              f"got range [{int(labels.min())}, {int(labels.max())}]")
         labels = torch.where(labels < 0, torch.full_like(labels, self.num_classes), labels)
-        return self.table(labels)
+        if not self.factors:
+            return self.table(labels)
+        is_null = labels == self.num_classes
+        rest = torch.where(is_null, torch.zeros_like(labels), labels)
+        out = 0
+        for size, table in zip(reversed(self.factors), reversed(self.tables)):  # least significant digit first
+            out = out + table(rest % size)
+            rest = rest // size
+        return torch.where(is_null[:, None], self.null.to(out.dtype).expand_as(out), out)

@@ -37,11 +37,15 @@ def default_labels(num: int, spec: DataSpec, label: int | None = None) -> torch.
 @torch.no_grad()
 def generate(model: nn.Module, objective: ObjectiveConfig, spec: DataSpec, sampling: SamplingConfig, *,
              num: int | None = None, seed: int | None = None, labels: torch.Tensor | None = None,
-             device=None, progress: bool = False) -> torch.Tensor:
+             device=None, progress: bool = False, known: torch.Tensor | None = None,
+             mask: torch.Tensor | None = None, resample: int = 1) -> torch.Tensor:
     """Draw ``num`` samples: returns (num, *spec.sample_shape) float32 on the CPU.
 
     model: the backbone (EMA or raw weights), in eval mode; ``labels`` (num,) for conditional
     models (see :func:`default_labels`); guidance scale ``sampling.guidance`` (1 = none).
+    ``known`` (num, *sample_shape) with ``mask`` (num or 1, ...; 1 = known) asks for masked
+    sampling (continuation, inpainting, completion; multidiff.core.masked), with RePaint
+    resampling when ``resample`` > 1.
     """
     num = sampling.num_samples if num is None else num
     seed = sampling.seed if seed is None else seed
@@ -60,11 +64,16 @@ def generate(model: nn.Module, objective: ObjectiveConfig, spec: DataSpec, sampl
             gens = make_generators(seed + start, n, device)
             x = torch.stack([torch.randn(spec.sample_shape, generator=g, device=device) for g in gens])
             x = x * float(sigmas[0])
-            cond = None if labels is None else {"label": labels[start:start + n].to(device)}
+            cond = {} if labels is None else {"label": labels[start:start + n].to(device)}
+            if known is not None:
+                part = mask[start:start + n] if mask.shape[0] == num else mask
+                cond.update(known=known[start:start + n].to(device), mask=part.to(device))
+            cond = cond or None
             d = denoiser
-            if cond is not None and sampling.guidance != 1.0:
+            if labels is not None and sampling.guidance != 1.0:
                 d = ClassifierFreeGuidance(denoiser, sampling.guidance, {"label": null})
-            out.append(sample(d, x, sigmas, sampling.sampler, cond=cond, generator=gens, progress=progress).float().cpu())
+            out.append(sample(d, x, sigmas, sampling.sampler, cond=cond, generator=gens, progress=progress,
+                              resample=resample).float().cpu())
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, *spec.sample_shape)
