@@ -19,7 +19,7 @@ PITCHES = tuple(range(60, 72))
 TIMBRES = ("sine", "square", "saw")
 
 # Measured: ~3 minutes on 2 idle CPU cores (see README.md, "make demo").
-DEFAULT_TRAIN_SAMPLES = 40_000
+DEFAULT_TRAIN_SAMPLES = 28_000
 
 
 def demo_config(data_manifest: Path, run_dir: Path, train_samples: int, seed: int = 0) -> dict:
@@ -28,7 +28,7 @@ def demo_config(data_manifest: Path, run_dir: Path, train_samples: int, seed: in
         "model": {"name": "audio_unet1d", "params": {
             "preset": "tiny", "channels": [64, 96, 128], "factors": [2, 5], "blocks_per_level": 1,
             "attention_levels": [1, 2], "emb_dim": 128, "patch_size": 32, "patch_transform": "mdct",
-            "conditioning_token": True, "label_factors": [len(PITCHES), len(TIMBRES)]}},
+            "conditioning_token": True, "input_gate": True, "label_factors": [len(PITCHES), len(TIMBRES)]}},
         "data": {"name": "audio", "path": str(data_manifest),
                  "params": {"sample_rate": 16000, "length": 8000, "split": "train", "random_crop": False}},
         "objective": {"schedule": {"name": "edm", "sigma_min": 0.002, "sigma_max": 80.0, "sigma_data": 0.25},

@@ -1,0 +1,300 @@
+"""Point-cloud transformers for diffusion on (batch, points, 3 + features).
+
+Every point is one token: its coordinates go through random Fourier features (Tancik et al.
+2020) and, with any extra per-point features, a linear projection to the model width. There
+is no positional order: nothing in the network depends on the index of a point, so the
+output is permutation *equivariant* (permuting the input points permutes the output the same
+way; tests/test_shapes_transformer.py checks it to 1e-5). Generation of unordered sets with a
+plain transformer follows Nichol et al. 2022, "Point-E" (Sec. 4.1).
+
+Two token mixers (``num_latents``):
+
+* ``num_latents = 0``: full self-attention over the points, DiT blocks (Peebles & Xie 2023)
+  with adaLN-Zero modulation from the noise-level (+ class) embedding. Cost O(points^2).
+* ``num_latents = L > 0``: a fixed set of L learned latent tokens reads the points by
+  cross-attention, mixes by self-attention among the latents, and writes back to the points
+  by cross-attention followed by a per-point MLP (Jaegle et al. 2022, "Perceiver IO";
+  repeated ``rounds`` times with the latents carried over, as in Jabri et al. 2023,
+  "Scalable Adaptive Computation for Iterative Generation" (RIN)). Cost O(points * L):
+  linear in the number of points.
+
+Conditioning mapping keys (all optional; a missing key means "unconditional"):
+
+* ``label``: (batch,) long class labels; -1 or ``num_classes`` is the null label (CFG).
+* ``context``: (batch, tokens, cross_attention_dim) sequence attended to by cross-attention
+  in every block (text / image embeddings, a partial cloud's encoding ...).
+* ``context_mask``: (batch, tokens) bool, True = attend.
+* ``coarse``: (batch, coarse_points, coarse_channels) a coarse cloud for the upsampler stage
+  (``coarse_channels > 0``). As in Point-E's upsampler (Sec. 4.3) the coarse points become
+  extra tokens (with their own input projection and a learned "coarse" type embedding)
+  that the fine points attend to (full mixer) or that the latents read together with the
+  fine points (latent mixer); only the fine tokens are output.
+
+forward(x (batch, points, in_channels), noise_level (batch,), cond) -> (batch, points, out_channels).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..nn import AdaLNZero, Attention, FourierFeatures, LabelEmbedding, NoiseLevelEmbedding, modulate
+
+
+class Mlp(nn.Module):
+    """Linear-GELU-Dropout-Linear."""
+
+    def __init__(self, dim: int, ratio: float = 4.0, dropout: float = 0.0):
+        super().__init__()
+        hidden = int(dim * ratio)
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Dropout(dropout),
+                                 nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero transformer block (Peebles & Xie 2023, Fig. 3) with optional cross-attention.
+
+    x: (batch, tokens, dim); emb: (batch, emb_dim). With ``kv_dim`` set the block attends
+    from x to ``kv`` (batch, kv_tokens, kv_dim) instead of to itself (a modulated
+    cross-attention block: the Perceiver read / write). With ``context_dim`` set a plain
+    pre-norm cross-attention to ``context`` follows the (self-)attention (as in PixArt-alpha,
+    Chen et al. 2023). Every residual branch starts at zero (gates and output layers are
+    zero-initialised), so a fresh block is the identity.
+    """
+
+    def __init__(self, dim: int, heads: int, emb_dim: int, *, mlp_ratio: float = 4.0, kv_dim: int | None = None,
+                 context_dim: int | None = None, dropout: float = 0.0, backend: str = "auto"):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.kv_norm = nn.LayerNorm(kv_dim, eps=1e-6) if kv_dim else None
+        self.attn = Attention(dim, heads, context_dim=kv_dim, backend=backend)
+        self.cross_norm = nn.LayerNorm(dim, eps=1e-6) if context_dim else None
+        self.cross_attn = Attention(dim, heads, context_dim=context_dim, backend=backend) if context_dim else None
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(dim, mlp_ratio, dropout)
+        self.ada = AdaLNZero(emb_dim, dim)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, kv: torch.Tensor | None = None,
+                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = (c.to(x.dtype) for c in self.ada(emb))
+        h = modulate(self.norm1(x), shift1, scale1)
+        if self.kv_norm is not None:
+            h = self.attn(h, context=self.kv_norm(kv))
+        else:
+            h = self.attn(h)
+        x = x + gate1 * h
+        if self.cross_attn is not None and context is not None:
+            x = x + self.cross_attn(self.cross_norm(x), context=context.to(x.dtype), context_mask=context_mask)
+        return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class FinalLayer(nn.Module):
+    """adaLN (shift, scale) + LayerNorm + zero-initialised linear (DiT's final layer)."""
+
+    def __init__(self, dim: int, emb_dim: int, out_channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ada = AdaLNZero(emb_dim, dim, n_chunks=2)
+        self.linear = nn.Linear(dim, out_channels)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        shift, scale = (c.to(x.dtype) for c in self.ada(emb))
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class PointEmbed(nn.Module):
+    """(batch, points, channels) -> (batch, points, dim): [x, Fourier(x[..., :3])] -> Linear.
+
+    Per point only, so it commutes with any permutation of the points.
+    """
+
+    def __init__(self, channels: int, dim: int, n_fourier: int, scale: float, seed: int = 0):
+        super().__init__()
+        self.fourier = FourierFeatures(3, n_fourier, scale, seed=seed) if n_fourier > 0 else None
+        self.proj = nn.Linear(channels + 2 * n_fourier, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = [x]
+        if self.fourier is not None:
+            feats.append(self.fourier(x[..., :3]).to(x.dtype))
+        return self.proj(torch.cat(feats, dim=-1))
+
+
+def _heads(dim: int, heads: int) -> int:
+    """The largest head count <= heads that divides dim."""
+    return max(h for h in range(1, heads + 1) if dim % h == 0)
+
+
+class PointCloudTransformer(ModelMixin, ConfigMixin):
+    """Diffusion backbone on point clouds: forward(x (batch, points, in_channels), noise_level (batch,), cond)
+    -> (batch, points, out_channels).
+
+    in_channels: 3 coordinates + per-point features (normals, colours ...); the first three
+    channels are the coordinates that get Fourier features. dim / depth / heads: width,
+    number of blocks, attention heads. fourier_features / fourier_scale: number and std
+    (cycles per unit) of the random frequencies. num_classes > 0 adds a class embedding
+    (null label -1 or num_classes). cross_attention_dim: width of cond["context"] tokens.
+    num_latents > 0 selects the latent-token mixer with ``rounds`` read / process / write
+    rounds of ``depth`` latent blocks each (see the module docstring); 0 the full mixer.
+    coarse_channels > 0 makes an upsampler conditioned on cond["coarse"]. point_dim (latent
+    mixer only): width of the point tokens, which may be narrower than the latents' ``dim``;
+    the per-point work (embedding, write-back attention, per-point MLP), which dominates at
+    thousands of points, scales with it.
+    """
+
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(self, in_channels: int = 3, out_channels: int | None = None, dim: int = 256, depth: int = 6,
+                 heads: int = 4, mlp_ratio: float = 4.0, fourier_features: int = 64, fourier_scale: float = 1.0,
+                 emb_dim: int | None = None, num_classes: int = 0, cross_attention_dim: int | None = None,
+                 num_latents: int = 0, rounds: int = 1, coarse_channels: int = 0, dropout: float = 0.0,
+                 attention_backend: str = "auto", point_dim: int | None = None):
+        super().__init__()
+        if in_channels < 3:
+            raise ValueError(f"PointCloudTransformer needs in_channels >= 3 (x, y, z first), got {in_channels}")
+        if depth < 1 or rounds < 1:
+            raise ValueError(f"depth and rounds must be >= 1, got depth={depth}, rounds={rounds}")
+        if num_latents < 0 or coarse_channels < 0:
+            raise ValueError(f"num_latents and coarse_channels must be >= 0, got {num_latents}, {coarse_channels}")
+        emb_dim = emb_dim or dim
+        if num_latents == 0 and point_dim not in (None, dim):
+            raise ValueError(f"point_dim ({point_dim}) differs from dim ({dim}): only the latent-token mixer "
+                             f"(num_latents > 0) has a separate point width")
+        pdim = point_dim or dim
+        self.out_ch = out_channels or in_channels
+        self.gradient_checkpointing = False
+        self.noise_embed = NoiseLevelEmbedding(emb_dim)
+        self.label_embed = LabelEmbedding(num_classes, emb_dim) if num_classes > 0 else None
+        self.point_embed = PointEmbed(in_channels, pdim, fourier_features, fourier_scale, seed=0)
+        if coarse_channels:
+            self.coarse_embed = PointEmbed(coarse_channels, pdim, fourier_features, fourier_scale, seed=1)
+            self.coarse_type = nn.Parameter(torch.zeros(pdim))
+            nn.init.normal_(self.coarse_type, std=0.02)
+        block = dict(heads=heads, emb_dim=emb_dim, mlp_ratio=mlp_ratio, context_dim=cross_attention_dim,
+                     dropout=dropout, backend=attention_backend)
+        if num_latents == 0:
+            self.blocks = nn.ModuleList([DiTBlock(dim, **block) for _ in range(depth)])
+        else:
+            self.latents = nn.Parameter(torch.randn(num_latents, dim) * 0.02)
+            rw = {**block, "context_dim": None}
+            self.reads = nn.ModuleList([DiTBlock(dim, kv_dim=pdim, **rw) for _ in range(rounds)])
+            self.latent_blocks = nn.ModuleList([nn.ModuleList([DiTBlock(dim, **block) for _ in range(depth)])
+                                                for _ in range(rounds)])
+            self.writes = nn.ModuleList([DiTBlock(pdim, kv_dim=dim, **{**rw, "heads": _heads(pdim, heads)})
+                                         for _ in range(rounds)])
+        self.final = FinalLayer(pdim, emb_dim, self.out_ch)
+
+    # ------------------------------------------------------------------ helpers
+    def _run(self, block, *args):
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    def embed_conditions(self, x: torch.Tensor, noise_level: torch.Tensor, cond: Mapping[str, Any]) -> torch.Tensor:
+        """(batch, emb_dim): noise-level embedding plus the class embedding (null when no label)."""
+        emb = self.noise_embed(noise_level.reshape(-1).expand(x.shape[0]).to(x.device))
+        if self.label_embed is not None:
+            labels = cond.get("label")
+            if labels is None:
+                labels = torch.full((x.shape[0],), -1, device=x.device, dtype=torch.long)
+            emb = emb + self.label_embed(labels.reshape(-1).to(x.device))
+        return emb.to(x.dtype)
+
+    def _coarse_tokens(self, x: torch.Tensor, cond: Mapping[str, Any]) -> torch.Tensor | None:
+        if not self.config.coarse_channels:
+            return None
+        coarse = cond.get("coarse")
+        if coarse is None:
+            return None  # unconditional upsampler call (e.g. a generic preview): fine tokens only
+        want = self.config.coarse_channels
+        if coarse.ndim != 3 or coarse.shape[0] != x.shape[0] or coarse.shape[-1] != want:
+            raise ValueError(f"cond['coarse'] must have shape (batch={x.shape[0]}, coarse_points, {want}), "
+                             f"got {tuple(coarse.shape)}")
+        return self.coarse_embed(coarse.to(x.dtype)) + self.coarse_type.to(x.dtype)
+
+    def forward(self, x: torch.Tensor, noise_level: torch.Tensor, cond: Mapping[str, Any] | None = None) -> torch.Tensor:
+        cond = cond or {}
+        c = self.config
+        if x.ndim != 3 or x.shape[-1] != c.in_channels:
+            raise ValueError(f"PointCloudTransformer expects (batch, points, {c.in_channels}), got {tuple(x.shape)}")
+        context, context_mask = cond.get("context"), cond.get("context_mask")
+        if context is not None and c.cross_attention_dim is None:
+            raise ValueError("cond['context'] given but the model has no cross-attention (cross_attention_dim=None)")
+        if context is not None and (context.ndim != 3 or context.shape[-1] != c.cross_attention_dim):
+            raise ValueError(f"cond['context'] must have shape (batch, tokens, {c.cross_attention_dim}), "
+                             f"got {tuple(context.shape)}")
+        emb = self.embed_conditions(x, noise_level, cond)
+        h = self.point_embed(x)
+        coarse = self._coarse_tokens(x, cond)
+        n = h.shape[1]
+        if c.num_latents == 0:
+            if coarse is not None:
+                h = torch.cat([h, coarse], dim=1)
+            for blk in self.blocks:
+                h = self._run(blk, h, emb, None, context, context_mask)
+            h = h[:, :n]
+        else:
+            z = self.latents.to(h.dtype)[None].expand(h.shape[0], -1, -1)
+            for read, blocks, write in zip(self.reads, self.latent_blocks, self.writes):
+                source = h if coarse is None else torch.cat([h, coarse], dim=1)
+                z = self._run(read, z, emb, source, None, None)
+                for blk in blocks:
+                    z = self._run(blk, z, emb, None, context, context_mask)
+                h = self._run(write, h, emb, z, None, None)
+        return self.final(h, emb)
+
+
+# ------------------------------------------------------------------------------ presets
+def point_tiny(**kw) -> PointCloudTransformer:
+    """Full attention, ~0.2M parameters: tests."""
+    return PointCloudTransformer(**{"dim": 64, "depth": 2, "heads": 2, "fourier_features": 16, **kw})
+
+
+def point_small(**kw) -> PointCloudTransformer:
+    """Full attention, ~4M parameters (Point-E-like at small scale; a few thousand points)."""
+    return PointCloudTransformer(**{"dim": 192, "depth": 6, "heads": 4, "fourier_features": 64, **kw})
+
+
+def point_base(**kw) -> PointCloudTransformer:
+    """Full attention, ~58M parameters (Point-E base width 512, 12 layers; GPU)."""
+    return PointCloudTransformer(**{"dim": 512, "depth": 12, "heads": 8, "fourier_features": 128, **kw})
+
+
+def latent_tiny(**kw) -> PointCloudTransformer:
+    """Latent tokens (32), ~0.3M parameters: tests and CPU smoke runs."""
+    return PointCloudTransformer(**{"dim": 64, "depth": 2, "heads": 2, "fourier_features": 16, "num_latents": 32,
+                                    "rounds": 1, **kw})
+
+
+def latent_small(**kw) -> PointCloudTransformer:
+    """Latent tokens (128), 2 rounds of 3 latent blocks, ~7M parameters: 2048-point shapes."""
+    return PointCloudTransformer(**{"dim": 192, "depth": 3, "heads": 4, "fourier_features": 64, "num_latents": 128,
+                                    "rounds": 2, **kw})
+
+
+def latent_base(**kw) -> PointCloudTransformer:
+    """Latent tokens (256), 3 rounds of 4 latent blocks, ~86M parameters: GPU, up to 16k+ points."""
+    return PointCloudTransformer(**{"dim": 512, "depth": 4, "heads": 8, "fourier_features": 128, "num_latents": 256,
+                                    "rounds": 3, **kw})
+
+
+def upsampler_small(**kw) -> PointCloudTransformer:
+    """Latent-token upsampler (coarse 1024 -> fine 4096 xyz), ~7M parameters."""
+    return PointCloudTransformer(**{"dim": 192, "depth": 3, "heads": 4, "fourier_features": 64, "num_latents": 256,
+                                    "rounds": 2, "coarse_channels": 3, **kw})
+
+
+POINT_PRESETS = {"point_tiny": point_tiny, "point_small": point_small, "point_base": point_base,
+                 "latent_tiny": latent_tiny, "latent_small": latent_small, "latent_base": latent_base,
+                 "upsampler_small": upsampler_small}

@@ -1,0 +1,259 @@
+"""Video data adapters: a folder or manifest of video files (PyAV), in-memory clip arrays (.npz,
+e.g. Moving MNIST from datasets/moving_mnist.py), and the conditioning of the frame tasks.
+
+Items are dicts:
+  x        (channels, frames, height, width) float32 in [-1, 1]
+  label    int class label (-1 when unlabelled)
+  text     caption string ("" when none; folder / manifest data only)
+and, with a conditioning task (:func:`task_conditioning`), also
+  concat     (1 + channels, frames, height, width): a mask channel (1 = given frame) and the given
+             frames (zeros elsewhere), for UNet3D's ``extra_in_channels``
+  loss_mask  (1, frames, 1, 1): 1 on the frames to generate, so given frames do not count in the loss
+Random choices (clip start, task, given frames) come from a generator seeded by (seed, epoch,
+index), so an item does not depend on batch composition or worker layout.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .io import VIDEO_EXTENSIONS, VideoDecodeError, probe_video, read_video
+
+TASKS = ("generate", "predict", "interpolate", "mixed")
+
+
+def read_manifest(path) -> list[dict]:
+    """Rows of a CSV or JSONL manifest (columns: path, and optionally label, text, split, start);
+    relative paths are resolved against the manifest's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} does not exist")
+    if path.suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{n}: invalid JSON ({err})") from None
+    else:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    for n, row in enumerate(rows, 1):
+        if not row.get("path"):
+            raise ValueError(f"{path}: row {n} has no 'path' column/value")
+        if not os.path.isabs(row["path"]):
+            row["path"] = str(path.parent / row["path"])
+    return rows
+
+
+def scan_folder(root) -> list[dict]:
+    """Video files under root; label = index of the parent folder among sorted class folders (-1 at the top)."""
+    root = Path(root)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+    classes = sorted({p.parent.relative_to(root).as_posix() for p in files} - {"."})
+    index = {c: k for k, c in enumerate(classes)}
+    return [{"path": str(p), "label": index.get(p.parent.relative_to(root).as_posix(), -1)} for p in files]
+
+
+def _label(row: dict, column: str) -> int:
+    v = row.get(column, -1)
+    return int(v) if v not in (None, "") else -1
+
+
+def task_conditioning(x: torch.Tensor, task: str, given: int, g: torch.Generator | None = None,
+                      p_unconditional: float = 0.0) -> dict:
+    """The concat channels and loss mask of a frame task for one clip x (C, T, H, W).
+
+    task: "generate" (nothing given), "predict" (the first ``given`` frames given), "interpolate"
+    (the first and last ``given // 2`` (at least 1) frames given) or "mixed" (predict or interpolate,
+    at random). With probability ``p_unconditional`` nothing is given (so one model also generates).
+    Returns {"concat": (1 + C, T, H, W), "loss_mask": (1, T, 1, 1)}.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown video task {task!r}; known: {TASKS}")
+    t = x.shape[1]
+    mask = torch.zeros(t)
+    u = float(torch.rand((), generator=g)) if (p_unconditional > 0 or task == "mixed") else 1.0
+    if task == "mixed":
+        task = "predict" if float(torch.rand((), generator=g)) < 0.5 else "interpolate"
+    if task != "generate" and not (p_unconditional > 0 and u < p_unconditional):
+        if not 0 < given < t:
+            raise ValueError(f"video task {task!r} needs 0 < given_frames < frames, got {given} of {t}")
+        if task == "predict":
+            mask[:given] = 1
+        else:
+            k = max(given // 2, 1)
+            mask[:k] = 1
+            mask[t - k:] = 1
+    m = mask.reshape(1, t, 1, 1).to(x.dtype)
+    concat = torch.cat([m.expand(1, t, *x.shape[2:]), x * m], dim=0)
+    return {"concat": concat, "loss_mask": 1 - m}
+
+
+class VideoDataset(Dataset):
+    """Fixed-length clips from a folder or a manifest (.csv / .jsonl) of video files.
+
+    num_frames clips at ``fps`` (None: each file's own rate), resized + centre-cropped to ``size``,
+    ``channels`` 3 (RGB) or 1 (luma). Every file is probed once at construction: files that
+    cannot be opened or are shorter than a clip are skipped, counted in ``bad_files`` and named in
+    one warning; a file that fails later, at decoding, is skipped the same way (the next one is
+    used). random_crop: a random start time in the file (else its start, or the row's ``start``).
+    """
+
+    def __init__(self, source, num_frames: int = 16, size=64, fps: float | None = None, channels: int = 3, *,
+                 split: str | None = None, random_crop: bool = True, seed: int = 0, label_column: str = "label",
+                 progress: bool = True):
+        source = Path(source)
+        if not source.exists():
+            raise FileNotFoundError(f"video data source {source} does not exist")
+        rows = read_manifest(source) if source.is_file() else scan_folder(source)
+        if split is not None:
+            rows = [r for r in rows if r.get("split") == split]
+        self.source, self.num_frames, self.size, self.fps, self.channels = source, num_frames, size, fps, channels
+        self.random_crop, self.seed, self.label_column = random_crop, seed, label_column
+        self.epoch = 0
+        self.bad_files: dict[str, str] = {}
+        from tqdm.auto import tqdm
+
+        kept = []
+        for row in tqdm(rows, desc=f"probing {source.name}", disable=not progress or len(rows) < 50):
+            try:
+                info = probe_video(row["path"])
+            except VideoDecodeError as err:
+                self.bad_files[row["path"]] = str(err)
+                continue
+            rate = fps or info["fps"] or 25.0
+            need = num_frames / rate
+            if info["duration"] is not None and info["duration"] + 0.5 / rate < need:
+                self.bad_files[row["path"]] = (f"{row['path']}: too short: {info['duration']:.3f} s, a clip of "
+                                               f"{num_frames} frames at {rate:g} fps needs {need:.3f} s")
+                continue
+            kept.append({**row, "_duration": info["duration"], "_rate": rate})
+        if self.bad_files:
+            names = ", ".join(list(self.bad_files)[:5]) + (" ..." if len(self.bad_files) > 5 else "")
+            warnings.warn(f"{source}: skipped {len(self.bad_files)} unreadable or too-short video files: {names}",
+                          stacklevel=2)
+        if not kept:
+            raise ValueError(f"{source}: no usable video files" + (f" in split {split!r}" if split else "")
+                             + (f" ({len(self.bad_files)} skipped)" if self.bad_files else ""))
+        self.rows = kept
+
+    @property
+    def labels(self) -> list[int]:
+        return [_label(r, self.label_column) for r in self.rows]
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.labels) + 1 if self.rows else 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _rng(self, index: int) -> torch.Generator:
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+
+    def __getitem__(self, index: int) -> dict:
+        g = self._rng(index)
+        for attempt in range(len(self.rows)):
+            row = self.rows[(index + attempt) % len(self.rows)]
+            if row["path"] in self.bad_files:
+                continue
+            start = float(row.get("start") or 0.0)
+            duration = row["_duration"]
+            if self.random_crop and duration is not None:
+                slack = duration - start - self.num_frames / row["_rate"]
+                start += max(slack, 0.0) * float(torch.rand((), generator=g))
+            try:
+                x, _ = read_video(row["path"], self.fps, self.num_frames, start, self.size, self.channels)
+            except (VideoDecodeError, OSError) as err:
+                self.bad_files[row["path"]] = str(err)
+                warnings.warn(f"skipping unreadable video file {row['path']}: {err} "
+                              f"({len(self.bad_files)} skipped so far)", stacklevel=2)
+                continue
+            return {"x": x, "label": _label(row, self.label_column), "text": str(row.get("text", "") or "")}
+        raise RuntimeError(f"{self.source}: every video file failed to decode ({len(self.bad_files)} files)")
+
+
+class ClipArrayDataset(Dataset):
+    """Clips held in memory from an .npz with ``videos`` uint8 (N, frames, height, width[, channels])
+    (0..255) and optionally ``labels`` (N,) or (N, k) (k digits -> one product label, most significant
+    first) and ``split`` (N,) strings. num_frames: a random (or the first) window of that many frames.
+    """
+
+    def __init__(self, path, num_frames: int | None = None, *, split: str | None = None, random_crop: bool = True,
+                 seed: int = 0):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"clip array {path} does not exist")
+        with np.load(path, allow_pickle=False) as z:
+            if "videos" not in z:
+                raise ValueError(f"{path}: no 'videos' array (keys: {sorted(z.keys())})")
+            videos = z["videos"]
+            labels = z["labels"] if "labels" in z else None
+            splits = z["split"] if "split" in z else None
+        if videos.dtype != np.uint8 or videos.ndim not in (4, 5):
+            raise ValueError(f"{path}: 'videos' must be uint8 (N, frames, H, W[, C]), got {videos.dtype} {videos.shape}")
+        if videos.ndim == 4:
+            videos = videos[..., None]
+        keep = np.ones(len(videos), bool) if split is None or splits is None else splits.astype(str) == split
+        if not keep.any():
+            raise ValueError(f"{path}: no clips in split {split!r}")
+        self.videos = torch.from_numpy(np.ascontiguousarray(videos[keep]))  # (N, T, H, W, C) uint8
+        self.label_digits = 0
+        if labels is not None:
+            labels = np.asarray(labels)[keep]
+            if labels.ndim == 2:
+                self.label_digits = labels.shape[1]
+                labels = (labels * (10 ** np.arange(labels.shape[1] - 1, -1, -1))).sum(1)
+            self.labels_t = torch.from_numpy(labels.astype(np.int64))
+        else:
+            self.labels_t = torch.full((len(self.videos),), -1, dtype=torch.long)
+        t = self.videos.shape[1]
+        self.num_frames = num_frames or t
+        if self.num_frames > t:
+            raise ValueError(f"{path}: clips have {t} frames, num_frames={self.num_frames} asks for more")
+        self.random_crop, self.seed, self.epoch, self.path = random_crop, seed, 0, path
+
+    @property
+    def channels(self) -> int:
+        return int(self.videos.shape[-1])
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.channels, self.num_frames, int(self.videos.shape[2]), int(self.videos.shape[3]))
+
+    @property
+    def num_classes(self) -> int:
+        if self.label_digits:
+            return 10 ** self.label_digits
+        return int(self.labels_t.max()) + 1 if len(self.labels_t) and int(self.labels_t.max()) >= 0 else 0
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def clip(self, index: int, g: torch.Generator | None = None) -> torch.Tensor:
+        v = self.videos[index]
+        t = v.shape[0]
+        s = 0
+        if self.random_crop and t > self.num_frames:
+            s = int(torch.randint(0, t - self.num_frames + 1, (1,), generator=g))
+        v = v[s:s + self.num_frames]
+        return v.permute(3, 0, 1, 2).float() / 127.5 - 1.0
+
+    def __getitem__(self, index: int) -> dict:
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+        return {"x": self.clip(index, g), "label": int(self.labels_t[index])}

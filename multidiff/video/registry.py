@@ -1,0 +1,209 @@
+"""Video's entries in the training registries: the ``video_unet3d`` backbone, the ``video_clips``
+(.npz clip arrays such as Moving MNIST) and ``video_folder`` (folder / manifest of video files)
+data sets with optional frame tasks (prediction, interpolation), GIF + PNG-grid previews and
+sample statistics / classifier scores. Imported by ``multidiff.train.registry.load_plugins``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..train.registry import DataSpec, register_dataset, register_evaluator, register_model, register_preview
+from .data import TASKS, ClipArrayDataset, VideoDataset, task_conditioning
+from .io import frame_grid, write_gif
+from .unet3d import UNET3D_PRESETS
+
+MODALITY = "video"
+
+
+@dataclass
+class UNet3DParams:
+    """A preset of multidiff.video.unet3d (tiny / small / base / large) and overrides of its fields.
+    extra_in_channels: None takes the data set's conditioning channels (spec.meta["concat_channels"])."""
+
+    preset: str = "small"
+    channels: list[int] | None = None
+    blocks_per_level: int | None = None
+    spatial_attention_levels: list[int] | None = None
+    temporal_attention: bool | None = None
+    attention_heads: int | None = None
+    emb_dim: int | None = None
+    dropout: float = 0.0
+    extra_in_channels: int | None = None
+    cross_attention_dim: int | None = None
+    temporal_kernel: int | None = None
+    attention_backend: str = "auto"
+    label_factors: list[int] | None = None
+    patch_size: int | None = None
+    temporal_attention_levels: list[int] | None = None
+
+
+def build_unet3d(params: UNet3DParams, spec: DataSpec, *, gradient_checkpointing: bool = False):
+    if params.preset not in UNET3D_PRESETS:
+        raise ValueError(f"model.params.preset: unknown UNet3D preset {params.preset!r}; known: {sorted(UNET3D_PRESETS)}")
+    if len(spec.sample_shape) != 4:
+        raise ValueError(f"video_unet3d needs samples of shape (channels, frames, height, width), "
+                         f"the data set gives {tuple(spec.sample_shape)}")
+    overrides = {k: v for k, v in vars(params).items() if k != "preset" and v is not None}
+    overrides.setdefault("extra_in_channels", int(spec.meta.get("concat_channels", 0)))
+    model = UNET3D_PRESETS[params.preset](in_channels=spec.sample_shape[0], num_classes=spec.num_classes, **overrides)
+    model.gradient_checkpointing = gradient_checkpointing
+    return model
+
+
+register_model("video_unet3d", build_unet3d, params=UNet3DParams, modality=MODALITY, example_shape=(1, 16, 32, 32),
+               example_batch=8, description="spatio-temporal video U-Net (multidiff.video.unet3d)")
+
+
+# ------------------------------------------------------------------------------ data sets
+@dataclass
+class TaskParams:
+    """The frame task of a video data set (see multidiff.video.data.task_conditioning).
+
+    task: generate | predict | interpolate | mixed; given_frames: frames given for predict
+    (the first ones) or interpolate (half at each end); p_unconditional: probability that a
+    clip is given no frames (so the model also generates from scratch, and previews, which
+    sample without given frames, show something meaningful); conditional: use class labels.
+    """
+
+    task: str = "generate"
+    given_frames: int = 0
+    p_unconditional: float = 0.0
+    conditional: bool = False
+
+
+@dataclass
+class ClipArrayParams(TaskParams):
+    """An .npz of uint8 clips (datasets/moving_mnist.py, datasets/bouncing_shapes.py); see
+    multidiff.video.data.ClipArrayDataset. num_frames: None = the clips' length."""
+
+    num_frames: int | None = None
+    split: str | None = "train"
+    random_crop: bool = True
+    fps: float = 8.0
+    num_classes: int | None = None
+
+
+@dataclass
+class VideoFolderParams(TaskParams):
+    """A folder or manifest of video files; see multidiff.video.data.VideoDataset."""
+
+    num_frames: int = 16
+    size: int = 64
+    fps: float | None = None
+    channels: int = 3
+    split: str | None = "train"
+    random_crop: bool = True
+    label_column: str = "label"
+    num_classes: int | None = None
+
+
+class VideoTrainData(torch.utils.data.Dataset):
+    """Items as the trainer wants them: x, label (conditional only) and, for a frame task,
+    concat + loss_mask (the trainer passes concat to the model in cond, loss_mask to the loss)."""
+
+    def __init__(self, clips, params: TaskParams, shape: tuple, fps: float | None, seed: int):
+        if params.task not in TASKS:
+            raise ValueError(f"data.params.task: unknown video task {params.task!r}; known: {TASKS}")
+        frames = shape[1]
+        if params.task != "generate" and not 0 < params.given_frames < frames:
+            raise ValueError(f"data.params.given_frames: task {params.task!r} needs 0 < given_frames < {frames}, "
+                             f"got {params.given_frames}")
+        if not 0.0 <= params.p_unconditional <= 1.0:
+            raise ValueError(f"data.params.p_unconditional must lie in [0, 1], got {params.p_unconditional}")
+        self.clips, self.params, self.seed = clips, params, seed
+        classes = 0
+        if params.conditional:
+            classes = getattr(params, "num_classes", None) or clips.num_classes
+            if classes <= 0:
+                raise ValueError("data.params.conditional: the data set has no labels")
+        concat = shape[0] + 1 if params.task != "generate" else 0
+        meta = {"fps": float(fps or 8.0), "task": params.task, "given_frames": params.given_frames,
+                "concat_channels": concat}
+        self.spec = DataSpec(tuple(int(s) for s in shape), int(classes), MODALITY, meta)
+        self._visits: dict[int, int] = {}  # per-index visit count: the task draw differs between epochs
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.clips[index]
+        out = {"x": item["x"]}
+        if self.spec.num_classes > 0:
+            out["label"] = item["label"] if item["label"] >= 0 else self.spec.num_classes
+        if self.params.task != "generate":
+            visit = self._visits.get(index, 0)
+            self._visits[index] = visit + 1
+            g = torch.Generator().manual_seed((self.seed * 7_000_003 + visit) * 10_000_019 + index)
+            out.update(task_conditioning(item["x"], self.params.task, self.params.given_frames, g,
+                                         self.params.p_unconditional))
+        return out
+
+
+def build_clip_array(params: ClipArrayParams, path: str | None, seed: int) -> VideoTrainData:
+    if path is None:
+        raise ValueError("data.path: video_clips needs an .npz (e.g. from datasets/moving_mnist.py)")
+    clips = ClipArrayDataset(path, params.num_frames, split=params.split, random_crop=params.random_crop, seed=seed)
+    return VideoTrainData(clips, params, clips.shape, params.fps, seed)
+
+
+def build_video_folder(params: VideoFolderParams, path: str | None, seed: int) -> VideoTrainData:
+    if path is None:
+        raise ValueError("data.path: video_folder needs a folder or a manifest (.csv / .jsonl) of video files")
+    clips = VideoDataset(path, params.num_frames, params.size, params.fps, params.channels, split=params.split,
+                         random_crop=params.random_crop, seed=seed, label_column=params.label_column)
+    return VideoTrainData(clips, params, (params.channels, params.num_frames, params.size, params.size),
+                          params.fps, seed)
+
+
+register_dataset("video_clips", build_clip_array, params=ClipArrayParams, modality=MODALITY, needs_path=True,
+                 description="uint8 clip arrays in an .npz (Moving MNIST, bouncing shapes)")
+register_dataset("video_folder", build_video_folder, params=VideoFolderParams, modality=MODALITY, needs_path=True,
+                 description="folder or manifest of video files decoded with PyAV (multidiff.video.data.VideoDataset)")
+
+
+# ------------------------------------------------------------------------- previews / eval
+def video_preview(samples: torch.Tensor, out_dir: Path, name: str, *, labels=None, spec=None,
+                  max_files: int = 8) -> list[Path]:
+    """One GIF per sample (the first ``max_files``) and one PNG grid (a row per sample, up to 16)."""
+    fps = float((spec.meta if spec is not None else {}).get("fps", 8.0))
+    out_dir = Path(out_dir) / name
+    videos = samples.float().clamp(-1, 1)
+    scale = max(1, 64 // max(int(videos.shape[-1]), 1))
+    paths = [write_gif(out_dir / f"{k:03d}.gif", videos[k], fps, scale=scale) for k in range(min(len(videos), max_files))]
+    rows = min(len(videos), 16)
+    titles = [str(int(labels[k])) for k in range(rows)] if labels is not None else None
+    paths.append(frame_grid(videos[:rows], out_dir / "frames.png", scale=scale, titles=titles))
+    return paths
+
+
+def video_evaluate(samples: torch.Tensor, config, *, labels=None, spec=None) -> dict:
+    """Statistics of generated clips, plus classifier scores when the data set has a trained
+    classifier (``video_classifier.safetensors`` beside the .npz, from datasets/train_video_classifier.py):
+    accuracy against the requested labels and the classifier Frechet distance to the test split
+    (not I3D-FVD)."""
+    x = samples.float()
+    diffs = (x[:, :, 1:] - x[:, :, :-1]).abs().mean() if x.shape[2] > 1 else torch.tensor(0.0)
+    out = {"mean": float(x.mean()), "std": float(x.std()), "clipped_fraction": float((x.abs() >= 0.999).float().mean()),
+           "frame_difference": float(diffs), "n": int(len(x))}
+    path = getattr(getattr(config, "data", None), "path", None)
+    classifier = Path(path).parent / "video_classifier.safetensors" if path and Path(path).is_file() else None
+    if classifier is not None and classifier.is_file() and str(path).endswith(".npz"):
+        from .metrics import VideoClassifier, classifier_accuracy, classifier_frechet_distance
+
+        model = VideoClassifier.load(classifier)
+        real = ClipArrayDataset(path, x.shape[2], split="test", random_crop=False)
+        n = min(len(real), 1000)
+        real_x = torch.stack([real.clip(k) for k in range(n)])
+        out["classifier_frechet"] = classifier_frechet_distance(model, x, real_x)
+        if labels is not None and spec is not None and 0 < spec.num_classes <= model.config["num_classes"]:
+            requested = torch.as_tensor(labels)
+            keep = requested < spec.num_classes
+            if keep.any():
+                out["classifier_accuracy"] = classifier_accuracy(model, x[keep], requested[keep])
+    return out
+
+
+register_preview(MODALITY, video_preview)
+register_evaluator(MODALITY, video_evaluate)

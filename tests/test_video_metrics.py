@@ -1,0 +1,110 @@
+"""Video metrics: PSNR closed form, SSIM against skimage, the repeat-last-frame baseline,
+Frechet distance closed form, classifier features, FVD through a local TorchScript file."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from multidiff.video.metrics import (
+    VideoClassifier,
+    classifier_frechet_distance,
+    frechet_distance,
+    i3d_fvd,
+    prediction_report,
+    psnr,
+    repeat_last_frame,
+    ssim,
+)
+
+
+@pytest.fixture(autouse=True)
+def _threads(single_thread):
+    yield
+
+
+def test_psnr_closed_form():
+    x = torch.zeros(2, 1, 3, 8, 8, dtype=torch.float64)
+    y = x + 0.1
+    y[1, :, 2] += 0.1  # frame 2 of clip 1 is off by 0.2
+    p = psnr(y, x)
+    assert p.shape == (2, 3)
+    assert float(p[0, 0]) == pytest.approx(10 * math.log10(4 / 0.01), abs=1e-9)
+    assert float(p[1, 2]) == pytest.approx(10 * math.log10(4 / 0.04), abs=1e-9)
+    assert math.isinf(float(psnr(x, x)[0, 0]))
+
+
+def test_ssim_matches_skimage_and_closed_cases():
+    metrics = pytest.importorskip("skimage.metrics")
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 3, 2, 24, 20, generator=g) * 2 - 1
+    b = (a + 0.3 * torch.randn(a.shape, generator=g)).clamp(-1, 1)
+    ours = ssim(a, b)
+    assert ours.shape == (2, 2)
+    for i in range(2):
+        for t in range(2):
+            ref = metrics.structural_similarity(a[i, :, t].numpy().astype(np.float64), b[i, :, t].numpy().astype(np.float64),
+                                                data_range=2.0, channel_axis=0, gaussian_weights=True, sigma=1.5,
+                                                use_sample_covariance=False)
+            assert float(ours[i, t]) == pytest.approx(ref, abs=1e-6)
+    torch.testing.assert_close(ssim(a, a), torch.ones(2, 2, dtype=torch.float64))
+    # a constant offset c on constant frames: SSIM = luminance term (2 mu1 mu2 + C1) / (mu1^2 + mu2^2 + C1)
+    x, y = (torch.full((1, 1, 1, 16, 16), v, dtype=torch.float64) for v in (0.2, 0.6))
+    c1 = (0.01 * 2) ** 2
+    assert float(ssim(x, y)) == pytest.approx((2 * 0.2 * 0.6 + c1) / (0.04 + 0.36 + c1), abs=1e-9)
+
+
+def test_repeat_last_frame_and_prediction_report():
+    g = torch.Generator().manual_seed(1)
+    truth = torch.rand(3, 1, 6, 16, 16, generator=g) * 2 - 1
+    base = repeat_last_frame(truth, 2)
+    torch.testing.assert_close(base[:, :, :2], truth[:, :, :2])
+    torch.testing.assert_close(base[:, :, 5], truth[:, :, 1])
+    perfect = prediction_report(truth, truth, given=2)
+    assert perfect["mse"] == 0 and perfect["mse_improvement"] == 1.0 and perfect["ssim"] == pytest.approx(1.0)
+    assert len(perfect["baseline_psnr_per_frame"]) == 4
+    as_baseline = prediction_report(base, truth, given=2)
+    assert as_baseline["mse"] == pytest.approx(as_baseline["baseline_mse"]) and as_baseline["mse_improvement"] == pytest.approx(0)
+    # halfway between the baseline and the truth: MSE / 4 -> 75% better
+    half = prediction_report(0.5 * (base + truth), truth, given=2)
+    assert half["mse_improvement"] == pytest.approx(0.75, abs=1e-9)
+    static = truth[:, :, :1].expand(-1, -1, 6, -1, -1)
+    assert prediction_report(static, static, given=1)["baseline_mse"] == 0
+
+
+def test_frechet_distance_closed_form():
+    assert frechet_distance([0.0], [[4.0]], [1.0], [[1.0]]) == pytest.approx(1 + 4 + 1 - 2 * 2, abs=1e-9)
+    s1, s2 = np.diag([1.0, 4.0]), np.diag([9.0, 1.0])
+    want = 2.0 + (1 + 9 - 2 * 3) + (4 + 1 - 2 * 2)
+    assert frechet_distance([1.0, 0.0], s1, [0.0, 1.0], s2) == pytest.approx(want, abs=1e-9)
+
+
+def test_classifier_features_and_save_load(tmp_path):
+    torch.manual_seed(0)
+    model = VideoClassifier(1, 3, width=8, feature_dim=16).eval()
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(40, 1, 4, 16, 16, generator=g) * 2 - 1
+    other = torch.rand(40, 1, 4, 16, 16, generator=g) * 0.2 - 1  # dark clips
+    assert classifier_frechet_distance(model, real, real) == pytest.approx(0, abs=1e-6)
+    assert classifier_frechet_distance(model, other, real) > 1e-3
+    model.save(tmp_path / "c.safetensors")
+    loaded = VideoClassifier.load(tmp_path / "c.safetensors")
+    torch.testing.assert_close(loaded(real[:2]), model(real[:2]))
+
+
+class _FakeI3D(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.mean(dim=(2, 3, 4)), x.std(dim=(2, 3, 4))], dim=1)
+
+
+def test_i3d_fvd_from_a_local_torchscript(tmp_path):
+    path = tmp_path / "i3d.pt"
+    torch.jit.script(_FakeI3D()).save(str(path))
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(12, 1, 16, 8, 8, generator=g) * 2 - 1
+    b = torch.rand(12, 1, 16, 8, 8, generator=g) - 1
+    same = i3d_fvd(a, a, path, size=16)
+    assert same["fvd"] == pytest.approx(0, abs=1e-6) and same["frames"] == 16 and same["num_fake"] == 12
+    assert i3d_fvd(b, a, path, size=16)["fvd"] > 0.01
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        i3d_fvd(a, a, tmp_path / "missing.pt")
