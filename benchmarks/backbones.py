@@ -6,7 +6,7 @@ parameter count (within 10%) and input size. Each measurement is a training step
 steps after warm-up. Peak memory: CUDA's max_memory_allocated on GPU; on CPU the rise
 in the process's peak RSS, each model measured in its own fresh process.
 
-    python benchmarks/backbones.py [--device cpu|cuda] [--quick] [--part audio]
+    python benchmarks/backbones.py [--device cpu|cuda] [--quick] [--part audio|video|shapes]
 """
 from __future__ import annotations
 
@@ -125,12 +125,34 @@ def audio_part(device: str, quick: bool) -> list[dict]:
     return rows
 
 
+def other_part(part: str, device: str, quick: bool) -> int:
+    """Run the video or 3D part (each in its own module) and print / store its rows as a markdown table."""
+    import importlib
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    module = importlib.import_module(f"backbones_{part}")
+    rows = module.run(quick, device=device)
+    keys = list(rows[0]) if rows else []
+    table = "\n".join(["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+                      + ["| " + " | ".join(f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |"
+                         for r in rows])
+    print(f"device: {device}\n{table}")
+    RESULTS.mkdir(exist_ok=True)
+    tag = f"backbones_{part}_{device}{'_quick' if quick else ''}"
+    (RESULTS / f"{tag}.md").write_text(table + "\n")
+    (RESULTS / f"{tag}.json").write_text(json.dumps(rows, indent=2))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--part", default="audio", choices=["audio"])
+    parser.add_argument("--part", default="audio", choices=["audio", "video", "shapes"],
+                        help="video / shapes: benchmarks/backbones_video.py / backbones_shapes.py (their own tables)")
     args = parser.parse_args(argv)
+    if args.part != "audio":
+        return other_part(args.part, args.device, args.quick)
     rows = audio_part(args.device, args.quick)
     header = f"{'part':6} {'model':10} {'params (M)':>10} {'input':>14} {'samples/s':>10} {'ratio':>6} {'peak MB':>9}"
     lines = [f"device: {args.device}", header, "-" * len(header)]
