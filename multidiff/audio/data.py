@@ -14,9 +14,7 @@ composition or worker layout.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import os
 import warnings
 from pathlib import Path
@@ -25,40 +23,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..manifest import read_manifest
+from ..manifest import scan_folder as scan_files
 from .io import AUDIO_EXTENSIONS, AudioDecodeError, load_audio
 
 
-def read_manifest(path) -> list[dict]:
-    """Rows of a CSV or JSONL manifest; ``path`` entries are resolved against its folder."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} does not exist")
-    if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{n}: invalid JSON ({err})") from None
-    else:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    for n, row in enumerate(rows, 1):
-        if "path" not in row or not row["path"]:
-            raise ValueError(f"{path}: row {n} has no 'path' column/value")
-        if not os.path.isabs(row["path"]):
-            row["path"] = str(path.parent / row["path"])
-    return rows
-
-
 def scan_folder(root) -> list[dict]:
-    """Audio files under root; a file's label is the index of its parent folder among sorted class folders."""
-    root = Path(root)
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
-    classes = sorted({p.parent.relative_to(root).as_posix() for p in files} - {"."})
-    index = {c: k for k, c in enumerate(classes)}
-    return [{"path": str(p), "label": index.get(p.parent.relative_to(root).as_posix(), -1)} for p in files]
+    """Audio files under root, labelled by class folder (multidiff.manifest.scan_folder)."""
+    return scan_files(root, AUDIO_EXTENSIONS)
 
 
 class AudioDataset(Dataset):

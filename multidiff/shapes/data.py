@@ -17,9 +17,7 @@ seeded by (seed, epoch, index), so an item does not depend on batch composition 
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import os
 import warnings
 from pathlib import Path
@@ -28,6 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..manifest import read_manifest, row_label
+from ..manifest import scan_folder as scan_files
 from .io import (
     MESH_EXTENSIONS,
     MeshLoadError,
@@ -40,43 +40,9 @@ from .io import (
 )
 
 
-def read_manifest(path) -> list[dict]:
-    """Rows of a CSV or JSONL manifest; relative ``path`` entries are resolved against its folder."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} does not exist")
-    if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{n}: invalid JSON ({err})") from None
-    else:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    for n, row in enumerate(rows, 1):
-        if not row.get("path"):
-            raise ValueError(f"{path}: row {n} has no 'path' column/value")
-        if not os.path.isabs(row["path"]):
-            row["path"] = str(path.parent / row["path"])
-    return rows
-
-
 def scan_folder(root) -> list[dict]:
-    """Mesh files under root; a file's label is the index of its parent folder among the sorted class folders."""
-    root = Path(root)
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in MESH_EXTENSIONS and p.is_file())
-    classes = sorted({p.parent.relative_to(root).as_posix() for p in files} - {"."})
-    index = {c: k for k, c in enumerate(classes)}
-    return [{"path": str(p), "label": index.get(p.parent.relative_to(root).as_posix(), -1),
-             "class": p.parent.relative_to(root).as_posix()} for p in files]
-
-
-def _label(row: dict, column: str) -> int:
-    value = row.get(column, "")
-    return int(value) if value not in (None, "") else -1
+    """Mesh files under root, labelled by class folder (multidiff.manifest.scan_folder)."""
+    return scan_files(root, MESH_EXTENSIONS)
 
 
 class ShapeDataset(Dataset):
@@ -124,7 +90,7 @@ class ShapeDataset(Dataset):
     # properties the trainer and recipes read
     @property
     def labels(self) -> list[int]:
-        return [_label(r, self.label_column) for r in self.rows]
+        return [row_label(r, self.label_column) for r in self.rows]
 
     @property
     def num_classes(self) -> int:
@@ -225,7 +191,7 @@ class ShapeDataset(Dataset):
         if self.augment:
             pts = augment(pts, g, rotate=self.rotate, scale_range=self.scale_range)
         pts = self.normalization(pts[: self.num_points]).apply(pts).float()
-        item = {"x": pts[: self.num_points].contiguous(), "label": _label(self.rows[k], self.label_column), "index": k}
+        item = {"x": pts[: self.num_points].contiguous(), "label": row_label(self.rows[k], self.label_column), "index": k}
         if self.coarse_points:  # an independent, disjoint sample of the same surface, same normalisation
             item["coarse"] = pts[self.num_points:].contiguous()
         return item

@@ -14,9 +14,6 @@ index), so an item does not depend on batch composition or worker layout.
 """
 from __future__ import annotations
 
-import csv
-import json
-import os
 import warnings
 from pathlib import Path
 
@@ -24,48 +21,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..manifest import read_manifest, row_label
+from ..manifest import scan_folder as scan_files
 from .io import VIDEO_EXTENSIONS, VideoDecodeError, probe_video, read_video
 
 TASKS = ("generate", "predict", "interpolate", "mixed")
 
 
-def read_manifest(path) -> list[dict]:
-    """Rows of a CSV or JSONL manifest (columns: path, and optionally label, text, split, start);
-    relative paths are resolved against the manifest's folder."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} does not exist")
-    if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{n}: invalid JSON ({err})") from None
-    else:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    for n, row in enumerate(rows, 1):
-        if not row.get("path"):
-            raise ValueError(f"{path}: row {n} has no 'path' column/value")
-        if not os.path.isabs(row["path"]):
-            row["path"] = str(path.parent / row["path"])
-    return rows
-
-
 def scan_folder(root) -> list[dict]:
-    """Video files under root; label = index of the parent folder among sorted class folders (-1 at the top)."""
-    root = Path(root)
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
-    classes = sorted({p.parent.relative_to(root).as_posix() for p in files} - {"."})
-    index = {c: k for k, c in enumerate(classes)}
-    return [{"path": str(p), "label": index.get(p.parent.relative_to(root).as_posix(), -1)} for p in files]
-
-
-def _label(row: dict, column: str) -> int:
-    v = row.get(column, -1)
-    return int(v) if v not in (None, "") else -1
+    """Video files under root, labelled by class folder (multidiff.manifest.scan_folder)."""
+    return scan_files(root, VIDEO_EXTENSIONS)
 
 
 def task_conditioning(x: torch.Tensor, task: str, given: int, g: torch.Generator | None = None,
@@ -148,7 +113,7 @@ class VideoDataset(Dataset):
 
     @property
     def labels(self) -> list[int]:
-        return [_label(r, self.label_column) for r in self.rows]
+        return [row_label(r, self.label_column) for r in self.rows]
 
     @property
     def num_classes(self) -> int:
@@ -181,7 +146,7 @@ class VideoDataset(Dataset):
                 warnings.warn(f"skipping unreadable video file {row['path']}: {err} "
                               f"({len(self.bad_files)} skipped so far)", stacklevel=2)
                 continue
-            return {"x": x, "label": _label(row, self.label_column), "text": str(row.get("text", "") or "")}
+            return {"x": x, "label": row_label(row, self.label_column), "text": str(row.get("text", "") or "")}
         raise RuntimeError(f"{self.source}: every video file failed to decode ({len(self.bad_files)} files)")
 
 

@@ -1,0 +1,51 @@
+"""Data-set sources shared by every modality: CSV / JSONL manifests and class-per-folder trees."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def read_manifest(path) -> list[dict]:
+    """Rows of a CSV or JSONL manifest (a ``path`` column, and optionally label, text, split, ...);
+    relative ``path`` entries are resolved against the manifest's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} does not exist")
+    if path.suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{n}: invalid JSON ({err})") from None
+    else:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    for n, row in enumerate(rows, 1):
+        if not row.get("path"):
+            raise ValueError(f"{path}: row {n} has no 'path' column/value")
+        if not os.path.isabs(row["path"]):
+            row["path"] = str(path.parent / row["path"])
+    return rows
+
+
+def scan_folder(root, extensions: Iterable[str]) -> list[dict]:
+    """Files under root with one of ``extensions`` (lower-case, with the dot), sorted. A file's
+    ``class`` is its parent folder relative to root and its ``label`` that folder's index among the
+    sorted class folders (-1 for files directly under root)."""
+    root, extensions = Path(root), set(extensions)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file())
+    classes = sorted({p.parent.relative_to(root).as_posix() for p in files} - {"."})
+    index = {c: k for k, c in enumerate(classes)}
+    return [{"path": str(p), "label": index.get(p.parent.relative_to(root).as_posix(), -1),
+             "class": p.parent.relative_to(root).as_posix()} for p in files]
+
+
+def row_label(row: dict, column: str) -> int:
+    """The integer label in ``column`` of a manifest row; -1 (none) when missing or empty."""
+    value = row.get(column, "")
+    return int(value) if value not in (None, "") else -1
