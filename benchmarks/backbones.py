@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import resource
 import statistics
 import sys
@@ -20,6 +19,9 @@ import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # the sibling modules below, when imported from elsewhere
+from isolate import run_isolated  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -101,22 +103,12 @@ def measure(kind: str, target_params: int, batch: int, length: int, device: str,
                "peak_MB": peak_mb})
 
 
-def run_isolated(*args) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=measure, args=(*args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
-
-
 def audio_part(device: str, quick: bool) -> list[dict]:
     target = n_params(diffusers_unet1d())
     batch, length, steps = (4, 16384, 3) if quick else (8 if device == "cpu" else 64, 16384, 5 if device == "cpu" else 20)
     rows = []
     for kind in ("diffusers", "ours"):
-        r = run_isolated(kind, target, batch, length, device, steps)
+        r = run_isolated(measure, kind, target, batch, length, device, steps)
         r.update(part="audio", input=f"{batch}x1x{length}")
         rows.append(r)
     base = rows[0]["samples_per_s"]
@@ -129,13 +121,9 @@ def other_part(part: str, device: str, quick: bool) -> int:
     """Run the video or 3D part (each in its own module) and print / store its rows as a markdown table."""
     import importlib
 
-    sys.path.insert(0, str(Path(__file__).parent))
     module = importlib.import_module(f"backbones_{part}")
     rows = module.run(quick, device=device)
-    keys = list(rows[0]) if rows else []
-    table = "\n".join(["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-                      + ["| " + " | ".join(f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |"
-                         for r in rows])
+    table = module.markdown(rows)
     print(f"device: {device}\n{table}")
     RESULTS.mkdir(exist_ok=True)
     tag = f"backbones_{part}_{device}{'_quick' if quick else ''}"

@@ -14,13 +14,13 @@ full-attention preset is measured next to it at the smaller sizes for contrast.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import resource
 import statistics
 import sys
 import time
 
 import torch
+from isolate import run_isolated
 
 POINTS = (1024, 2048, 4096, 8192, 16384)
 TARGET_RATIO = 4.5  # time(8192) / time(2048) for the latent-token variant
@@ -61,16 +61,6 @@ def measure(preset: str, points: int, batch: int, device: str, steps: int, threa
                "samples_per_s": batch / step_s, "peak_MB": peak_mb})
 
 
-def run_isolated(*args) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=measure, args=(*args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
-
-
 def run(quick: bool, device: str | None = None, threads: int | None = None) -> list[dict]:
     """Rows for the latent-token preset at 1024 ... 16384 points (and full attention up to 4096
     unless quick), each with ``time_ratio_vs_2048`` = step time / step time at 2048 points."""
@@ -78,9 +68,9 @@ def run(quick: bool, device: str | None = None, threads: int | None = None) -> l
     cpu = device == "cpu"
     batch = (1 if quick else 2) if cpu else (4 if quick else 16)
     steps = (1 if quick else 3) if cpu else (5 if quick else 20)
-    rows = [run_isolated("latent_small", n, batch, device, steps, threads) for n in POINTS]
+    rows = [run_isolated(measure, "latent_small", n, batch, device, steps, threads) for n in POINTS]
     if not quick:
-        rows += [run_isolated("point_small", n, batch, device, steps, threads) for n in POINTS if n <= 4096]
+        rows += [run_isolated(measure, "point_small", n, batch, device, steps, threads) for n in POINTS if n <= 4096]
     for preset in {r["model"] for r in rows}:
         base = [r for r in rows if r["model"] == preset and r["points"] == 2048]
         for r in rows:
@@ -91,7 +81,7 @@ def run(quick: bool, device: str | None = None, threads: int | None = None) -> l
     return rows
 
 
-def table(rows: list[dict]) -> str:
+def markdown(rows: list[dict]) -> str:
     lines = ["| model | params (M) | input | step (s) | samples/s | time / time@2048 | peak MB |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -113,7 +103,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args(argv)
-    print(table(run(args.quick, args.device, args.threads)))
+    print(markdown(run(args.quick, args.device, args.threads)))
     return 0
 
 

@@ -17,7 +17,6 @@ column "mem 32f / 16f" is the ratio of the longer to the shorter clip's peak.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import resource
 import statistics
 import sys
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from isolate import run_isolated
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -117,16 +117,6 @@ def measure(kind: str, scale: float, batch: int, frames: int, device: str, steps
                "samples_per_s": batch / statistics.median(times), "peak_MB": peak_mb})
 
 
-def run_isolated(*args) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=measure, args=(*args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
-
-
 def run(quick: bool, device: str | None = None, threads: int = 2) -> list[dict]:
     """Rows {part, model, params_M, input, frames, samples_per_s, peak_MB, throughput_ratio,
     memory_32_over_16} for our UNet3D and diffusers' UNet3DConditionModel. ``quick`` on a CPU
@@ -141,7 +131,7 @@ def run(quick: bool, device: str | None = None, threads: int = 2) -> list[dict]:
     rows = []
     for kind in ("diffusers", "ours"):
         for frames in (short, long):
-            r = run_isolated(kind, scale, batch, frames, device, steps, threads)
+            r = run_isolated(measure, kind, scale, batch, frames, device, steps, threads)
             r.update(part="video", input=f"{batch}x{CHANNELS}x{frames}x{SIZE}x{SIZE}", device=device)
             rows.append(r)
     for frames in (short, long):
