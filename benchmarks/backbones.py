@@ -40,9 +40,20 @@ def diffusers_unet1d(width: int = 32):
                        mid_block_type="UNetMidBlock1D", layers_per_block=1)
 
 
-def ours_unet1d(scale: float = 1.0):
+def ours_unet1d(scale: float = 1.0, layout: str = "waveform"):
+    """Our UNet1D at a width scale.
+
+    waveform: the `small` preset's layout, first level on raw samples (4x4x4x2 down-sampling).
+    mdct: the spoken-digits recipe's layout (recipes/audio/digits.yaml): the first level runs on a
+    32-band MDCT of the waveform (512 frames for 16384 samples), spectral-mask output.
+    """
     from multidiff.audio.unet1d import UNet1D
 
+    if layout == "mdct":
+        ch = tuple(int(round(c * scale / 8)) * 8 for c in (96, 128, 192, 256))
+        return UNet1D(in_channels=1, channels=ch, factors=(2, 2, 4), blocks_per_level=1, attention_levels=(2, 3),
+                      emb_dim=max(64, ch[-1]), patch_size=32, patch_transform="mdct", input_gate=True,
+                      conditioning_token=True)
     ch = tuple(int(round(c * scale / 8)) * 8 for c in (32, 64, 128, 256, 256))
     return UNet1D(in_channels=1, channels=ch, factors=(4, 4, 4, 2), blocks_per_level=2, attention_levels=(3, 4),
                   emb_dim=max(64, ch[-1]))
@@ -52,16 +63,16 @@ def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def matched_ours(target: int):
+def matched_ours(target: int, layout: str = "waveform"):
     """Our UNet1D scaled so its parameter count is within 10% of target."""
     lo, hi = 0.1, 8.0
     for _ in range(40):
         mid = (lo + hi) / 2
-        if n_params(ours_unet1d(mid)) < target:
+        if n_params(ours_unet1d(mid, layout)) < target:
             lo = mid
         else:
             hi = mid
-    model = ours_unet1d((lo + hi) / 2)
+    model = ours_unet1d((lo + hi) / 2, layout)
     assert abs(n_params(model) / target - 1) < 0.1, (n_params(model), target)
     return model
 
@@ -76,7 +87,7 @@ def _forward(kind, model, x, t):
 def measure(kind: str, target_params: int, batch: int, length: int, device: str, steps: int, queue) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(torch.get_num_threads())
-    model = diffusers_unet1d() if kind == "diffusers" else matched_ours(target_params)
+    model = diffusers_unet1d() if kind == "diffusers" else matched_ours(target_params, kind.split("-", 1)[1])
     model = model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, 1, length, device=device)
@@ -107,7 +118,7 @@ def audio_part(device: str, quick: bool) -> list[dict]:
     target = n_params(diffusers_unet1d())
     batch, length, steps = (4, 16384, 3) if quick else (8 if device == "cpu" else 64, 16384, 5 if device == "cpu" else 20)
     rows = []
-    for kind in ("diffusers", "ours"):
+    for kind in ("diffusers", "ours-waveform", "ours-mdct"):
         r = run_isolated(measure, kind, target, batch, length, device, steps)
         r.update(part="audio", input=f"{batch}x1x{length}")
         rows.append(r)
@@ -142,13 +153,13 @@ def main(argv=None) -> int:
     if args.part != "audio":
         return other_part(args.part, args.device, args.quick)
     rows = audio_part(args.device, args.quick)
-    header = f"{'part':6} {'model':10} {'params (M)':>10} {'input':>14} {'samples/s':>10} {'ratio':>6} {'peak MB':>9}"
+    header = f"{'part':6} {'model':14} {'params (M)':>10} {'input':>14} {'samples/s':>10} {'ratio':>6} {'peak MB':>9}"
     lines = [f"device: {args.device}", header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r['part']:6} {r['model']:10} {r['params_M']:10.2f} {r['input']:>14} {r['samples_per_s']:10.2f} "
+        lines.append(f"{r['part']:6} {r['model']:14} {r['params_M']:10.2f} {r['input']:>14} {r['samples_per_s']:10.2f} "
                      f"{r['throughput_ratio']:6.2f} {r['peak_MB']:9.0f}")
-    ours = [r for r in rows if r["model"] == "ours"][0]
-    lines.append(f"audio: ours / diffusers UNet1DModel throughput = {ours['throughput_ratio']:.2f} (target >= 1.5)")
+    for r in rows[1:]:
+        lines.append(f"audio: {r['model']} / diffusers UNet1DModel throughput = {r['throughput_ratio']:.2f} (target >= 1.5)")
     print("\n".join(lines))
     RESULTS.mkdir(exist_ok=True)
     tag = f"backbones_{args.device}{'_quick' if args.quick else ''}"

@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from multidiff.audio.builders import DIGITS, build_notes, build_spoken_digits, center_clip
+from multidiff.audio.builders import DIGITS, build_notes, build_spoken_digits, center_clip, digit_caption
 from multidiff.audio.data import AudioDataset
 from multidiff.audio.io import save_audio
 
@@ -105,7 +105,10 @@ def test_spoken_digits_builder_is_deterministic_and_splits_by_voice(tmp_path):
     train_voices = {r["variant"] for r in rows if r["split"] == "train"}
     test_voices = {r["variant"] for r in rows if r["split"] == "test"}
     assert train_voices and test_voices and not (train_voices & test_voices)
-    assert {r["text"] for r in rows} == set(DIGITS)
+    assert {r["word"] for r in rows} == set(DIGITS)
+    for r in rows:  # captions say what was synthesised
+        assert r["text"] == digit_caption(r["word"], r["accent"], int(r["speed"]), int(r["espeak_pitch"]))
+        assert r["text"].startswith(f"{r['word']}, ") and r["text"].endswith(f"{r['accent']} accent")
     item = ds[0]
     assert item["x"].shape == (1, 16000) and 0.5 < float(item["x"].abs().max()) <= 0.91
     assert torch.equal(item["x"], AudioDataset(m2, length=16000, random_crop=False)[0]["x"])
@@ -117,6 +120,8 @@ def test_notes_builder_renders_the_requested_pitch(tmp_path):
     manifest = build_notes(tmp_path, pitches=[57, 69], programs=(0, 40), velocities=(100,), progress=False)
     ds = AudioDataset(manifest, length=16000, random_crop=False)
     assert len(ds) == 4
+    assert sorted(r["text"] for r in ds.rows) == ["piano playing A3, loud", "piano playing A4, loud",
+                                                  "violin playing A3, loud", "violin playing A4, loud"]
     for row, k in zip(ds.rows, range(4)):
         f0 = estimate_pitch(ds[k]["x"], 16000)
         assert abs(1200 * math.log2(f0 / midi_to_hz(int(row["pitch"])))) < 50

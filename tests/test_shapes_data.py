@@ -30,7 +30,7 @@ def test_procedural_builder_is_deterministic_labelled_and_split(tmp_path):
     rows = list(csv.DictReader(open(m1)))
     assert len(rows) == 5 * len(PROCEDURAL_CLASSES)
     assert {r["class"] for r in rows} == set(PROCEDURAL_CLASSES)
-    assert all(PROCEDURAL_CLASSES[int(r["label"])] == r["class"] for r in rows)
+    assert all(PROCEDURAL_CLASSES[int(r["label"])] == r["class"] and r["text"] == f"a {r['class']}" for r in rows)
     for c in PROCEDURAL_CLASSES:  # 1 of 5 per class held out
         assert sum(r["split"] == "test" for r in rows if r["class"] == c) == 1
     assert (m2.parent / "classes.json").is_file()

@@ -70,6 +70,7 @@ def test_moving_mnist_two_digits_and_wrap(tmp_path):
     assert data.num_classes == 100 and data.shape == (1, 4, 24, 24)
     z = np.load(path)
     assert int(data[0]["label"]) == int(z["labels"][0, 0]) * 10 + int(z["labels"][0, 1])
+    assert data[0]["text"] == f"digits {int(z['labels'][0, 0])} and {int(z['labels'][0, 1])}"
     item = data[0]["x"]
     assert item.shape == (1, 4, 24, 24) and float(item.min()) == -1.0 and float(item.max()) > 0.5
 

@@ -62,6 +62,28 @@ def trim_silence(wave: torch.Tensor, top_db: float = 40.0) -> torch.Tensor:
     return wave[..., start:end] if end > start else wave
 
 
+def _tercile(value: float, lo: float, hi: float, words: tuple[str, str, str]) -> str:
+    third = (hi - lo) / 3
+    return words[0] if value < lo + third else words[2] if value >= hi - third else words[1]
+
+
+def digit_caption(word: str, accent: str, speed: int, espeak_pitch: int, speed_range=(130, 200),
+                  pitch_range=(25, 75)) -> str:
+    """What was synthesised, in words: "seven, deep slow voice, en-us accent" (pitch and speed
+    named by the tercile of their range; the middle tercile is not named)."""
+    pitch_word = _tercile(espeak_pitch, *pitch_range, ("deep", "", "high"))
+    speed_word = _tercile(speed, *speed_range, ("slow", "", "fast"))
+    described = " ".join(w for w in (pitch_word, speed_word) if w)
+    return f"{word}, {described} voice, {accent} accent" if described else f"{word}, {accent} accent"
+
+
+def note_caption(instrument: str, pitch: int, velocity: int) -> str:
+    """"piano playing C4, soft": the instrument, the note name (MIDI 60 = C4) and loud / soft (velocity >= 100)."""
+    import pretty_midi
+
+    return f"{instrument} playing {pretty_midi.note_number_to_name(int(pitch))}, {'loud' if velocity >= 100 else 'soft'}"
+
+
 def build_spoken_digits(out_dir, *, sample_rate: int = 16000, duration: float = 1.0,
                         accents: Sequence[str] = ESPEAK_ACCENTS, variants: Sequence[str] | None = None,
                         clips_per_voice: int = 1, speed_range=(130, 200), pitch_range=(25, 75),
@@ -86,14 +108,15 @@ def build_spoken_digits(out_dir, *, sample_rate: int = 16000, duration: float = 
                     speed = rng.randint(*speed_range)
                     pitch = rng.randint(*pitch_range)
                     name = f"{word}_{accent}_{variant}_{k}.wav".replace("+", "_")
-                    jobs.append(dict(path=f"audio/{name}", label=label, text=word, split=split, accent=accent,
-                                     variant=variant, speed=speed, espeak_pitch=pitch))
+                    jobs.append(dict(path=f"audio/{name}", label=label, word=word, split=split, accent=accent,
+                                     variant=variant, speed=speed, espeak_pitch=pitch,
+                                     text=digit_caption(word, accent, speed, pitch, speed_range, pitch_range)))
     length = int(round(sample_rate * duration))
 
     def synth(job):
         with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
             cmd = [exe, "-v", f"{job['accent']}+{job['variant']}", "-s", str(job["speed"]), "-p", str(job["espeak_pitch"]),
-                   "-w", tmp.name, job["text"]]
+                   "-w", tmp.name, job["word"]]
             subprocess.run(cmd, check=True, capture_output=True)
             wave, _ = load_audio(tmp.name, sample_rate=sample_rate, channels=1)
         wave = trim_silence(wave)
@@ -114,7 +137,8 @@ def build_spoken_digits(out_dir, *, sample_rate: int = 16000, duration: float = 
         if job is not None:
             rows.append(job)
     return write_manifest(out_dir / "manifest.csv",
-                          ["path", "label", "text", "split", "accent", "variant", "speed", "espeak_pitch"], rows)
+                          ["path", "label", "word", "text", "split", "accent", "variant", "speed", "espeak_pitch"],
+                          rows)
 
 
 # ------------------------------------------------------------------------------- music
@@ -202,7 +226,8 @@ def build_notes(out_dir, *, sample_rate: int = 16000, duration: float = 1.0, pit
         rows.append(dict(path=name, label=pitches.index(pitch),
                          pitch_instrument=pitches.index(pitch) * len(programs) + list(programs).index(program),
                          pitch=pitch, program=program, instrument=GM_INSTRUMENTS.get(program, str(program)),
-                         velocity=velocity, split=split, text=f"{GM_INSTRUMENTS.get(program, program)} midi {pitch}"))
+                         velocity=velocity, split=split,
+                         text=note_caption(GM_INSTRUMENTS.get(program, str(program)), pitch, velocity)))
     return write_manifest(out_dir / "manifest.csv", ["path", "label", "pitch_instrument", "pitch", "program",
                                                      "instrument", "velocity", "split", "text"], rows)
 

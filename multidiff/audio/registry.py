@@ -91,6 +91,7 @@ class AudioTrainData(torch.utils.data.Dataset):
         out = {"x": item["x"], "loss_mask": item["loss_mask"]}
         if self.spec.num_classes > 0:
             out["label"] = item["label"] if item["label"] >= 0 else self.spec.num_classes
+        out["text"] = item["text"]  # the caption ("" when none), used by models with a text encoder
         return out
 
 

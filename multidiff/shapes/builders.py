@@ -97,7 +97,7 @@ def build_procedural(out_dir, *, per_class: int = 200, classes: Sequence[str] = 
         (out / name).mkdir(exist_ok=True)
         mesh.export(out / rel)
         rows.append({"path": rel, "label": c, "class": name, "split": "test" if k >= per_class - n_test else "train",
-                     "seed": seed})
+                     "seed": seed, "text": f"a {name}"})
     return _write_manifest(out, rows, classes)
 
 
@@ -175,7 +175,8 @@ def build_sweethome3d(out_dir, *, furniture_dir=SWEETHOME3D_DIR, min_per_categor
                         target.parent.mkdir(parents=True, exist_ok=True)
                         target.write_bytes(z.read(member))
             rows.append({"path": f"{Path(r['library']).stem}/{r['model']}", "label": classes.index(r["category"]),
-                         "class": r["category"], "name": r["name"], "id": r["id"]})
+                         "class": r["category"], "name": r["name"], "id": r["id"],
+                         "text": f"{r['name']}, {r['category']}".lower()})
     finally:
         for z in archives.values():
             z.close()

@@ -121,6 +121,7 @@ class ShapeTrainData(torch.utils.data.Dataset):
             out["coarse"] = item["coarse"]
         if self.spec.num_classes > 0:
             out["label"] = item["label"] if item["label"] >= 0 else self.spec.num_classes
+        out["text"] = item["text"]
         return out
 
 

@@ -17,8 +17,9 @@ from ..core import (
     UniformT,
     weighting,
 )
+from ..nn.text import ByteTextEncoder, PretrainedTextEncoder, TextConditioned
 from . import registry
-from .config import Config, ObjectiveConfig, OptimizerConfig, data_params, model_params
+from .config import Config, ConfigError, ObjectiveConfig, OptimizerConfig, data_params, model_params
 from .registry import DataSpec
 
 
@@ -33,9 +34,20 @@ def build_dataset(config: Config):
 
 
 def build_model(config: Config, spec: DataSpec) -> nn.Module:
-    """The backbone of ``config.model`` for data described by ``spec``."""
+    """The backbone of ``config.model`` for data described by ``spec``; with ``model.text_encoder``
+    set, wrapped in :class:`multidiff.nn.TextConditioned` so ``cond['text']`` (captions) works."""
     entry = registry.MODELS[config.model.name]
-    return entry.factory(model_params(config), spec, gradient_checkpointing=config.model.gradient_checkpointing)
+    backbone = entry.factory(model_params(config), spec, gradient_checkpointing=config.model.gradient_checkpointing)
+    te = config.model.text_encoder
+    if te.kind == "none":
+        return backbone
+    encoder = (ByteTextEncoder(te.dim, te.depth, te.heads, te.max_length) if te.kind == "bytes"
+               else PretrainedTextEncoder(te.path, te.max_length))
+    width = config.model.params.get("cross_attention_dim")
+    if width != encoder.dim:
+        raise ConfigError("model.params.cross_attention_dim",
+                          f"is {width}, but the {te.kind} text encoder gives {encoder.dim}-wide embeddings")
+    return TextConditioned(backbone, encoder)
 
 
 def build_denoiser(model: nn.Module, objective: ObjectiveConfig) -> Denoiser:

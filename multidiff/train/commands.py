@@ -91,6 +91,8 @@ def _sampling_arguments(parser: argparse.ArgumentParser, out_default: str) -> No
     parser.add_argument("--spacing", default=None, help="sigma spacing from multidiff.core.SPACINGS")
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off)")
     parser.add_argument("--label", type=int, default=None, help="class label for all samples (conditional models)")
+    parser.add_argument("--prompt", default=None, help="caption for all samples (models with a text encoder)")
+    parser.add_argument("--negative-prompt", default="", help="caption guidance steers away from (default: '')")
     parser.add_argument("--seed", type=int, default=None, help="sample k uses the generator seeded seed + k")
     parser.add_argument("--batch-size", type=int, default=None, help="samples per forward batch")
     parser.add_argument("--no-ema", action="store_true", help="use the trained weights instead of the EMA")
@@ -125,11 +127,19 @@ def _generate(args, verb: str):
 
     model, config, spec, state, folder, weights = load_for_sampling(args.checkpoint, args.device, not args.no_ema)
     sampling = _sampling_config(config, args)
-    if sampling.guidance != 1.0 and spec.num_classes == 0:
+    prompts = None
+    if args.prompt is not None:
+        if config.model.text_encoder.kind == "none":
+            raise ValueError(f"--prompt: the model of {folder} has no text encoder (model.text_encoder.kind is none)")
+        prompts = [args.prompt] * sampling.num_samples
+    elif config.model.text_encoder.kind != "none":
+        prompts = [""] * sampling.num_samples  # no caption: the model's unconditional branch
+    if sampling.guidance != 1.0 and spec.num_classes == 0 and prompts is None:
         print(f"multidiff {verb}: note: the model is unconditional, --guidance {sampling.guidance} has no effect",
               file=sys.stderr)
     labels = default_labels(sampling.num_samples, spec, args.label)
-    samples = generate(model, config.objective, spec, sampling, labels=labels, progress=sys.stderr.isatty())
+    samples = generate(model, config.objective, spec, sampling, labels=labels, progress=sys.stderr.isatty(),
+                       prompts=prompts, negative_prompt=args.negative_prompt)
     return samples, labels, config, spec, folder, weights, sampling
 
 

@@ -38,13 +38,30 @@ class ConfigError(ValueError):
 
 # ------------------------------------------------------------------------------ sections
 @dataclass
+class TextEncoderConfig:
+    """``model.text_encoder``: kind none | bytes (multidiff.nn.ByteTextEncoder, trained with the
+    model) | pretrained (a frozen transformers encoder from the local folder ``path``).
+    dim / depth / heads apply to the byte encoder; max_length (tokens) to both. The backbone's
+    ``cross_attention_dim`` param must equal the encoder's width."""
+
+    kind: str = "none"
+    path: str | None = None
+    dim: int = 128
+    depth: int = 2
+    heads: int = 4
+    max_length: int = 64
+
+
+@dataclass
 class ModelConfig:
     """The backbone: ``name`` from :data:`registry.MODELS`, its ``params`` (checked against the
-    entry's params dataclass), and whether it recomputes activations in backward."""
+    entry's params dataclass), whether it recomputes activations in backward, and an optional
+    caption encoder feeding its cross-attention."""
 
     name: str = "toy_mlp"
     params: dict[str, Any] = field(default_factory=dict)
     gradient_checkpointing: bool = False
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
 
 
 @dataclass
@@ -444,6 +461,19 @@ def validate(config: Config, *, validate_paths: bool = True) -> Config:
     if d.name not in registry.DATASETS:
         raise _unknown_name("data.name", d.name, registry.DATASETS, "data set")
     m.params = to_plain(model_params(config))
+    te = m.text_encoder
+    _choice("model.text_encoder.kind", te.kind, ("none", "bytes", "pretrained"), "text encoder kind")
+    if te.kind == "pretrained":
+        if not te.path:
+            raise ConfigError("model.text_encoder.path", "a local folder is required when kind is 'pretrained'")
+        if validate_paths and not (Path(te.path).expanduser() / "config.json").is_file():
+            raise ConfigError("model.text_encoder.path", f"no transformers model folder (config.json) at {te.path!r}")
+    for name in ("dim", "depth", "heads", "max_length"):
+        _positive(f"model.text_encoder.{name}", getattr(te, name), allow_zero=name == "depth")
+    if te.kind != "none" and m.params.get("cross_attention_dim", -1) is None:
+        raise ConfigError("model.params.cross_attention_dim",
+                          f"a text encoder needs the backbone's cross-attention: set it to the encoder width "
+                          f"({te.dim if te.kind == 'bytes' else 'the pretrained hidden size'})")
     d.params = to_plain(data_params(config))
     entry = registry.DATASETS[d.name]
     if validate_paths:

@@ -38,15 +38,23 @@ def default_labels(num: int, spec: DataSpec, label: int | None = None) -> torch.
 def generate(model: nn.Module, objective: ObjectiveConfig, spec: DataSpec, sampling: SamplingConfig, *,
              num: int | None = None, seed: int | None = None, labels: torch.Tensor | None = None,
              device=None, progress: bool = False, known: torch.Tensor | None = None,
-             mask: torch.Tensor | None = None, resample: int = 1) -> torch.Tensor:
+             mask: torch.Tensor | None = None, resample: int = 1, prompts: list[str] | None = None,
+             negative_prompt: str = "") -> torch.Tensor:
     """Draw ``num`` samples: returns (num, *spec.sample_shape) float32 on the CPU.
 
     model: the backbone (EMA or raw weights), in eval mode; ``labels`` (num,) for conditional
     models (see :func:`default_labels`); guidance scale ``sampling.guidance`` (1 = none).
     ``known`` (num, *sample_shape) with ``mask`` (num or 1, ...; 1 = known) asks for masked
     sampling (continuation, inpainting, completion; multidiff.core.masked), with RePaint
-    resampling when ``resample`` > 1.
+    resampling when ``resample`` > 1. ``prompts`` (num captions) for models with a text encoder;
+    guidance then contrasts them with ``negative_prompt`` ("" = the unconditional model).
     """
+    if prompts is not None:
+        if not hasattr(model, "text_encoder"):
+            raise ValueError("prompts were given but the model has no text encoder (model.text_encoder.kind is none)")
+        prompts = list(prompts)
+    elif hasattr(model, "text_encoder"):
+        prompts = [""] * (sampling.num_samples if num is None else num)  # no captions: the unconditional branch
     num = sampling.num_samples if num is None else num
     seed = sampling.seed if seed is None else seed
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -56,7 +64,15 @@ def generate(model: nn.Module, objective: ObjectiveConfig, spec: DataSpec, sampl
     sigmas = sampling_sigmas(sampling, denoiser.schedule)
     if labels is None:
         labels = default_labels(num, spec)
+    if prompts is not None and len(prompts) != num:
+        raise ValueError(f"{len(prompts)} prompts for {num} samples")
     null = torch.full((1,), spec.num_classes, dtype=torch.long, device=device)
+
+    def uncond(cond):  # the null label and / or the negative caption, for the whole batch
+        out = {"label": null} if labels is not None else {}
+        if prompts is not None:
+            out["text"] = [negative_prompt] * len(cond["text"])
+        return out
     out = []
     try:
         for start in range(0, num, sampling.batch_size):
@@ -65,13 +81,15 @@ def generate(model: nn.Module, objective: ObjectiveConfig, spec: DataSpec, sampl
             x = torch.stack([torch.randn(spec.sample_shape, generator=g, device=device) for g in gens])
             x = x * float(sigmas[0])
             cond = {} if labels is None else {"label": labels[start:start + n].to(device)}
+            if prompts is not None:
+                cond["text"] = prompts[start:start + n]
             if known is not None:
                 part = mask[start:start + n] if mask.shape[0] == num else mask
                 cond.update(known=known[start:start + n].to(device), mask=part.to(device))
             cond = cond or None
             d = denoiser
-            if labels is not None and sampling.guidance != 1.0:
-                d = ClassifierFreeGuidance(denoiser, sampling.guidance, {"label": null})
+            if (labels is not None or prompts is not None) and sampling.guidance != 1.0:
+                d = ClassifierFreeGuidance(denoiser, sampling.guidance, uncond)
             out.append(sample(d, x, sigmas, sampling.sampler, cond=cond, generator=gens, progress=progress,
                               resample=resample).float().cpu())
     finally:

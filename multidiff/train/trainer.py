@@ -99,6 +99,17 @@ def make_accelerator(config: Config):
     return accelerator
 
 
+def drop_conditioning(cond: dict, drop: torch.Tensor, null_label: int | None) -> dict:
+    """Condition dropout for classifier-free guidance (Ho & Salimans 2022): samples where ``drop``
+    (batch,) is True get the null label (``null_label``; None leaves labels alone) and the empty caption."""
+    cond = dict(cond)
+    if null_label is not None and "label" in cond:
+        cond["label"] = torch.where(drop.to(cond["label"].device), torch.full_like(cond["label"], null_label), cond["label"])
+    if "text" in cond:
+        cond["text"] = ["" if d else c for d, c in zip(drop.tolist(), cond["text"])]
+    return cond
+
+
 class Trainer:
     """Builds everything from a validated :class:`Config` and runs :meth:`fit`.
 
@@ -188,21 +199,30 @@ class Trainer:
         return g
 
     def _cond(self, batch: dict, sl: slice, gens) -> dict | None:
-        """Conditioning of a micro-batch: every batch key but x / position, labels dropped
-        to the null label with probability objective.cond_drop_prob."""
+        """Conditioning of a micro-batch: every tensor batch key but x / position / loss_mask, and
+        the captions (``text``) when the model has a text encoder. With probability
+        objective.cond_drop_prob a sample loses its conditioning (label -> null label, caption ->
+        "": one draw per sample drops both), so one model also learns the unconditional denoiser."""
         device = self.accelerator.device
         cond = {k: v[sl].to(device) for k, v in batch.items()
                 if k not in ("x", "position", "loss_mask") and torch.is_tensor(v)}
+        uses_text = self.config.model.text_encoder.kind != "none"
+        if uses_text:
+            if "text" not in batch:
+                raise KeyError(f"model.text_encoder is {self.config.model.text_encoder.kind!r} but data set "
+                               f"{self.config.data.name!r} gives no 'text' (captions) in its items")
+            cond["text"] = list(batch["text"][sl])
         if not cond:
             return None
         p = self.config.objective.cond_drop_prob
-        if "label" in cond and self.spec.num_classes > 0 and p > 0:
-            n = cond["label"].shape[0]
+        has_label = "label" in cond and self.spec.num_classes > 0
+        if p > 0 and (has_label or uses_text):
+            n = len(cond["text"]) if uses_text else cond["label"].shape[0]
             if isinstance(gens, torch.Generator):
                 u = torch.rand(n, generator=gens, device=device)
             else:
                 u = torch.stack([torch.rand((), generator=g, device=device) for g in gens])
-            cond["label"] = torch.where(u < p, torch.full_like(cond["label"], self.spec.num_classes), cond["label"])
+            cond = drop_conditioning(cond, u < p, self.spec.num_classes if has_label else None)
         return cond
 
     # ------------------------------------------------------------------ one step

@@ -150,10 +150,19 @@ class VideoDataset(Dataset):
         raise RuntimeError(f"{self.source}: every video file failed to decode ({len(self.bad_files)} files)")
 
 
+def digits_caption(digits) -> str:
+    """Moving-MNIST caption from its digit labels: "digit 7", "digits 3 and 5", "digits 1, 4 and 9"."""
+    names = [str(int(d)) for d in digits]
+    if len(names) == 1:
+        return f"digit {names[0]}"
+    return f"digits {', '.join(names[:-1])} and {names[-1]}"
+
+
 class ClipArrayDataset(Dataset):
     """Clips held in memory from an .npz with ``videos`` uint8 (N, frames, height, width[, channels])
     (0..255) and optionally ``labels`` (N,) or (N, k) (k digits -> one product label, most significant
-    first) and ``split`` (N,) strings. num_frames: a random (or the first) window of that many frames.
+    first) and ``split`` (N,) strings, ``captions`` (N,) strings (else digit labels are named:
+    "digits 3 and 5"). num_frames: a random (or the first) window of that many frames.
     """
 
     def __init__(self, path, num_frames: int | None = None, *, split: str | None = None, random_crop: bool = True,
@@ -167,6 +176,7 @@ class ClipArrayDataset(Dataset):
             videos = z["videos"]
             labels = z["labels"] if "labels" in z else None
             splits = z["split"] if "split" in z else None
+            captions = z["captions"].astype(str) if "captions" in z else None
         if videos.dtype != np.uint8 or videos.ndim not in (4, 5):
             raise ValueError(f"{path}: 'videos' must be uint8 (N, frames, H, W[, C]), got {videos.dtype} {videos.shape}")
         if videos.ndim == 4:
@@ -176,8 +186,11 @@ class ClipArrayDataset(Dataset):
             raise ValueError(f"{path}: no clips in split {split!r}")
         self.videos = torch.from_numpy(np.ascontiguousarray(videos[keep]))  # (N, T, H, W, C) uint8
         self.label_digits = 0
+        self.captions = None if captions is None else [str(c) for c in captions[keep]]
         if labels is not None:
             labels = np.asarray(labels)[keep]
+            if self.captions is None and labels.ndim == 2:  # Moving MNIST: name the digits
+                self.captions = [digits_caption(row) for row in labels]
             if labels.ndim == 2:
                 self.label_digits = labels.shape[1]
                 labels = (labels * (10 ** np.arange(labels.shape[1] - 1, -1, -1))).sum(1)
@@ -221,4 +234,5 @@ class ClipArrayDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
-        return {"x": self.clip(index, g), "label": int(self.labels_t[index])}
+        return {"x": self.clip(index, g), "label": int(self.labels_t[index]),
+                "text": self.captions[index] if self.captions is not None else ""}

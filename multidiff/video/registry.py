@@ -132,6 +132,8 @@ class VideoTrainData(torch.utils.data.Dataset):
         out = {"x": item["x"]}
         if self.spec.num_classes > 0:
             out["label"] = item["label"] if item["label"] >= 0 else self.spec.num_classes
+        if "text" in item:
+            out["text"] = item["text"]
         if self.params.task != "generate":
             visit = self._visits.get(index, 0)
             self._visits[index] = visit + 1

@@ -1,0 +1,63 @@
+"""``multidiff export CHECKPOINT FOLDER``: a trained recipe checkpoint as a pipeline folder.
+
+The weights are the EMA's when the checkpoint has them (``--no-ema``: the trained ones), as
+``multidiff sample`` uses; the schedule, prediction type, sample shape, classes and the
+recipe's sampling settings go to the scheduler component, so the pipeline's defaults are
+``multidiff sample``'s and, for the same seed, its samples are the same.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .base import MODALITIES, MultidiffPipeline, MultidiffSchedulerConfig
+
+
+def export_pipeline(checkpoint, out, *, use_ema: bool = True) -> MultidiffPipeline:
+    """Write the pipeline of a checkpoint (folder, ``latest`` link or run out_dir) to ``out``; returns it.
+
+    The pipeline class follows the backbone's modality (audio, video, shapes); ValueError for
+    any other (e.g. the toy MLP).
+    """
+    return _export(checkpoint, out, use_ema)[0]
+
+
+def _export(checkpoint, out, use_ema: bool):
+    """(pipeline, checkpoint folder, weights file)."""
+    from ..train.registry import MODELS
+    from ..train.trainer import load_for_sampling
+
+    model, config, spec, _, folder, weights = load_for_sampling(checkpoint, "cpu", use_ema)
+    modality = MODELS[config.model.name].modality
+    cls = MODALITIES.get(modality) or MODALITIES.get(spec.modality)
+    if cls is None:
+        raise ValueError(f"{folder}: no pipeline for the {modality!r} backbone {config.model.name!r}; "
+                         f"pipelines exist for {sorted(MODALITIES)}")
+    backbone, text_encoder = (model.backbone, model.text_encoder) if hasattr(model, "text_encoder") else (model, None)
+    if text_encoder is not None and not hasattr(text_encoder, "save_pretrained"):
+        raise ValueError(f"{folder}: its {type(text_encoder).__name__} text encoder cannot be stored in a pipeline "
+                         f"folder yet (the text_encoder component needs save_pretrained / from_pretrained: a diffusers "
+                         f"ModelMixin or a transformers model)")
+    pipe = cls(backbone, MultidiffSchedulerConfig.from_training(config, spec), text_encoder=text_encoder)
+    pipe.save_pretrained(out)
+    return pipe, folder, weights
+
+
+def export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="checkpoint folder, its 'latest' link, or a run's out_dir")
+    parser.add_argument("out", help="the pipeline folder to write (created; files in it are replaced)")
+    parser.add_argument("--no-ema", action="store_true", help="export the trained weights instead of the EMA")
+
+
+def export_run(args: argparse.Namespace) -> int:
+    try:
+        pipe, folder, weights = _export(args.checkpoint, args.out, not args.no_ema)
+    except (FileNotFoundError, ValueError, TypeError) as e:
+        print(f"multidiff export: {e}", file=sys.stderr)
+        return 2
+    name = type(pipe).__name__
+    print(f"exported {folder} ({weights.name}) as {name}")
+    print(f"wrote pipeline: {Path(args.out)}")
+    print(f"load with: from multidiff.pipelines import {name}; pipe = {name}.from_pretrained({str(args.out)!r})")
+    return 0
