@@ -127,3 +127,61 @@ def test_complete_continuation_and_inpainting_keep_the_given_audio(tone_manifest
             assert (generated[:, keep] - truth[:, keep]).abs().max() <= 2 / 32768
             assert (generated[:, region] - truth[:, region]).abs().max() > 1e-3
         assert (dest / "spectrograms.png").stat().st_size > 10_000
+
+
+def test_audio_task_masks_cover_the_requested_parts():
+    from multidiff.audio.registry import audio_task_mask
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        m = audio_task_mask(1000, "continue", g, known_range=(0.25, 0.75))
+        k = int(m.sum())
+        assert 250 <= k <= 750 and m[0, :k].all() and not m[0, k:].any()  # a prefix is given
+        m = audio_task_mask(1000, "inpaint", g, gap_range=(0.1, 0.4))
+        gap = (m[0] == 0).nonzero().flatten()
+        assert 100 <= len(gap) <= 400 and int(gap[-1] - gap[0]) + 1 == len(gap)  # one contiguous gap
+    assert not audio_task_mask(1000, "generate", g).any()
+    assert not audio_task_mask(1000, "mixed", g, p_unconditional=1.0).any()
+    last = [int(audio_task_mask(1000, "mixed", g)[0, -1]) for _ in range(40)]  # continuation ends unknown
+    assert 5 < sum(last) < 35
+    with pytest.raises(ValueError, match="unknown audio task"):
+        audio_task_mask(10, "outpaint", g)
+
+
+def test_masked_training_feeds_the_given_audio_and_scores_only_the_rest(tone_manifest, tmp_path):
+    """data.params.task=mixed: items carry concat = [mask, x * mask], the loss mask excludes the
+    given samples, draws change with the epoch, the UNet gets 2 extra channels automatically, and
+    multidiff complete then conditions through them (no replacement unless asked)."""
+    import json
+
+    from multidiff.train.data import PositionDataset
+    from multidiff.train.trainer import Trainer
+
+    out = tmp_path / "run"
+    extra = ["data.params.task=mixed", "data.params.p_unconditional=0.0", "data.params.split=null",
+             "data.params.random_crop=false"]
+    cfg = load_config(str(REPO / "recipes/audio/tones_smoke.yaml"), overrides(tone_manifest, out) + extra)
+    trainer = Trainer(cfg)
+    assert trainer.unwrapped().config.extra_in_channels == 2
+    data = trainer.dataset
+    item = data[3]
+    mask = item["concat"][:1]
+    assert item["concat"].shape == (2, 1024) and 0 < float(mask.mean()) < 1
+    torch.testing.assert_close(item["concat"][1:], item["x"] * mask)
+    assert torch.equal(item["loss_mask"], (1 - mask) * data.audio[3]["loss_mask"])
+    stream = PositionDataset(data, seed=0)
+    n = len(data)
+    first = {stream.index(p): stream[p]["concat"][0] for p in range(n)}
+    second = {stream.index(p): stream[p]["concat"][0] for p in range(n, 2 * n)}
+    assert sum(not torch.equal(first[k], second[k]) for k in first) > n // 2  # new spans each epoch
+    again = PositionDataset(data, seed=0)
+    assert torch.equal(again[n + 2]["concat"], stream[n + 2]["concat"])  # reproducible from the position alone
+    assert main(["train", str(REPO / "recipes/audio/tones_smoke.yaml"), *overrides(tone_manifest, out), *extra]) == 0
+    ckpt = str(out / "checkpoints" / "latest")
+    for replace, expect in (("auto", False), ("yes", True)):
+        dest = tmp_path / f"complete-{replace}"
+        assert main(["complete", ckpt, "--mode", "inpainting", "--num", "2", "--steps", "3", "--split", "train",
+                     "--replace", replace, "--out", str(dest)]) == 0
+        metrics = json.loads((dest / "metrics.json").read_text())
+        assert metrics["masked_training"] is True and metrics["replacement"] is expect
+        assert metrics["generated"]["mr_stft"] > 0

@@ -4,7 +4,8 @@ Held-out clips of the checkpoint's data set are cut: ``continuation`` keeps the 
 ``--known`` fraction and generates the rest; ``inpainting`` removes a centred gap of
 ``--gap`` of the clip and generates it. Sampling is masked (multidiff.core.masked: known
 values re-imposed at each noise level; RePaint resampling with ``--resample`` > 1), so any
-model trained unmasked can do it.
+model trained unmasked can do it; a model trained with masked conditioning (``data.params.task:
+continue | inpaint | mixed``) also sees the given audio through its extra input channels.
 
 Scored on the generated region only, against the true audio there:
   * multi-resolution STFT distance (lower is better), SI-SDR (dB, higher is better);
@@ -75,6 +76,9 @@ def complete_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--condition", choices=("none", "true"), default="none",
                         help="class-conditional models: generate unconditionally, or with each clip's true label")
     parser.add_argument("--guidance", type=float, default=None)
+    parser.add_argument("--replace", choices=("auto", "yes", "no"), default="auto",
+                        help="re-impose the given audio at every noise level (auto: only for models trained "
+                             "without masked conditioning, data.params.task)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="output folder (default: <run>/complete-<mode>)")
     parser.add_argument("--device", default=None)
@@ -106,11 +110,15 @@ def complete_run(args: argparse.Namespace) -> int:
     use_labels = None
     if spec.num_classes > 0:
         use_labels = labels.clamp(min=0) if args.condition == "true" else torch.full((n,), spec.num_classes)
+    uses_concat = int(spec.meta.get("concat_channels", 0) or 0) > 0
+    replace_known = args.replace == "yes" or (args.replace == "auto" and not uses_concat)
     generated = generate(model, config.objective, spec, sampling, labels=use_labels, known=truth * mask,
-                         mask=mask[None], resample=args.resample, progress=sys.stderr.isatty())
+                         mask=mask[None], resample=args.resample, progress=sys.stderr.isatty(), replace=replace_known)
+    generated = torch.lerp(generated, truth, mask[None])  # the given part is given
     given = truth * mask
     results = {"mode": args.mode, "n": n, "region_seconds": (region.stop - region.start) / sample_rate,
                "sampler": sampling.sampler, "steps": sampling.steps, "resample": args.resample,
+               "masked_training": uses_concat, "replacement": replace_known,
                "condition": args.condition, "checkpoint": str(folder),
                "generated": region_scores(generated, truth, region),
                "baseline_silence": region_scores(given, truth, region),

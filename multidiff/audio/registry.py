@@ -3,7 +3,7 @@
 ``multidiff.train.registry.load_plugins``."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,7 +28,7 @@ class UNet1DParams:
     attention_heads: int | None = None
     emb_dim: int | None = None
     dropout: float = 0.0
-    extra_in_channels: int = 0
+    extra_in_channels: int | None = None
     cross_attention_dim: int | None = None
     attention_backend: str = "auto"
     patch_size: int | None = None
@@ -42,6 +42,7 @@ def build_unet1d(params: UNet1DParams, spec: DataSpec, *, gradient_checkpointing
     if params.preset not in UNET1D_PRESETS:
         raise ValueError(f"model.params.preset: unknown UNet1D preset {params.preset!r}; known: {sorted(UNET1D_PRESETS)}")
     overrides = {k: v for k, v in vars(params).items() if k != "preset" and v is not None}
+    overrides.setdefault("extra_in_channels", int(spec.meta.get("concat_channels", 0)))  # masked-training data
     model = UNET1D_PRESETS[params.preset](in_channels=spec.sample_shape[0], num_classes=spec.num_classes, **overrides)
     model.gradient_checkpointing = gradient_checkpointing
     return model
@@ -67,10 +68,45 @@ class AudioDataParams:
     cache_dir: str | None = None
     label_column: str = "label"
     num_classes: int | None = None
+    task: str = "generate"
+    known_range: list[float] = field(default_factory=lambda: [0.25, 0.75])
+    gap_range: list[float] = field(default_factory=lambda: [0.1, 0.4])
+    p_unconditional: float = 0.1
+
+
+AUDIO_TASKS = ("generate", "continue", "inpaint", "mixed")
+
+
+def audio_task_mask(length: int, task: str, g: torch.Generator, *, known_range=(0.25, 0.75), gap_range=(0.1, 0.4),
+                    p_unconditional: float = 0.0) -> torch.Tensor:
+    """(1, length) mask of the samples given to the model (1 = given) for masked training.
+
+    continue: the first k samples, k / length uniform in ``known_range``; inpaint: all but one gap,
+    its length / length uniform in ``gap_range``, placed uniformly; mixed: either, at random;
+    generate, or with probability ``p_unconditional``: nothing given.
+    """
+    if task not in AUDIO_TASKS:
+        raise ValueError(f"data.params.task: unknown audio task {task!r}; known: {AUDIO_TASKS}")
+    mask = torch.zeros(1, length)
+    u = torch.rand(3, generator=g).tolist()  # always three draws: the stream does not depend on the branch
+    if task == "generate" or u[0] < p_unconditional:
+        return mask
+    if task == "mixed":
+        task = "continue" if u[1] < 0.5 else "inpaint"
+    if task == "continue":
+        mask[:, :int(round(length * (known_range[0] + (known_range[1] - known_range[0]) * u[2])))] = 1
+    else:
+        gap = int(round(length * (gap_range[0] + (gap_range[1] - gap_range[0]) * u[2])))
+        start = int(torch.randint(0, length - gap + 1, (1,), generator=g))
+        mask[:] = 1
+        mask[:, start:start + gap] = 0
+    return mask
 
 
 class AudioTrainData(torch.utils.data.Dataset):
-    """AudioDataset items as the trainer wants them: x, loss_mask and (when labelled) label."""
+    """AudioDataset items as the trainer wants them: x, loss_mask and (when labelled) label; with a
+    masked-training task (data.params.task) also concat = [mask, x * mask] (1 + channels, length),
+    the model's extra input channels, and a loss mask that keeps only the samples not given."""
 
     def __init__(self, params: AudioDataParams, path: str | None, seed: int):
         if path is None:
@@ -81,10 +117,22 @@ class AudioTrainData(torch.utils.data.Dataset):
                                   polarity_flip=params.polarity_flip, cache_dir=params.cache_dir, seed=seed,
                                   label_column=params.label_column)
         classes = params.num_classes if params.num_classes is not None else self.audio.num_classes
-        self.spec = DataSpec((params.channels, params.length), classes, MODALITY, {"sample_rate": params.sample_rate})
+        if params.task not in AUDIO_TASKS:
+            raise ValueError(f"data.params.task: unknown audio task {params.task!r}; known: {AUDIO_TASKS}")
+        for key in ("known_range", "gap_range"):
+            lo, hi = getattr(params, key)
+            if not 0 < lo <= hi < 1:
+                raise ValueError(f"data.params.{key} must satisfy 0 < low <= high < 1, got {[lo, hi]}")
+        self.params, self.seed = params, seed
+        concat = params.channels + 1 if params.task != "generate" else 0
+        self.spec = DataSpec((params.channels, params.length), classes, MODALITY,
+                             {"sample_rate": params.sample_rate, "concat_channels": concat})
 
     def __len__(self) -> int:
         return len(self.audio)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.audio.set_epoch(epoch)
 
     def __getitem__(self, index: int) -> dict:
         item = self.audio[index]
@@ -92,6 +140,14 @@ class AudioTrainData(torch.utils.data.Dataset):
         if self.spec.num_classes > 0:
             out["label"] = item["label"] if item["label"] >= 0 else self.spec.num_classes
         out["text"] = item["text"]  # the caption ("" when none), used by models with a text encoder
+        p = self.params
+        if p.task != "generate":
+            # a new span each epoch, reproducible from (seed, epoch, index) whatever the batch or worker
+            g = torch.Generator().manual_seed((self.seed * 7_000_003 + self.audio.epoch) * 10_000_019 + index)
+            mask = audio_task_mask(p.length, p.task, g, known_range=p.known_range, gap_range=p.gap_range,
+                                   p_unconditional=p.p_unconditional)
+            out["concat"] = torch.cat([mask, item["x"] * mask])
+            out["loss_mask"] = item["loss_mask"] * (1 - mask)
         return out
 
 

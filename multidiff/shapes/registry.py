@@ -102,7 +102,7 @@ class ShapeTrainData(torch.utils.data.Dataset):
                                    scale_range=(params.scale_min, params.scale_max), pool_size=params.pool_size,
                                    cache_dir=params.cache_dir, seed=seed, label_column=params.label_column,
                                    progress=True, coarse_points=params.coarse_points)
-        self.passes = params.passes_per_epoch
+        self.passes, self.epoch = params.passes_per_epoch, 0
         classes = params.num_classes if params.num_classes is not None else self.shapes.num_classes
         meta = {"normalize": params.normalize, "eval_split": params.eval_split,
                 "stats": self.shapes.stats.to_json() if self.shapes.stats is not None else None,
@@ -113,9 +113,13 @@ class ShapeTrainData(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.shapes) * max(1, self.passes)
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
     def __getitem__(self, index: int) -> dict:
         n = len(self.shapes)
-        item = self.shapes.item(index % n, index // n)
+        # each of the `passes` copies of a shape per epoch draws its own points
+        item = self.shapes.item(index % n, self.epoch * max(1, self.passes) + index // n)
         out = {"x": item["x"]}
         if "coarse" in item:
             out["coarse"] = item["coarse"]

@@ -48,6 +48,9 @@ class PositionDataset(Dataset):
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(mix_seed(self.seed, -1 - epoch))
             self._perm, self._epoch = torch.randperm(self.n, generator=g), epoch
+            set_epoch = getattr(self.dataset, "set_epoch", None)
+            if set_epoch is not None:  # per-epoch augmentation draws (crop, polarity, masks) follow the position
+                set_epoch(epoch)
         return int(self._perm[offset])
 
     def indices(self, positions: list[int]) -> list[int]:

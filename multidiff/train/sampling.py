@@ -39,14 +39,16 @@ def generate(model: nn.Module, objective: ObjectiveConfig, spec: DataSpec, sampl
              num: int | None = None, seed: int | None = None, labels: torch.Tensor | None = None,
              device=None, progress: bool = False, known: torch.Tensor | None = None,
              mask: torch.Tensor | None = None, resample: int = 1, prompts: list[str] | None = None,
-             negative_prompt: str = "") -> torch.Tensor:
+             negative_prompt: str = "", replace: bool = True) -> torch.Tensor:
     """Draw ``num`` samples: returns (num, *spec.sample_shape) float32 on the CPU.
 
     model: the backbone (EMA or raw weights), in eval mode; ``labels`` (num,) for conditional
     models (see :func:`default_labels`); guidance scale ``sampling.guidance`` (1 = none).
     ``known`` (num, *sample_shape) with ``mask`` (num or 1, ...; 1 = known) asks for masked
     sampling (continuation, inpainting, completion; multidiff.core.masked), with RePaint
-    resampling when ``resample`` > 1. ``prompts`` (num captions) for models with a text encoder;
+    resampling when ``resample`` > 1. A model trained with masked conditioning (its data set's
+    ``concat_channels``) also gets [mask, known * mask] as input channels; ``replace=False``
+    then leaves the given part to the model instead of re-imposing it. ``prompts`` (num captions) for models with a text encoder;
     guidance then contrasts them with ``negative_prompt`` ("" = the unconditional model).
     """
     if prompts is not None:
@@ -67,9 +69,12 @@ def generate(model: nn.Module, objective: ObjectiveConfig, spec: DataSpec, sampl
     if prompts is not None and len(prompts) != num:
         raise ValueError(f"{len(prompts)} prompts for {num} samples")
     null = torch.full((1,), spec.num_classes, dtype=torch.long, device=device)
+    uses_concat = int(spec.meta.get("concat_channels", 0) or 0) > 0
 
-    def uncond(cond):  # the null label and / or the negative caption, for the whole batch
-        out = {"label": null} if labels is not None else {}
+    def uncond(cond):  # the null label and / or the negative caption; signal conditioning (concat) kept
+        out = {k: v for k, v in cond.items() if k not in ("label", "text")}
+        if labels is not None:
+            out["label"] = null.expand(len(cond["label"]))
         if prompts is not None:
             out["text"] = [negative_prompt] * len(cond["text"])
         return out
@@ -84,8 +89,13 @@ def generate(model: nn.Module, objective: ObjectiveConfig, spec: DataSpec, sampl
             if prompts is not None:
                 cond["text"] = prompts[start:start + n]
             if known is not None:
-                part = mask[start:start + n] if mask.shape[0] == num else mask
-                cond.update(known=known[start:start + n].to(device), mask=part.to(device))
+                part = (mask[start:start + n] if mask.shape[0] == num else mask).to(device)
+                given = known[start:start + n].to(device)
+                if uses_concat:  # a masked-trained model sees the given part through its extra channels
+                    m = part.expand(n, 1, *given.shape[2:]).to(given.dtype)
+                    cond["concat"] = torch.cat([m, given * m], dim=1)
+                if replace or not uses_concat:
+                    cond.update(known=given, mask=part)
             cond = cond or None
             d = denoiser
             if (labels is not None or prompts is not None) and sampling.guidance != 1.0:

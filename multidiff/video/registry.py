@@ -122,10 +122,14 @@ class VideoTrainData(torch.utils.data.Dataset):
         meta = {"fps": float(fps or 8.0), "task": params.task, "given_frames": params.given_frames,
                 "concat_channels": concat}
         self.spec = DataSpec(tuple(int(s) for s in shape), int(classes), MODALITY, meta)
-        self._visits: dict[int, int] = {}  # per-index visit count: the task draw differs between epochs
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.clips)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.clips.set_epoch(epoch)
 
     def __getitem__(self, index: int) -> dict:
         item = self.clips[index]
@@ -135,9 +139,8 @@ class VideoTrainData(torch.utils.data.Dataset):
         if "text" in item:
             out["text"] = item["text"]
         if self.params.task != "generate":
-            visit = self._visits.get(index, 0)
-            self._visits[index] = visit + 1
-            g = torch.Generator().manual_seed((self.seed * 7_000_003 + visit) * 10_000_019 + index)
+            # a new draw each epoch, reproducible from (seed, epoch, index) whatever the batch or worker
+            g = torch.Generator().manual_seed((self.seed * 7_000_003 + self.epoch) * 10_000_019 + index)
             out.update(task_conditioning(item["x"], self.params.task, self.params.given_frames, g,
                                          self.params.p_unconditional))
         return out
