@@ -65,7 +65,8 @@ def region_scores(estimate: torch.Tensor, truth: torch.Tensor, region: slice) ->
 
 def complete_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="checkpoint folder, or a run folder (its latest checkpoint)")
-    parser.add_argument("--mode", choices=("continuation", "inpainting"), default="continuation")
+    parser.add_argument("--mode", choices=("continuation", "inpainting", "vocoder"), default="continuation",
+                        help="vocoder: the whole clip from its mel spectrogram (a model trained with data.params.task=vocoder)")
     parser.add_argument("--known", type=float, default=0.5, help="continuation: fraction of the clip given")
     parser.add_argument("--gap", type=float, default=0.25, help="inpainting: fraction of the clip removed (centred)")
     parser.add_argument("--num", type=int, default=32, help="held-out clips to complete")
@@ -90,7 +91,7 @@ def complete_run(args: argparse.Namespace) -> int:
     from ..train.sampling import generate
     from ..train.trainer import load_for_sampling
     from .io import save_wav, spectrogram_sheet
-    from .metrics import load_split
+    from .metrics import griffin_lim_from_mel, load_split, mel_conditioning
 
     model, config, spec, _, folder, _ = load_for_sampling(args.checkpoint, device=args.device)
     if spec.modality != "audio":
@@ -102,7 +103,14 @@ def complete_run(args: argparse.Namespace) -> int:
         raise SystemExit(f"multidiff complete: no clips in split {args.split!r} of {config.data.path}")
     truth = truth.expand(-1, channels, -1) if channels > 1 else truth
     n = truth.shape[0]
-    mask, region = completion_mask(length, args.mode, args.known, args.gap)
+    vocoder = args.mode == "vocoder"
+    if vocoder != (config.data.params.get("task") == "vocoder"):
+        raise SystemExit(f"multidiff complete: --mode vocoder needs a model trained with data.params.task=vocoder "
+                         f"(and only such a model), {folder} was trained with task={config.data.params.get('task')!r}")
+    if vocoder:
+        mask, region = torch.zeros(1, length), slice(0, length)
+    else:
+        mask, region = completion_mask(length, args.mode, args.known, args.gap)
     sampling = config.sampling
     sampling = replace(sampling, steps=args.steps or sampling.steps, sampler=args.sampler or sampling.sampler,
                        guidance=sampling.guidance if args.guidance is None else args.guidance,
@@ -111,18 +119,30 @@ def complete_run(args: argparse.Namespace) -> int:
     if spec.num_classes > 0:
         use_labels = labels.clamp(min=0) if args.condition == "true" else torch.full((n,), spec.num_classes)
     uses_concat = int(spec.meta.get("concat_channels", 0) or 0) > 0
-    replace_known = args.replace == "yes" or (args.replace == "auto" and not uses_concat)
-    generated = generate(model, config.objective, spec, sampling, labels=use_labels, known=truth * mask,
-                         mask=mask[None], resample=args.resample, progress=sys.stderr.isatty(), replace=replace_known)
-    generated = torch.lerp(generated, truth, mask[None])  # the given part is given
+    replace_known = not vocoder and (args.replace == "yes" or (args.replace == "auto" and not uses_concat))
+    if vocoder:
+        p = config.data.params
+        mel = mel_conditioning(truth, sample_rate, p["mel_bins"], p["mel_hop"])
+        generated = generate(model, config.objective, spec, sampling, labels=use_labels, concat=mel,
+                             progress=sys.stderr.isatty())
+    else:
+        generated = generate(model, config.objective, spec, sampling, labels=use_labels, known=truth * mask,
+                             mask=mask[None], resample=args.resample, progress=sys.stderr.isatty(),
+                             replace=replace_known)
+        generated = torch.lerp(generated, truth, mask[None])  # the given part is given
     given = truth * mask
     results = {"mode": args.mode, "n": n, "region_seconds": (region.stop - region.start) / sample_rate,
                "sampler": sampling.sampler, "steps": sampling.steps, "resample": args.resample,
                "masked_training": uses_concat, "replacement": replace_known,
                "condition": args.condition, "checkpoint": str(folder),
                "generated": region_scores(generated, truth, region),
-               "baseline_silence": region_scores(given, truth, region),
-               "baseline_copy": region_scores(copy_baseline(given, region), truth, region)}
+               "baseline_silence": region_scores(given, truth, region)}
+    if vocoder:
+        p = config.data.params
+        results["baseline_griffin_lim"] = region_scores(griffin_lim_from_mel(truth, sample_rate, p["mel_bins"],
+                                                                             p["mel_hop"]), truth, region)
+    else:
+        results["baseline_copy"] = region_scores(copy_baseline(given, region), truth, region)
     out = Path(args.out) if args.out else folder.parent.parent / f"complete-{args.mode}"
     out.mkdir(parents=True, exist_ok=True)
     waves, titles = [], []
@@ -134,6 +154,6 @@ def complete_run(args: argparse.Namespace) -> int:
     results["spectrograms"] = str(spectrogram_sheet(waves, sample_rate, out / "spectrograms.png", titles=titles,
                                                     columns=3))
     (out / "metrics.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps({k: results[k] for k in ("generated", "baseline_silence", "baseline_copy")}, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if k == "generated" or k.startswith("baseline_")}, indent=2))
     print(f"wrote {out} (WAVs: truth / given / generated; spectrograms.png; metrics.json)")
     return 0

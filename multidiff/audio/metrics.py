@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -125,6 +126,37 @@ class LogMel(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         return torch.log(self.mel(wave.float().mean(1)) + 1e-5)[:, None]
+
+
+@functools.lru_cache(maxsize=8)
+def _log_mel(sample_rate: int, n_mels: int, n_fft: int) -> LogMel:  # the filterbank is built once per setting
+    return LogMel(sample_rate, n_mels, n_fft)
+
+
+def mel_conditioning(wave: torch.Tensor, sample_rate: int, n_mels: int = 64, hop: int = 256) -> torch.Tensor:
+    """The conditioning signal of a diffusion vocoder (Kong et al. 2021, DiffWave Sec. 3.3):
+    (batch, channels, samples) -> (batch, n_mels, samples), the log-mel spectrogram (window 4 hop,
+    hop ``hop``) scaled to about [-1, 1] ((log mel + 5) / 5) and linearly upsampled to the sample rate,
+    so it joins the waveform as extra input channels."""
+    mel = _log_mel(sample_rate, n_mels, 4 * hop).to(wave.device)(wave)[:, 0]  # (batch, n_mels, frames)
+    mel = (mel + 5.0) / 5.0
+    return nn.functional.interpolate(mel, size=wave.shape[-1], mode="linear", align_corners=False)
+
+
+def griffin_lim_from_mel(wave: torch.Tensor, sample_rate: int, n_mels: int = 64, hop: int = 256,
+                         iterations: int = 64) -> torch.Tensor:
+    """The classic non-learned vocoder baseline: the mel of ``wave`` (batch, channels, samples)
+    inverted to a linear spectrogram (least squares) and phase-retrieved by Griffin-Lim
+    (Griffin & Lim 1984); returns (batch, 1, samples)."""
+    import torchaudio
+
+    n_fft = 4 * hop
+    mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=n_fft, hop_length=hop, n_mels=n_mels, power=1.0)
+    inverse = torchaudio.transforms.InverseMelScale(n_fft // 2 + 1, n_mels, sample_rate)
+    gl = torchaudio.transforms.GriffinLim(n_fft=n_fft, hop_length=hop, power=1.0, n_iter=iterations)
+    out = gl(inverse(mel(wave.float().mean(1))).clamp(min=0))
+    out = nn.functional.pad(out, (0, max(0, wave.shape[-1] - out.shape[-1])))[..., :wave.shape[-1]]
+    return out[:, None]
 
 
 class AudioClassifier(nn.Module):

@@ -11,6 +11,7 @@ import torch
 from ..train.registry import DataSpec, register_dataset, register_evaluator, register_model, register_preview
 from .data import AudioDataset
 from .io import save_wav, spectrogram_sheet
+from .metrics import mel_conditioning
 from .unet1d import UNET1D_PRESETS
 
 MODALITY = "audio"
@@ -72,9 +73,11 @@ class AudioDataParams:
     known_range: list[float] = field(default_factory=lambda: [0.25, 0.75])
     gap_range: list[float] = field(default_factory=lambda: [0.1, 0.4])
     p_unconditional: float = 0.1
+    mel_bins: int = 64
+    mel_hop: int = 256
 
 
-AUDIO_TASKS = ("generate", "continue", "inpaint", "mixed")
+AUDIO_TASKS = ("generate", "continue", "inpaint", "mixed", "vocoder")
 
 
 def audio_task_mask(length: int, task: str, g: torch.Generator, *, known_range=(0.25, 0.75), gap_range=(0.1, 0.4),
@@ -85,8 +88,8 @@ def audio_task_mask(length: int, task: str, g: torch.Generator, *, known_range=(
     its length / length uniform in ``gap_range``, placed uniformly; mixed: either, at random;
     generate, or with probability ``p_unconditional``: nothing given.
     """
-    if task not in AUDIO_TASKS:
-        raise ValueError(f"data.params.task: unknown audio task {task!r}; known: {AUDIO_TASKS}")
+    if task not in AUDIO_TASKS or task == "vocoder":
+        raise ValueError(f"data.params.task: unknown masking task {task!r}; known: {AUDIO_TASKS[:-1]}")
     mask = torch.zeros(1, length)
     u = torch.rand(3, generator=g).tolist()  # always three draws: the stream does not depend on the branch
     if task == "generate" or u[0] < p_unconditional:
@@ -124,7 +127,7 @@ class AudioTrainData(torch.utils.data.Dataset):
             if not 0 < lo <= hi < 1:
                 raise ValueError(f"data.params.{key} must satisfy 0 < low <= high < 1, got {[lo, hi]}")
         self.params, self.seed = params, seed
-        concat = params.channels + 1 if params.task != "generate" else 0
+        concat = {"generate": 0, "vocoder": params.mel_bins}.get(params.task, params.channels + 1)
         self.spec = DataSpec((params.channels, params.length), classes, MODALITY,
                              {"sample_rate": params.sample_rate, "concat_channels": concat})
 
@@ -141,7 +144,9 @@ class AudioTrainData(torch.utils.data.Dataset):
             out["label"] = item["label"] if item["label"] >= 0 else self.spec.num_classes
         out["text"] = item["text"]  # the caption ("" when none), used by models with a text encoder
         p = self.params
-        if p.task != "generate":
+        if p.task == "vocoder":  # the waveform given its mel spectrogram
+            out["concat"] = mel_conditioning(item["x"][None], p.sample_rate, p.mel_bins, p.mel_hop)[0]
+        elif p.task != "generate":
             # a new span each epoch, reproducible from (seed, epoch, index) whatever the batch or worker
             g = torch.Generator().manual_seed((self.seed * 7_000_003 + self.audio.epoch) * 10_000_019 + index)
             mask = audio_task_mask(p.length, p.task, g, known_range=p.known_range, gap_range=p.gap_range,

@@ -39,7 +39,7 @@ def generate(model: nn.Module, objective: ObjectiveConfig, spec: DataSpec, sampl
              num: int | None = None, seed: int | None = None, labels: torch.Tensor | None = None,
              device=None, progress: bool = False, known: torch.Tensor | None = None,
              mask: torch.Tensor | None = None, resample: int = 1, prompts: list[str] | None = None,
-             negative_prompt: str = "", replace: bool = True) -> torch.Tensor:
+             negative_prompt: str = "", replace: bool = True, concat: torch.Tensor | None = None) -> torch.Tensor:
     """Draw ``num`` samples: returns (num, *spec.sample_shape) float32 on the CPU.
 
     model: the backbone (EMA or raw weights), in eval mode; ``labels`` (num,) for conditional
@@ -48,7 +48,8 @@ def generate(model: nn.Module, objective: ObjectiveConfig, spec: DataSpec, sampl
     sampling (continuation, inpainting, completion; multidiff.core.masked), with RePaint
     resampling when ``resample`` > 1. A model trained with masked conditioning (its data set's
     ``concat_channels``) also gets [mask, known * mask] as input channels; ``replace=False``
-    then leaves the given part to the model instead of re-imposing it. ``prompts`` (num captions) for models with a text encoder;
+    then leaves the given part to the model instead of re-imposing it. ``concat`` (num, extra
+    channels, ...) gives such channels directly (e.g. a vocoder's mel spectrogram). ``prompts`` (num captions) for models with a text encoder;
     guidance then contrasts them with ``negative_prompt`` ("" = the unconditional model).
     """
     if prompts is not None:
@@ -88,6 +89,8 @@ def generate(model: nn.Module, objective: ObjectiveConfig, spec: DataSpec, sampl
             cond = {} if labels is None else {"label": labels[start:start + n].to(device)}
             if prompts is not None:
                 cond["text"] = prompts[start:start + n]
+            if concat is not None:
+                cond["concat"] = concat[start:start + n].to(device)
             if known is not None:
                 part = (mask[start:start + n] if mask.shape[0] == num else mask).to(device)
                 given = known[start:start + n].to(device)
