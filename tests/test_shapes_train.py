@@ -91,3 +91,41 @@ def test_upsampler_trains_on_coarse_conditioning(manifest, tmp_path):
     assert set(cond) == {"coarse", "label"}
     loss = trainer.loss_fn(trainer.denoiser, batch["x"], cond, [torch.Generator().manual_seed(0)])
     assert loss.shape == (1,) and torch.isfinite(loss).all()
+
+
+def test_completion_task_conditions_on_random_partial_scans(manifest, tmp_path):
+    """data.params.task=complete: cond['coarse'] is a planar cut of the item's own cloud (a subset of
+    its points, on one side of a plane), new each epoch; the transformer gets coarse channels by
+    itself; recipes/shapes/complete.py then conditions on the cut instead of imposing it."""
+    import json
+    import runpy
+    import sys
+
+    from multidiff.shapes.registry import random_partial
+    from multidiff.train.trainer import Trainer
+
+    g = torch.Generator().manual_seed(0)
+    cloud = torch.randn(200, 3)
+    part = random_partial(cloud, g, 50, keep_range=(0.4, 0.4))
+    assert part.shape == (50, 3) and all(any(torch.equal(p, c) for c in cloud) for p in part)
+    out = tmp_path / "c"
+    extra = ["data.params.task=complete", "data.params.partial_points=16", "trainer.preview_every_samples=0"]
+    trainer = Trainer(load_config(RECIPE, overrides(manifest, out) + extra))
+    assert trainer.unwrapped().config.coarse_channels == 3
+    item = trainer.dataset[0]
+    assert item["coarse"].shape == (16, 3)
+    assert all(any(torch.equal(p, c) for c in item["x"]) for p in item["coarse"])  # the scan is part of the shape
+    trainer.dataset.set_epoch(1)
+    assert not torch.equal(trainer.dataset[0]["coarse"], item["coarse"])
+    assert main(["train", RECIPE, *overrides(manifest, out), *extra]) == 0
+    script = str(REPO / "recipes/shapes/complete.py")
+    argv = sys.argv
+    try:
+        sys.argv = [script, str(out / "checkpoints" / "latest"), "--num", "2", "--steps", "3", "--out", str(tmp_path / "o")]
+        runpy.run_path(script, run_name="__main__")
+    finally:
+        sys.argv = argv
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert metrics["method"] == "partial-scan conditioning (trained)" and metrics["cd_completion_to_truth"] > 0
+    with pytest.raises(ValueError, match="unknown shapes task"):
+        Trainer(load_config(RECIPE, overrides(manifest, tmp_path / "x") + ["data.params.task=upsample"]))

@@ -4,7 +4,7 @@ previews, and PointFlow's generation metrics against the held-out split. Importe
 ``multidiff.train.registry.load_plugins``."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -12,6 +12,7 @@ import torch
 from ..train.registry import DataSpec, register_dataset, register_evaluator, register_model, register_preview
 from .data import ShapeDataset, read_manifest, scan_folder
 from .io import NORMALIZATIONS, Normalization, render_sheet, save_ply
+from .tasks import partial_cloud
 from .transformer import POINT_PRESETS
 
 MODALITY = "shapes"
@@ -46,6 +47,8 @@ def build_point_transformer(params: PointTransformerParams, spec: DataSpec, *, g
     if len(spec.sample_shape) != 2 or spec.sample_shape[1] < 3:
         raise ValueError(f"shapes_transformer needs samples of shape (points, 3 + features), got {spec.sample_shape}")
     overrides = {k: v for k, v in vars(params).items() if k != "preset" and v is not None}
+    if spec.meta.get("task") == "complete":  # the partial scan enters as conditioning tokens
+        overrides.setdefault("coarse_channels", spec.sample_shape[1])
     model = POINT_PRESETS[params.preset](in_channels=spec.sample_shape[1], num_classes=spec.num_classes, **overrides)
     model.gradient_checkpointing = gradient_checkpointing
     return model
@@ -79,6 +82,27 @@ class ShapeDataParams:
     num_classes: int | None = None
     coarse_points: int = 0
     passes_per_epoch: int = 1000
+    task: str = "generate"
+    partial_points: int = 512
+    keep_range: list[float] = field(default_factory=lambda: [0.3, 0.7])
+
+
+SHAPE_TASKS = ("generate", "complete")
+
+
+def random_partial(cloud: torch.Tensor, g: torch.Generator, num_points: int, keep_range=(0.3, 0.7)) -> torch.Tensor:
+    """A partial scan of one cloud (points, C) for completion training: the points beyond a plane
+    of random direction keeping a fraction uniform in ``keep_range`` (multidiff.shapes.tasks.
+    partial_cloud), resampled to ``num_points`` (with repeats only if too few)."""
+    u = torch.rand(2, generator=g)
+    direction = torch.randn(3, generator=g)
+    keep = float(keep_range[0] + (keep_range[1] - keep_range[0]) * u[0])
+    part = partial_cloud(cloud[None], keep, direction.tolist())[0]
+    if len(part) >= num_points:
+        pick = torch.randperm(len(part), generator=g)[:num_points]
+    else:
+        pick = torch.randint(0, len(part), (num_points,), generator=g)
+    return part[pick]
 
 
 def _class_names(rows: list[dict], label_column: str) -> dict[int, str]:
@@ -103,10 +127,20 @@ class ShapeTrainData(torch.utils.data.Dataset):
                                    cache_dir=params.cache_dir, seed=seed, label_column=params.label_column,
                                    progress=True, coarse_points=params.coarse_points)
         self.passes, self.epoch = params.passes_per_epoch, 0
+        if params.task not in SHAPE_TASKS:
+            raise ValueError(f"data.params.task: unknown shapes task {params.task!r}; known: {SHAPE_TASKS}")
+        if params.task == "complete" and params.coarse_points:
+            raise ValueError("data.params: task 'complete' and coarse_points (the upsampler) both use cond['coarse']; "
+                             "set one of them")
+        lo, hi = params.keep_range
+        if not 0 < lo <= hi < 1:
+            raise ValueError(f"data.params.keep_range must satisfy 0 < low <= high < 1, got {[lo, hi]}")
+        self.params, self.seed = params, seed
         classes = params.num_classes if params.num_classes is not None else self.shapes.num_classes
         meta = {"normalize": params.normalize, "eval_split": params.eval_split,
                 "stats": self.shapes.stats.to_json() if self.shapes.stats is not None else None,
-                "coarse_points": params.coarse_points,
+                "coarse_points": params.coarse_points if params.task == "generate" else params.partial_points,
+                "task": params.task, "keep_range": list(params.keep_range),
                 "class_names": {str(k): v for k, v in _class_names(self.shapes.rows, params.label_column).items()}}
         self.spec = DataSpec((params.num_points, 3), classes, MODALITY, meta)
 
@@ -123,6 +157,9 @@ class ShapeTrainData(torch.utils.data.Dataset):
         out = {"x": item["x"]}
         if "coarse" in item:
             out["coarse"] = item["coarse"]
+        if self.params.task == "complete":
+            g = torch.Generator().manual_seed((self.seed * 7_000_003 + self.epoch) * 10_000_019 + index)
+            out["coarse"] = random_partial(item["x"], g, self.params.partial_points, self.params.keep_range)
         if self.spec.num_classes > 0:
             out["label"] = item["label"] if item["label"] >= 0 else self.spec.num_classes
         out["text"] = item["text"]

@@ -1,5 +1,6 @@
 """Shape completion from a partial cloud with any trained shapes checkpoint (masked sampling):
-held-out shapes are cut by a plane, the kept part is imposed while the rest is generated.
+held-out shapes are cut by a plane, the kept part is imposed while the rest is generated; a
+model trained with data.params.task=complete is instead conditioned on the cut (as tokens).
 
     python recipes/shapes/complete.py runs/shapes-procedural/checkpoints/latest --num 16 --keep 0.5 --out outputs/complete
 
@@ -15,7 +16,7 @@ import torch
 from multidiff.shapes.io import render_sheet, save_ply
 from multidiff.shapes.metrics import chamfer_distance
 from multidiff.shapes.registry import reference_clouds
-from multidiff.shapes.tasks import complete, partial_cloud
+from multidiff.shapes.tasks import complete, partial_cloud, upsample
 from multidiff.train.build import build_denoiser
 from multidiff.train.sampling import sampling_sigmas
 from multidiff.train.trainer import load_for_sampling
@@ -41,8 +42,17 @@ def main(argv=None):
     denoiser = build_denoiser(model, config.objective)
     sigmas = sampling_sigmas(config.sampling, denoiser.schedule, a.steps)
     cond = {"label": ref_labels[: len(truth)].to(device)} if spec.num_classes else None
-    done = complete(denoiser, partial, n_points, sigmas, method=config.sampling.sampler, cond=cond, seed=a.seed,
-                    resample=a.resample)
+    trained_to_complete = spec.meta.get("task") == "complete"
+    if trained_to_complete:  # a model trained on partial scans: they condition it as tokens, nothing is imposed
+        g = torch.Generator().manual_seed(a.seed)
+        want = int(spec.meta["coarse_points"])
+        picks = [torch.randperm(partial.shape[1], generator=g)[:want] if partial.shape[1] >= want
+                 else torch.randint(0, partial.shape[1], (want,), generator=g) for _ in range(len(partial))]
+        scan = torch.stack([partial[k, idx.to(partial.device)] for k, idx in enumerate(picks)])
+        done = upsample(denoiser, scan, n_points, sigmas, method=config.sampling.sampler, cond=cond, seed=a.seed)
+    else:
+        done = complete(denoiser, partial, n_points, sigmas, method=config.sampling.sampler, cond=cond, seed=a.seed,
+                        resample=a.resample)
     out = Path(a.out)
     for k in range(len(truth)):
         for name, cloud in (("partial", partial[k]), ("completion", done[k]), ("truth", truth[k])):
@@ -51,6 +61,8 @@ def main(argv=None):
     render_sheet(sheet, out / "completion.png", cols=3,
                  titles=[t for k in range(min(len(truth), 6)) for t in (f"#{k} partial", "completion", "truth")])
     metrics = {"checkpoint": str(folder), "keep": a.keep, "n": len(truth),
+               "method": "partial-scan conditioning (trained)" if trained_to_complete else
+               ("RePaint" if a.resample > 1 else "replacement (masked sampling)"),
                "cd_completion_to_truth": float(chamfer_distance(done.cpu(), truth.cpu()).mean()),
                "cd_partial_to_truth": float(chamfer_distance(partial.cpu(), truth.cpu()).mean())}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
