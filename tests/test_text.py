@@ -168,11 +168,14 @@ def test_captioned_training_then_sampling_with_prompts(captioned_tones, tmp_path
     assert any(k.startswith("text_encoder.") for k in load_file(str(ckpt / "model.safetensors")))
     runs = {}
     for name, extra in {"high": ["--prompt", "high tone"], "high_again": ["--prompt", "high tone"],
-                        "low": ["--prompt", "low tone"], "guided": ["--prompt", "high tone", "--guidance", "3"]}.items():
+                        "low": ["--prompt", "low tone"], "guided": ["--prompt", "high tone", "--guidance", "3"],
+                        # guidance only below sigma 1e-9, i.e. at no step: the unguided samples exactly
+                        "no_interval": ["--prompt", "high tone", "--guidance", "3", "--guidance-interval", "0", "1e-9"],
+                        }.items():
         assert main(["sample", str(ckpt), "--num", "2", "--seed", "0", "--out", str(tmp_path / name), *extra]) == 0
         runs[name] = load_file(str(tmp_path / name / "samples.safetensors"))["samples"]
     assert runs["high"].shape == (2, 1, 1024) and torch.isfinite(runs["high"]).all()
-    assert torch.equal(runs["high"], runs["high_again"])
+    assert torch.equal(runs["high"], runs["high_again"]) and torch.equal(runs["high"], runs["no_interval"])
     assert not torch.equal(runs["high"], runs["low"]) and not torch.equal(runs["high"], runs["guided"])
     # the exported pipeline carries the byte encoder and draws the same samples
     from multidiff.core import make_generators

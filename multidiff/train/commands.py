@@ -90,6 +90,8 @@ def _sampling_arguments(parser: argparse.ArgumentParser, out_default: str) -> No
     parser.add_argument("--sampler", default=None, help="sampler name from multidiff.core.SAMPLERS")
     parser.add_argument("--spacing", default=None, help="sigma spacing from multidiff.core.SPACINGS")
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off)")
+    parser.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="apply guidance only for sigma in (LOW, HIGH] (default: sampling.guidance_interval)")
     parser.add_argument("--label", type=int, default=None, help="class label for all samples (conditional models)")
     parser.add_argument("--prompt", default=None, help="caption for all samples (models with a text encoder)")
     parser.add_argument("--negative-prompt", default="", help="caption guidance steers away from (default: '')")
@@ -108,7 +110,9 @@ def _sampling_config(config, args):
     s = config.sampling
     changes = {k: v for k, v in {"num_samples": args.num, "steps": args.steps, "sampler": args.sampler,
                                   "spacing": args.spacing, "guidance": args.guidance, "seed": args.seed,
-                                  "batch_size": args.batch_size}.items() if v is not None}
+                                  "batch_size": args.batch_size,
+                                  "guidance_interval": tuple(args.guidance_interval) if args.guidance_interval else None,
+                                  }.items() if v is not None}
     s = replace(s, **changes)
     if s.sampler not in SAMPLERS:
         raise ValueError(f"--sampler: unknown sampler {s.sampler!r}; known: {', '.join(sorted(SAMPLERS))}")

@@ -204,7 +204,9 @@ class TrainerConfig:
 class SamplingConfig:
     """Sampling for previews and the defaults of ``multidiff sample`` / ``eval``.
 
-    sigma_min / sigma_max default to the schedule's. ``guidance`` is the CFG scale (1 = off).
+    sigma_min / sigma_max default to the schedule's. ``guidance`` is the CFG scale (1 = off),
+    applied for sigma in ``guidance_interval`` (low, high] only (Kynkäänniemi et al. 2024: guidance
+    at the highest and lowest noise levels costs diversity and detail; default: everywhere).
     """
 
     sampler: str = "heun"
@@ -214,6 +216,7 @@ class SamplingConfig:
     sigma_min: float | None = None
     sigma_max: float | None = None
     guidance: float = 1.0
+    guidance_interval: tuple[float, float] = (0.0, float("inf"))
     num_samples: int = 1024
     batch_size: int = 4096
     seed: int = 0
@@ -519,6 +522,9 @@ def validate(config: Config, *, validate_paths: bool = True) -> Config:
         raise ConfigError("trainer.batch_size", f"{t.batch_size} is not divisible by trainer.grad_accum={t.grad_accum}")
 
     _choice("sampling.sampler", s.sampler, SAMPLERS, "sampler")
+    lo, hi = s.guidance_interval
+    if not 0 <= lo < hi:
+        raise ConfigError("sampling.guidance_interval", f"needs 0 <= low < high, got {[lo, hi]}")
     _choice("sampling.spacing", s.spacing, SPACINGS, "spacing")
     for name in ("steps", "num_samples", "batch_size"):
         _positive(f"sampling.{name}", getattr(s, name))

@@ -102,7 +102,8 @@ def generate(model: nn.Module, objective: ObjectiveConfig, spec: DataSpec, sampl
             cond = cond or None
             d = denoiser
             if (labels is not None or prompts is not None) and sampling.guidance != 1.0:
-                d = ClassifierFreeGuidance(denoiser, sampling.guidance, uncond)
+                d = ClassifierFreeGuidance(denoiser, sampling.guidance, uncond,
+                                           interval=tuple(sampling.guidance_interval))
             out.append(sample(d, x, sigmas, sampling.sampler, cond=cond, generator=gens, progress=progress,
                               resample=resample).float().cpu())
     finally:
