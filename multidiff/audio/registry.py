@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..train.registry import DataSpec, register_dataset, register_evaluator, register_model, register_preview
+from .autoencoder import OobleckParams, build_oobleck_entry
 from .data import AudioDataset
 from .io import save_wav, spectrogram_sheet
 from .metrics import mel_conditioning
@@ -236,3 +237,8 @@ def _label_pitches(manifest, label_column: str) -> dict:
 
 register_preview(MODALITY, audio_preview)
 register_evaluator(MODALITY, audio_evaluate)
+
+
+register_model("audio_oobleck", build_oobleck_entry, params=OobleckParams, modality=MODALITY, kind="autoencoder",
+               example_shape=(1, 16384), example_batch=16,
+               description="audio VAE for latent diffusion: diffusers' AutoencoderOobleck (multidiff.audio.autoencoder)")

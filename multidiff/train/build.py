@@ -19,6 +19,7 @@ from ..core import (
 )
 from ..nn.text import ByteTextEncoder, PretrainedTextEncoder, TextConditioned
 from . import registry
+from .autoencoder import AutoencoderLoss
 from .config import Config, ConfigError, ObjectiveConfig, OptimizerConfig, data_params, model_params
 from .registry import DataSpec
 
@@ -70,7 +71,11 @@ def build_noise_distribution(objective: ObjectiveConfig, schedule: NoiseSchedule
     raise ValueError(f"unknown noise distribution {n.name!r}")
 
 
-def build_loss(objective: ObjectiveConfig, schedule: NoiseSchedule) -> DiffusionLoss:
+def build_loss(objective: ObjectiveConfig, schedule: NoiseSchedule):
+    """The per-sample loss callable: DiffusionLoss, or AutoencoderLoss for objective.kind autoencoder."""
+    if objective.kind == "autoencoder":
+        a = objective.autoencoder
+        return AutoencoderLoss(a.kl_weight, a.l1_weight, a.l2_weight, a.stft_weight, a.stft_sizes)
     sd = objective.schedule.sigma_data
     weight = weighting(objective.weighting, sigma_data=sd, gamma=objective.min_snr_gamma)
     return DiffusionLoss(build_noise_distribution(objective, schedule), weight, sigma_data=sd)

@@ -99,14 +99,33 @@ class NoiseConfig:
 
 
 @dataclass
+class AutoencoderObjectiveConfig:
+    """``objective.autoencoder``: weights of multidiff.train.autoencoder.AutoencoderLoss
+    (KL to N(0, I), L1 / L2 on the signal, multi-resolution STFT with ``stft_sizes``)."""
+
+    kl_weight: float = 1e-4
+    l1_weight: float = 1.0
+    l2_weight: float = 0.0
+    stft_weight: float = 1.0
+    stft_sizes: list[int] = field(default_factory=lambda: [512, 1024, 2048])
+
+
+OBJECTIVE_KINDS = ("diffusion", "autoencoder")
+
+
+@dataclass
 class ObjectiveConfig:
     """Schedule, prediction type, noise distribution and loss weighting.
 
     ``schedule.sigma_data`` is the data std used by EDM preconditioning and the "edm"
     weighting. ``cond_drop_prob`` replaces class labels by the null label during
-    training so classifier-free guidance works at sampling time.
+    training so classifier-free guidance works at sampling time. ``kind: autoencoder``
+    trains an autoencoder for latent diffusion instead (``autoencoder`` section; the
+    diffusion fields are then unused).
     """
 
+    kind: str = "diffusion"
+    autoencoder: AutoencoderObjectiveConfig = field(default_factory=AutoencoderObjectiveConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     prediction: str = "edm"
     noise: NoiseConfig = field(default_factory=NoiseConfig)
@@ -486,6 +505,14 @@ def validate(config: Config, *, validate_paths: bool = True) -> Config:
             raise ConfigError("data.path", f"no such file or directory: {d.path!r}")
     _positive("data.num_workers", d.num_workers, allow_zero=True)
 
+    _choice("objective.kind", o.kind, OBJECTIVE_KINDS, "objective kind")
+    for name in ("kl_weight", "l1_weight", "l2_weight", "stft_weight"):
+        _positive(f"objective.autoencoder.{name}", getattr(o.autoencoder, name), allow_zero=True)
+    want = "autoencoder" if o.kind == "autoencoder" else "denoiser"
+    if registry.MODELS[m.name].kind != want:
+        fitting = sorted(n for n, e in registry.MODELS.items() if e.kind == want)
+        raise ConfigError("model.name", f"{m.name!r} is a {registry.MODELS[m.name].kind} model, but objective.kind "
+                                        f"is {o.kind!r}; {want} models: {', '.join(fitting) or 'none'}")
     _choice("objective.schedule.name", o.schedule.name, SCHEDULES, "schedule")
     _choice("objective.prediction", o.prediction, PREDICTIONS, "prediction type")
     _choice("objective.noise.name", o.noise.name, NOISE_DISTRIBUTIONS, "noise distribution")

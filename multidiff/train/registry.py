@@ -73,6 +73,7 @@ class ModelEntry:
     example_batch: int = 256                # a batch size that suits the backbone in benchmarks
     example_num_classes: int = 0
     description: str = ""
+    kind: str = "denoiser"  # or "autoencoder" (trained with objective.kind: autoencoder)
 
 
 @dataclass
@@ -96,6 +97,7 @@ PLUGIN_MODULES: list[str] = [
     "multidiff.audio.registry",
     "multidiff.video.registry",
     "multidiff.shapes.registry",
+    "multidiff.train.latents",
 ]
 _loaded: set[str] = set()
 #: built-in plugin modules that failed to import (module -> error), reported by unknown-name errors
@@ -109,11 +111,14 @@ def _check_params(name: str, params: type) -> None:
 
 def register_model(name: str, factory: Callable, *, params: type = EmptyParams, modality: str = "generic",
                    example_shape: tuple[int, ...] = (2,), example_batch: int = 256, example_num_classes: int = 0,
-                   description: str = "") -> None:
-    """Make a backbone available to configs as ``model.name: <name>``."""
+                   description: str = "", kind: str = "denoiser") -> None:
+    """Make a backbone available to configs as ``model.name: <name>``; ``kind`` "autoencoder" for
+    autoencoders of latent diffusion (trained with objective.kind: autoencoder)."""
     _check_params(name, params)
+    if kind not in ("denoiser", "autoencoder"):
+        raise ValueError(f"model kind must be 'denoiser' or 'autoencoder', got {kind!r}")
     MODELS[name] = ModelEntry(factory, params, modality, tuple(example_shape), example_batch, example_num_classes,
-                              description)
+                              description, kind)
 
 
 def register_dataset(name: str, factory: Callable, *, params: type = EmptyParams, modality: str = "generic",

@@ -144,8 +144,14 @@ class Trainer:
         optimizer = build_optimizer(backbone, config.optimizer)
         self.model, self.optimizer = acc.prepare(backbone, optimizer)
         self._unwrapped: torch.nn.Module | None = None
+        self.autoencoder = config.objective.kind == "autoencoder"
         self.denoiser = build_denoiser(self.model, config.objective)
         self.loss_fn = build_loss(config.objective, self.denoiser.schedule)
+        if self.autoencoder:  # the loss calls the model's encode / decode itself
+            if self.accelerator.num_processes > 1:
+                raise ValueError("objective.kind autoencoder trains in one process for now (its loss calls "
+                                 "encode / decode, which a DistributedDataParallel wrapper does not synchronise)")
+            self.denoiser = self.model
         self.lr_schedule = LRSchedule(config.optimizer, t.duration_samples)
         self.state = TrainState()
         self.num_parameters = count_parameters(backbone)
@@ -365,6 +371,14 @@ class Trainer:
             return []
         sampling = self.config.sampling
         num = self.config.trainer.preview_samples
+        if self.autoencoder:  # reconstructions of the first items (posterior means)
+            items = [self.dataset[k] for k in range(min(num, len(self.dataset)))]
+            x = torch.stack([it["x"] if isinstance(it, dict) else it for it in items]).to(self.accelerator.device)
+            model = self.sampling_model()
+            with torch.no_grad():
+                recon = model.decode(model.encode(x).latent_dist.mean).sample.float().cpu()
+            return list(fn(torch.cat([x.float().cpu(), recon]), self.out_dir / "previews",
+                           f"recon-{self.state.samples_seen:012d}", spec=self.spec))
         labels = default_labels(num, self.spec)
         samples = generate(self.sampling_model(), self.config.objective, self.spec, sampling, num=num,
                            labels=labels, device=self.accelerator.device)

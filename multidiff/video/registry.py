@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..train.registry import DataSpec, register_dataset, register_evaluator, register_model, register_preview
+from .autoencoder import FrameVAEParams, build_frame_vae_entry
 from .data import TASKS, ClipArrayDataset, VideoDataset, task_conditioning
 from .io import frame_grid, write_gif
 from .unet3d import UNET3D_PRESETS
@@ -212,3 +213,8 @@ def video_evaluate(samples: torch.Tensor, config, *, labels=None, spec=None) -> 
 
 register_preview(MODALITY, video_preview)
 register_evaluator(MODALITY, video_evaluate)
+
+
+register_model("video_vae", build_frame_vae_entry, params=FrameVAEParams, modality=MODALITY, kind="autoencoder",
+               example_shape=(1, 8, 32, 32), example_batch=8,
+               description="per-frame AutoencoderKL for latent video diffusion (multidiff.video.autoencoder)")

@@ -1,0 +1,140 @@
+"""Latent diffusion: autoencoder training through the trainer, latent caching, diffusion on latents, decoding."""
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from multidiff.audio.autoencoder import build_oobleck, compression_ratio, hop_length
+from multidiff.audio.builders import write_manifest
+from multidiff.audio.io import load_audio, save_audio
+from multidiff.cli import main
+from multidiff.train.autoencoder import AutoencoderLoss, gaussian_kl, stft_loss
+from multidiff.train.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+VAE = str(REPO / "recipes/audio/vae_digits.yaml")
+
+
+def test_stft_loss_zero_for_identity_and_grows_with_error():
+    torch.manual_seed(0)
+    x = torch.randn(3, 1, 4096)
+    assert torch.allclose(stft_loss(x, x), torch.zeros(3), atol=1e-6)
+    small, large = stft_loss(x + 0.01 * torch.randn_like(x), x), stft_loss(x + 0.3 * torch.randn_like(x), x)
+    assert small.shape == (3,) and (large > small).all()
+    y = x.clone().requires_grad_(True)
+    stft_loss(y + 0.1, x).sum().backward()
+    assert y.grad is not None and torch.isfinite(y.grad).all()
+
+
+def test_gaussian_kl_closed_form():
+    class Posterior:
+        mean = torch.tensor([[[1.0, 0.0]], [[0.0, 0.0]]])
+        var = torch.tensor([[[1.0, 1.0]], [[math.e, 1.0]]])
+        logvar = var.log()
+
+    # 0.5 (mu^2 + var - log var - 1) per element, averaged: [0.25, 0.5 (e - 2) / 2]
+    torch.testing.assert_close(gaussian_kl(Posterior), torch.tensor([0.25, 0.25 * (math.e - 2)]))
+
+
+def test_oobleck_presets_shapes_and_compression():
+    model = build_oobleck("tiny", audio_channels=1, sample_rate=8000)
+    assert hop_length(model) == 256 and model.config.decoder_input_channels == 8
+    assert compression_ratio(model) == 32.0
+    x = torch.randn(2, 1, 1024)
+    posterior = model.encode(x).latent_dist
+    assert posterior.mean.shape == (2, 8, 4)
+    assert model.decode(posterior.mean).sample.shape == (2, 1, 1024)
+    loss = AutoencoderLoss(stft_sizes=(256,))(model, x, generator=[torch.Generator().manual_seed(k) for k in range(2)])
+    assert loss.shape == (2,) and torch.isfinite(loss).all()
+    with pytest.raises(ValueError, match="encoder_hidden_size / 2"):
+        build_oobleck("tiny", decoder_input_channels=5)
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tones")
+    rows = []
+    for k in range(12):
+        t = torch.arange(1024) / 8000
+        save_audio(root / f"{k}.wav", (0.5 * torch.sin(2 * math.pi * (220.0 * (1 + k % 3)) * t))[None], 8000)
+        rows.append({"path": f"{k}.wav", "label": k % 3, "text": f"tone {k % 3}", "split": "test" if k >= 9 else "train"})
+    return write_manifest(root / "manifest.csv", list(rows[0]), rows)
+
+
+def ae_overrides(manifest, out):
+    return [f"data.path={manifest}", "data.params.sample_rate=8000", "data.params.length=1024",
+            "model.params.preset=tiny", "model.params.downsampling_ratios=[2, 2]",
+            "model.params.channel_multiples=[1, 2]", "objective.autoencoder.stft_sizes=[128, 256]",
+            f"trainer.out_dir={out}", "trainer.batch_size=4", "trainer.duration_samples=16", "trainer.log_every_samples=4",
+            "trainer.checkpoint_every_samples=16", "trainer.preview_every_samples=16", "trainer.preview_samples=2",
+            "trainer.tracker=none", "trainer.progress=false", "trainer.resume=null"]
+
+
+def test_autoencoder_then_latent_diffusion_end_to_end(tones, tmp_path, capsys):
+    ae = tmp_path / "ae"
+    assert main(["train", VAE, *ae_overrides(tones, ae)]) == 0
+    losses = [float(r["loss"]) for r in csv.DictReader(open(ae / "losses.csv"))]
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+    recon = sorted((ae / "previews").rglob("*.wav"))
+    assert len(recon) == 4  # two inputs, then their reconstructions
+    # cache the latents of every split
+    cache = tmp_path / "latents"
+    assert main(["encode", str(ae / "checkpoints" / "latest"), "--out", str(cache), "--batch-size", "5", "--shard-size", "5"]) == 0
+    meta = json.loads((cache / "latents.json").read_text())
+    assert meta["count"] == 12 and meta["latent_shape"] == [8, 256] and len(meta["shards"]) == 3
+    assert meta["compression"] == pytest.approx(1024 / (8 * 256))
+    assert meta["scale"] == pytest.approx(1 / meta["latent_std"])
+    assert meta["splits"].count("test") == 3 and meta["texts"][4] == "tone 1"
+    assert meta["reconstruction"]["n"] == 3 and {"mse", "psnr_db", "mr_stft", "si_sdr_db"} <= set(meta["reconstruction"])
+    # diffusion on the scaled latents: unit variance over the train split
+    from multidiff.train.latents import LatentDataset, LatentParams
+
+    data = LatentDataset(LatentParams(split="train"), str(cache), 0)
+    assert len(data) == 9 and data.spec.sample_shape == (8, 256) and data.spec.num_classes == 3
+    assert float(data.latents.std()) == pytest.approx(1.0, abs=1e-4)
+    run = tmp_path / "ldm"
+    assert main(["train", str(REPO / "recipes/audio/tones_smoke.yaml"), "data.name=latents", f"data.path={cache}",
+                 "data.params={split: train}", "model.params.preset=tiny", "objective.schedule.sigma_data=1.0",
+                 f"trainer.out_dir={run}", "trainer.batch_size=4", "trainer.duration_samples=8",
+                 "trainer.log_every_samples=4", "trainer.checkpoint_every_samples=8", "trainer.preview_every_samples=8",
+                 "trainer.preview_samples=2", "trainer.tracker=none", "trainer.progress=false", "trainer.resume=null",
+                 "sampling.steps=2", "sampling.num_samples=2", "sampling.batch_size=2"]) == 0
+    wavs = sorted((run / "previews").rglob("*.wav"))  # generated latents decoded to audio
+    assert len(wavs) == 2 and load_audio(wavs[0]) [0].shape == (1, 1024)
+    assert main(["sample", str(run / "checkpoints" / "latest"), "--num", "2", "--steps", "2",
+                 "--out", str(tmp_path / "s")]) == 0
+    assert len(list((tmp_path / "s").rglob("*.wav"))) == 2
+    assert main(["eval", str(run / "checkpoints" / "latest"), "--num", "2", "--steps", "2"]) == 0
+    assert "rms_mean" in capsys.readouterr().out  # the audio metrics of the decoded samples
+
+
+def test_autoencoder_config_errors(tones, tmp_path):
+    with pytest.raises(ConfigError, match="model.name"):  # a denoiser cannot be trained as an autoencoder
+        load_config(VAE, ae_overrides(tones, tmp_path) + ["model.name=audio_unet1d", "model.params={preset: tiny}"])
+    with pytest.raises(ConfigError, match="model.name"):  # nor an autoencoder as a denoiser
+        load_config(VAE, ae_overrides(tones, tmp_path) + ["objective.kind=diffusion"])
+    with pytest.raises(ConfigError, match="objective.kind"):
+        load_config(VAE, ae_overrides(tones, tmp_path) + ["objective.kind=gan"])
+    assert main(["encode", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_video_frame_vae_trains_encodes_and_decodes(tmp_path):
+    from multidiff.video.autoencoder import build_frame_vae
+
+    model = build_frame_vae("tiny", in_channels=1)
+    x = torch.randn(2, 1, 3, 8, 8)
+    posterior = model.encode(x).latent_dist
+    assert posterior.mean.shape == (2, 4, 3, 4, 4) and model.decode(posterior.mean).sample.shape == x.shape
+    # frames are independent: encoding one frame alone gives the same latent
+    torch.testing.assert_close(model.encode(x[:, :, 1:2]).latent_dist.mean, posterior.mean[:, :, 1:2])
+    out = tmp_path / "vae"
+    assert main(["train", str(REPO / "recipes/video/vae_moving_mnist.yaml"), "data.name=synthetic", "data.path=null",
+                 "data.params={shape: [1, 3, 8, 8], size: 16}", "model.params.preset=tiny", f"trainer.out_dir={out}",
+                 "trainer.batch_size=4", "trainer.duration_samples=8", "trainer.log_every_samples=4",
+                 "trainer.checkpoint_every_samples=8", "trainer.preview_every_samples=0", "trainer.tracker=none",
+                 "trainer.progress=false", "trainer.resume=null"]) == 0
+    losses = [float(r["loss"]) for r in csv.DictReader(open(out / "losses.csv"))]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
