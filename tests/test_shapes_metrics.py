@@ -118,3 +118,12 @@ def test_generation_metrics_extremes():
     assert m["1nna_cd"] == 0.0 and m["cov_cd"] == 1.0 and m["mmd_cd"] == pytest.approx(0.0, abs=1e-6)
     d = pairwise_distances(refs[:2], refs[:3], "cd", batch_size=2)
     assert d.shape == (2, 3) and float(d[0, 0]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_symmetric_pairwise_chamfer_matches_the_full_matrix():
+    g = torch.Generator().manual_seed(3)
+    clouds = torch.randn(7, 40, 3, generator=g)
+    half = pairwise_distances(clouds, clouds, "cd", batch_size=3)  # the same object: upper triangle mirrored
+    full = pairwise_distances(clouds, clouds.clone(), "cd", batch_size=3)
+    torch.testing.assert_close(half, full)
+    assert torch.equal(half, half.T)

@@ -185,7 +185,10 @@ def earth_movers_distance(a: torch.Tensor, b: torch.Tensor, *, method: str = "au
 def pairwise_distances(x: torch.Tensor, y: torch.Tensor, metric: str = "cd", *, batch_size: int = 64,
                        device=None, progress: bool = False, emd_method: str = "auto") -> torch.Tensor:
     """(len(x), len(y)) matrix of ``metric`` ("cd" or "emd") between every cloud of x (N, n, 3)
-    and every cloud of y (M, n, 3); pairs evaluated ``batch_size`` at a time on ``device``."""
+    and every cloud of y (M, n, 3); pairs evaluated ``batch_size`` at a time on ``device``. With y
+    the same tensor object as x and metric "cd" only the upper triangle is computed (Chamfer is symmetric;
+    the blockwise EMD approximation need not be)."""
+    symmetric = y is x and metric == "cd"  # Chamfer is symmetric: compute the upper triangle only
     x, y = _as_batch(x), _as_batch(y)
     device = torch.device(device) if device is not None else x.device
     fn = {"cd": chamfer_distance,
@@ -200,9 +203,12 @@ def pairwise_distances(x: torch.Tensor, y: torch.Tensor, metric: str = "cd", *, 
         bar = tqdm(total=len(x), desc=f"pairwise {metric}", leave=False)
     for i in range(len(x)):
         xi = x[i:i + 1].to(device)
-        for s in range(0, len(y), batch_size):
+        first = i if symmetric else 0
+        for s in range(first, len(y), batch_size):
             yj = y[s:s + batch_size].to(device)
             out[i, s:s + len(yj)] = fn(xi.expand(len(yj), -1, -1), yj).float().cpu()
+        if symmetric:
+            out[i + 1:, i] = out[i, i + 1:]
         if bar is not None:
             bar.update(1)
     if bar is not None:
