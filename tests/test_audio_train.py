@@ -144,7 +144,7 @@ def test_audio_task_masks_cover_the_requested_parts():
     assert not audio_task_mask(1000, "mixed", g, p_unconditional=1.0).any()
     last = [int(audio_task_mask(1000, "mixed", g)[0, -1]) for _ in range(40)]  # continuation ends unknown
     assert 5 < sum(last) < 35
-    with pytest.raises(ValueError, match="unknown audio task"):
+    with pytest.raises(ValueError, match="unknown masking task"):
         audio_task_mask(10, "outpaint", g)
 
 
