@@ -49,3 +49,28 @@ def row_label(row: dict, column: str) -> int:
     """The integer label in ``column`` of a manifest row; -1 (none) when missing or empty."""
     value = row.get(column, "")
     return int(value) if value not in (None, "") else -1
+
+
+class ManifestRows:
+    """What the audio, video and shapes data sets of manifest rows share: ``rows`` (dicts),
+    ``label_column`` and ``epoch`` are set by the subclass; labels, class count, length and the
+    trainer's ``set_epoch`` hook come from here."""
+
+    rows: list[dict]
+    label_column: str = "label"
+    epoch: int = 0
+
+    @property
+    def labels(self) -> list[int]:
+        return [row_label(r, self.label_column) for r in self.rows]
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.labels) + 1 if self.rows else 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..manifest import read_manifest
+from ..manifest import ManifestRows, read_manifest
 from ..manifest import scan_folder as scan_files
 from .io import AUDIO_EXTENSIONS, AudioDecodeError, load_audio
 
@@ -33,7 +33,7 @@ def scan_folder(root) -> list[dict]:
     return scan_files(root, AUDIO_EXTENSIONS)
 
 
-class AudioDataset(Dataset):
+class AudioDataset(ManifestRows, Dataset):
     """Fixed-length audio clips from a folder or manifest.
 
     source: folder, or .csv / .jsonl manifest. length: clip length in samples (None: whole
@@ -70,23 +70,8 @@ class AudioDataset(Dataset):
 
     # properties the trainer and recipes read
     @property
-    def num_classes(self) -> int:
-        labels = [int(r.get(self.label_column, -1) or -1) for r in self.rows]
-        return max(labels) + 1 if labels else 0
-
-    @property
-    def labels(self) -> list[int]:
-        return [int(r.get(self.label_column, -1) if r.get(self.label_column, "") != "" else -1) for r in self.rows]
-
-    @property
     def shape(self) -> tuple:
         return (self.channels, self.length)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
 
     # ------------------------------------------------------------------ the loading hook
     def _cache_path(self, path: str) -> Path | None:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..manifest import read_manifest, row_label
+from ..manifest import ManifestRows, read_manifest, row_label
 from ..manifest import scan_folder as scan_files
 from .io import (
     MESH_EXTENSIONS,
@@ -45,7 +45,7 @@ def scan_folder(root) -> list[dict]:
     return scan_files(root, MESH_EXTENSIONS)
 
 
-class ShapeDataset(Dataset):
+class ShapeDataset(ManifestRows, Dataset):
     """Fixed-size surface point clouds from a folder or manifest of meshes.
 
     source: folder (class = sub-folder) or .csv / .jsonl manifest with ``path`` and optionally
@@ -88,19 +88,6 @@ class ShapeDataset(Dataset):
             self.stats = global_statistics(list(self._pools(progress)))
 
     # properties the trainer and recipes read
-    @property
-    def labels(self) -> list[int]:
-        return [row_label(r, self.label_column) for r in self.rows]
-
-    @property
-    def num_classes(self) -> int:
-        return max(self.labels) + 1 if self.rows else 0
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
 
     # ------------------------------------------------------------------ loading
     def _row_seed(self, row: dict) -> int:

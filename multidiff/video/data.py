@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..manifest import read_manifest, row_label
+from ..manifest import ManifestRows, read_manifest, row_label
 from ..manifest import scan_folder as scan_files
 from .io import VIDEO_EXTENSIONS, VideoDecodeError, probe_video, read_video
 
@@ -63,7 +63,7 @@ def task_conditioning(x: torch.Tensor, task: str, given: int, g: torch.Generator
     return {"concat": concat, "loss_mask": 1 - m}
 
 
-class VideoDataset(Dataset):
+class VideoDataset(ManifestRows, Dataset):
     """Fixed-length clips from a folder or a manifest (.csv / .jsonl) of video files.
 
     num_frames clips at ``fps`` (None: each file's own rate), resized + centre-cropped to ``size``,
@@ -111,19 +111,6 @@ class VideoDataset(Dataset):
                              + (f" ({len(self.bad_files)} skipped)" if self.bad_files else ""))
         self.rows = kept
 
-    @property
-    def labels(self) -> list[int]:
-        return [row_label(r, self.label_column) for r in self.rows]
-
-    @property
-    def num_classes(self) -> int:
-        return max(self.labels) + 1 if self.rows else 0
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
 
     def _rng(self, index: int) -> torch.Generator:
         return torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
