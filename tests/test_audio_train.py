@@ -129,6 +129,32 @@ def test_complete_continuation_and_inpainting_keep_the_given_audio(tone_manifest
         assert (dest / "spectrograms.png").stat().st_size > 10_000
 
 
+def test_complete_scores_the_class_of_completed_clips_with_the_data_sets_classifier(tone_manifest, tmp_path):
+    """With classifier.safetensors beside the manifest, multidiff complete reports the share of
+    completed clips (and of the truth, and of the given part alone) classified as the clip's label."""
+    import json
+    import shutil
+
+    from multidiff.audio.metrics import classifier_outputs, load_split, save_classifier, train_classifier
+
+    data = tmp_path / "tones"
+    shutil.copytree(tone_manifest.parent, data)
+    waves, labels = load_split(data / "manifest.csv", "train", 8000, 1024)
+    classifier = train_classifier(waves, labels, 2, sample_rate=8000, epochs=3, batch_size=8, progress=False)
+    save_classifier(classifier, data / "classifier.safetensors")
+    out = tmp_path / "run"
+    recipe = str(REPO / "recipes/audio/tones_smoke.yaml")
+    assert main(["train", recipe, *overrides(data / "manifest.csv", out), "data.params.split=null"]) == 0
+    dest = tmp_path / "done"
+    assert main(["complete", str(out / "checkpoints" / "latest"), "--mode", "continuation", "--num", "5",
+                 "--steps", "4", "--split", "train", "--out", str(dest)]) == 0
+    metrics = json.loads((dest / "metrics.json").read_text())
+    expected = float((classifier_outputs(classifier, waves[:5])[0].argmax(-1) == labels[:5]).float().mean())
+    assert metrics["truth"]["classifier_accuracy"] == pytest.approx(expected)
+    for fill in ("generated", "baseline_silence"):
+        assert any(metrics[fill]["classifier_accuracy"] == pytest.approx(k / 5) for k in range(6))
+
+
 def test_audio_task_masks_cover_the_requested_parts():
     from multidiff.audio.registry import audio_task_mask
 

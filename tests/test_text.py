@@ -187,7 +187,21 @@ def test_captioned_training_then_sampling_with_prompts(captioned_tones, tmp_path
     for name, guidance in (("high", 1.0), ("guided", 3.0)):
         got = pipe(class_labels=[0, 1], prompt="high tone", generator=make_generators(0, 2), guidance_scale=guidance)
         assert torch.equal(got.audios, runs[name])
-    capsys.readouterr()
+    # the recipes' guidance sweep (text_accuracy.py) draws exactly what multidiff sample draws
+    import json
+
+    from multidiff.train.sweep import guidance_sweep, load_text_model, write_sweep
+
+    model, config, spec, _ = load_text_model(ckpt)
+    kept = {}
+    rows = guidance_sweep(model, config, spec, ["high tone"] * 2, [1.0, 3.0], steps=3, seed=0,
+                          score=lambda x: {"rms": float(x.square().mean().sqrt())},
+                          keep=lambda scale, x: kept.__setitem__(scale, x))
+    assert torch.equal(kept[1.0], runs["high"]) and torch.equal(kept[3.0], runs["guided"])
+    assert rows[0]["rms"] == pytest.approx(float(runs["high"].square().mean().sqrt()))
+    write_sweep(tmp_path / "sweep", {"checkpoint": "x"}, rows, [("rms", "rms", ".4f")])
+    assert [r["guidance"] for r in json.loads((tmp_path / "sweep" / "metrics.json").read_text())["rows"]] == [1.0, 3.0]
+    assert f"| 3 | {rows[1]['rms']:.4f} |" in capsys.readouterr().out
 
 
 def test_text_encoder_config_errors_name_the_key(captioned_tones, tmp_path):

@@ -69,6 +69,33 @@ def test_frame_prediction_recipe_trains_previews_samples_evaluates_and_predicts(
         assert math.isfinite(r["mse"]) and r["baseline_mse"] > 0 and len(r["psnr_per_frame"]) == 4
 
 
+def test_a_caption_generation_model_predicts_by_replacement(clips, tmp_path):
+    """A model trained on whole clips (with captions) predicts frames by replacement sampling when
+    told how many are given; the given frames come back exactly and the mean method is refused."""
+    from multidiff.train.trainer import load_for_sampling
+    from multidiff.video.predict import evaluate_prediction, predict_frames
+
+    out = tmp_path / "gen"
+    text = ["data.params.task=generate", "model.params.cross_attention_dim=16", "model.text_encoder.kind=bytes",
+            "model.text_encoder.dim=16", "model.text_encoder.depth=1", "model.text_encoder.heads=2",
+            "objective.cond_drop_prob=0.2", "trainer.preview_every_samples=0"]
+    assert main(["train", RECIPE, *overrides(clips, out, *text)]) == 0
+    ckpt = out / "checkpoints" / "latest"
+    with pytest.raises(ValueError, match="--given"):
+        evaluate_prediction(ckpt, num=2, steps=2, device="cpu", methods=("sample",))
+    report = evaluate_prediction(ckpt, num=3, steps=2, device="cpu", methods=("sample",), given=3)
+    assert report["conditioning"] == "replacement" and report["given_frames"] == 3
+    assert math.isfinite(report["sample"]["mse"]) and len(report["sample"]["psnr_per_frame"]) == 3
+    model, config, spec, *_ = load_for_sampling(ckpt, "cpu")
+    from multidiff.video.data import ClipArrayDataset
+
+    truth = torch.stack([ClipArrayDataset(clips, 6, split="test", random_crop=False).clip(k) for k in range(2)])
+    pred = predict_frames(model, config.objective, config.sampling, truth, 3, method="sample")
+    assert torch.equal(pred[:, :, :3], truth[:, :, :3]) and not torch.equal(pred[:, :, 3:], truth[:, :, 3:])
+    with pytest.raises(ValueError, match="replacement sampling only"):
+        predict_frames(model, config.objective, config.sampling, truth, 3, method="mean")
+
+
 def test_items_carry_the_task_channels_and_loss_mask(clips, tmp_path):
     from multidiff.train.build import build_dataset, build_model
 

@@ -143,6 +143,14 @@ def complete_run(args: argparse.Namespace) -> int:
                                                                              p["mel_hop"]), truth, region)
     else:
         results["baseline_copy"] = region_scores(copy_baseline(given, region), truth, region)
+    classifier_path = Path(config.data.path).parent / "classifier.safetensors"
+    if classifier_path.is_file() and (labels >= 0).all():  # does the whole clip still say the right class?
+        from .metrics import classifier_outputs, load_classifier
+
+        classifier = load_classifier(classifier_path)
+        for key, waves in (("generated", generated), ("baseline_silence", given), ("truth", truth)):
+            probs = classifier_outputs(classifier, waves.mean(1, keepdim=True))[0]
+            results.setdefault(key, {})["classifier_accuracy"] = float((probs.argmax(-1) == labels).float().mean())
     out = Path(args.out) if args.out else folder.parent.parent / f"complete-{args.mode}"
     out.mkdir(parents=True, exist_ok=True)
     waves, titles = [], []
@@ -154,6 +162,7 @@ def complete_run(args: argparse.Namespace) -> int:
     results["spectrograms"] = str(spectrogram_sheet(waves, sample_rate, out / "spectrograms.png", titles=titles,
                                                     columns=3))
     (out / "metrics.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps({k: v for k, v in results.items() if k == "generated" or k.startswith("baseline_")}, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if k in ("generated", "truth") or k.startswith("baseline_")},
+                     indent=2))
     print(f"wrote {out} (WAVs: truth / given / generated; spectrograms.png; metrics.json)")
     return 0

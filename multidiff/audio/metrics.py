@@ -178,8 +178,13 @@ class AudioClassifier(nn.Module):
                                   nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2))
         self.head = nn.Linear(128, num_classes)
 
+    MIN_FRAMES = 16  # four 2x poolings
+
     def embed(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.body(self.norm(self.features(wave)))
+        mel = self.features(wave)
+        if mel.shape[-1] < self.MIN_FRAMES:  # a clip shorter than 16 hops: repeat its last frame
+            mel = nn.functional.pad(mel, (0, self.MIN_FRAMES - mel.shape[-1], 0, 0), mode="replicate")
+        return self.body(self.norm(mel))
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(wave))

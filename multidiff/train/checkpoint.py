@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,112 @@ def load_module(module: torch.nn.Module, path: Path) -> None:
     if result.missing_keys or result.unexpected_keys:
         raise RuntimeError(f"{path}: weights do not match the model: missing {result.missing_keys}, "
                            f"unexpected {result.unexpected_keys}")
+
+
+@dataclass
+class WarmStart:
+    """What :func:`warm_start` did, by parameter name."""
+
+    source: str
+    copied: list[str] = field(default_factory=list)
+    widened: list[str] = field(default_factory=list)  # input channels added, zero weights for them
+    narrowed: list[str] = field(default_factory=list)  # input channels dropped: the leading ones kept
+    fresh: list[str] = field(default_factory=list)  # not in the source or another shape: kept as built
+    folded: list[str] = field(default_factory=list)  # the source's null-label embedding, moved into a bias
+    unused: list[str] = field(default_factory=list)  # in the source only
+
+    def summary(self) -> str:
+        lines = [f"warm start from {self.source}: {len(self.copied)} tensors copied, {len(self.widened)} widened "
+                 f"(new input channels start at zero), {len(self.narrowed)} narrowed (trailing input channels "
+                 f"dropped), {len(self.fresh)} new, {len(self.unused)} unused"]
+        for label, names in (("widened", self.widened), ("narrowed", self.narrowed), ("folded", self.folded),
+                             ("new", self.fresh), ("unused", self.unused)):
+            if names:
+                shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
+                lines.append(f"  {label}: {shown}")
+        return "\n".join(lines)
+
+
+def _null_label_vector(source: dict[str, torch.Tensor], prefix: str) -> torch.Tensor | None:
+    """The null-label row of a LabelEmbedding in a state dict (plain table: its last row)."""
+    if prefix + "label_embed.null" in source:
+        return source[prefix + "label_embed.null"]
+    if prefix + "label_embed.table.weight" in source:
+        return source[prefix + "label_embed.table.weight"][-1]
+    return None
+
+
+def _fold_null_label(target: dict[str, torch.Tensor], source: dict[str, torch.Tensor], report: WarmStart) -> None:
+    if any(".label_embed." in "." + k for k in target):
+        return  # the target keeps class labels: nothing to fold
+    for key, bias in target.items():
+        if not key.endswith("noise_embed.mlp.2.bias"):
+            continue
+        stem = key[: -len("noise_embed.mlp.2.bias")]
+        for prefix in (stem, stem.removeprefix("backbone."), "backbone." + stem):
+            null = _null_label_vector(source, prefix)
+            if null is not None and null.shape == bias.shape:
+                with torch.no_grad():
+                    bias.add_(null.to(bias.device, bias.dtype))
+                report.folded.append(f"{prefix}label_embed null -> {key}")
+                break
+
+
+def warm_start(module: torch.nn.Module, path: str | Path) -> WarmStart:
+    """Initialise ``module`` from another run's checkpoint (its EMA weights when kept) for fine-tuning.
+
+    Tensors with the same name and shape are copied. A weight that only gained input channels
+    (dimension 1, e.g. a first convolution that now also reads [mask, known part] or a mel
+    spectrogram) gets the old weights for the old channels and zeros for the new ones, so the
+    fine-tuned model starts as exactly the source model (as Stable Diffusion's inpainting model was
+    started from the text-to-image one). A weight that lost trailing input channels keeps the leading
+    ones: the source model with those inputs at zero (e.g. a frame-prediction model, whose "nothing
+    given" mask and frames are zeros, starting a plain generator). A text-conditioned model (``backbone.`` prefix) starts
+    from a plain backbone's checkpoint and back. A class-conditional source started into a model
+    without class labels (captions instead) has its null-label embedding added to the bias of the
+    noise-level embedding's last layer (the two are summed, multidiff.nn.embeddings), so the new
+    model starts as the source's unconditional model. Everything else keeps its fresh
+    initialisation and is listed. Raises ValueError naming the checkpoint when no tensor matches at all.
+    """
+    folder = resolve(path)
+    weights = folder / "ema.safetensors"
+    if not weights.exists():
+        weights = folder / "model.safetensors"
+    source = read_module_state(weights)
+    report = WarmStart(str(weights))
+    used = set()
+    target = module.state_dict()
+    with torch.no_grad():
+        for key, tensor in target.items():
+            for name in (key, key.removeprefix("backbone."), "backbone." + key):
+                if name in source:
+                    break
+            else:
+                report.fresh.append(key)
+                continue
+            src = source[name].to(tensor.device, tensor.dtype)
+            used.add(name)
+            if src.shape == tensor.shape:
+                tensor.copy_(src)
+                report.copied.append(key)
+            elif (src.ndim == tensor.ndim >= 2 and src.shape[0] == tensor.shape[0]
+                  and src.shape[2:] == tensor.shape[2:]):
+                change = f"{key} {tuple(src.shape)} -> {tuple(tensor.shape)}"
+                if src.shape[1] < tensor.shape[1]:
+                    tensor.zero_()
+                    tensor[:, :src.shape[1]].copy_(src)
+                    report.widened.append(change)
+                else:
+                    tensor.copy_(src[:, :tensor.shape[1]])
+                    report.narrowed.append(change)
+            else:
+                report.fresh.append(f"{key} {tuple(src.shape)} -> {tuple(tensor.shape)}")
+    _fold_null_label(target, source, report)
+    report.unused = sorted(set(source) - used)
+    if not report.copied and not report.widened:
+        raise ValueError(f"{weights}: no tensor matches the model by name and shape; is this a checkpoint of "
+                         f"the same backbone? (its first keys: {sorted(source)[:4]})")
+    return report  # state_dict() tensors share the parameters' storage: copied in place
 
 
 # ------------------------------------------------------------------------------ RNG states

@@ -55,13 +55,15 @@ class TextEncoderConfig:
 @dataclass
 class ModelConfig:
     """The backbone: ``name`` from :data:`registry.MODELS`, its ``params`` (checked against the
-    entry's params dataclass), whether it recomputes activations in backward, and an optional
-    caption encoder feeding its cross-attention."""
+    entry's params dataclass), whether it recomputes activations in backward, an optional
+    caption encoder feeding its cross-attention, and ``init_from``: another run's checkpoint to
+    start from (fine-tuning; see :func:`multidiff.train.checkpoint.warm_start`)."""
 
     name: str = "toy_mlp"
     params: dict[str, Any] = field(default_factory=dict)
     gradient_checkpointing: bool = False
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    init_from: str | None = None
 
 
 @dataclass
@@ -496,6 +498,13 @@ def validate(config: Config, *, validate_paths: bool = True) -> Config:
         raise ConfigError("model.params.cross_attention_dim",
                           f"a text encoder needs the backbone's cross-attention: set it to the encoder width "
                           f"({te.dim if te.kind == 'bytes' else 'the pretrained hidden size'})")
+    if m.init_from and validate_paths:
+        from .checkpoint import resolve
+
+        try:
+            resolve(m.init_from)
+        except FileNotFoundError as err:
+            raise ConfigError("model.init_from", str(err)) from None
     d.params = to_plain(data_params(config))
     entry = registry.DATASETS[d.name]
     if validate_paths:

@@ -140,6 +140,9 @@ class Trainer:
         self.dataset = build_dataset(config)
         self.spec: DataSpec = self.dataset.spec
         backbone = build_model(config, self.spec).to(acc.device)
+        self.warm_start = None
+        if config.model.init_from:  # before the EMA copies the weights; a resume below overrides both
+            self.warm_start = ckpt.warm_start(backbone, config.model.init_from)
         self.ema = EMA(backbone, t.ema) if t.ema.kind != "none" else None
         optimizer = build_optimizer(backbone, config.optimizer)
         self.model, self.optimizer = acc.prepare(backbone, optimizer)
@@ -466,6 +469,10 @@ class Trainer:
                   f"{self.config.data.name}, {self.world} process(es) on {acc.device}, precision "
                   f"{t.mixed_precision}, global batch {t.batch_size} (micro-batch {self.micro_batch} x "
                   f"{t.grad_accum} accumulation x {self.world} processes), out_dir {self.out_dir}")
+        if self.warm_start is not None and self.resumed_from is None:
+            acc.print(self.warm_start.summary())
+            if self.is_main:
+                ckpt.write_json(self.out_dir / "warm_start.json", vars(self.warm_start))
         if self.resumed_from is not None:
             acc.print(f"resuming from {self.resumed_from} at {s.samples_seen} samples seen (step {s.step})")
 

@@ -48,9 +48,14 @@ def predict_frames(model, objective, sampling, truth: torch.Tensor, given: int, 
         concat = torch.stack([c["concat"] for c in conds])
         mask = 1 - torch.stack([c["loss_mask"] for c in conds])  # (n, 1, T, 1, 1): 1 on given frames
         cond = {"concat": concat} if uses_concat else {}
+        if hasattr(model, "text_encoder"):  # a caption model's unconditional branch is the empty caption
+            cond["text"] = [""] * len(x0)
         gens = make_generators(seed + start, len(x0), device)
         noise = torch.stack([torch.randn(x0.shape[1:], generator=g, device=device) for g in gens])
         if method == "mean":
+            if not uses_concat:
+                raise ValueError("method 'mean' needs a model trained with given frames (concat channels); "
+                                 "a generation model predicts by replacement sampling only")
             pred = denoiser(noise * sigmas[0], sigmas[0].expand(len(x0)).to(device), cond or None)
         elif method == "sample":
             if replace or not uses_concat:
@@ -63,16 +68,24 @@ def predict_frames(model, objective, sampling, truth: torch.Tensor, given: int, 
 
 
 def evaluate_prediction(checkpoint, *, num: int = 256, steps: int | None = None, split: str = "test",
-                        methods=("sample", "mean"), seed: int = 0, device=None, save=None) -> dict:
-    """Score a checkpoint trained with a predict / interpolate task on ``num`` clips of ``split``."""
+                        methods=("sample", "mean"), seed: int = 0, device=None, save=None,
+                        given: int | None = None) -> dict:
+    """Score a checkpoint trained with a predict task on ``num`` clips of ``split``; ``given``
+    frames for a model trained to generate whole clips (then predicted by replacement sampling)."""
     from dataclasses import replace
 
     from ..train.trainer import load_for_sampling
 
     model, config, spec, _, folder, weights = load_for_sampling(checkpoint, device)
-    task, given = spec.meta.get("task", "predict"), int(spec.meta.get("given_frames", 0))
-    if task == "generate" or given <= 0:
-        raise ValueError(f"{folder} was trained without given frames (task {task!r}); nothing to predict")
+    task, trained_given = spec.meta.get("task", "predict"), int(spec.meta.get("given_frames", 0))
+    generation_model = task == "generate" or trained_given <= 0
+    if generation_model:
+        if not given:
+            raise ValueError(f"{folder} was trained without given frames (task {task!r}); pass --given N to "
+                             f"predict by replacement sampling")
+        task = "predict"
+    else:
+        given = given or trained_given
     if task == "mixed":
         task = "predict"
     if task != "predict":
@@ -82,6 +95,7 @@ def evaluate_prediction(checkpoint, *, num: int = 256, steps: int | None = None,
     truth = torch.stack([clips.clip(k) for k in range(min(num, len(clips)))])
     sampling = replace(config.sampling, steps=steps or config.sampling.steps)
     report = {"checkpoint": str(folder), "weights": weights.name, "task": task, "given_frames": given,
+              "conditioning": "replacement" if generation_model else "masked training",
               "frames": frames, "num_clips": len(truth), "sampler": sampling.sampler, "steps": sampling.steps}
     for method in methods:
         pred = predict_frames(model, config.objective, sampling, truth, given, task=task, method=method, seed=seed)
@@ -103,10 +117,13 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="write report.json and truth/prediction grids here")
+    p.add_argument("--given", type=int, default=None,
+                   help="frames given (default: the training task's); needed for a model trained to generate")
     a = p.parse_args(argv)
     try:
         report = evaluate_prediction(a.checkpoint, num=a.num, steps=a.steps, split=a.split,
-                                     methods=a.methods.split(","), seed=a.seed, device=a.device, save=a.out)
+                                     methods=a.methods.split(","), seed=a.seed, device=a.device, save=a.out,
+                                     given=a.given)
     except (FileNotFoundError, ValueError) as err:
         print(f"predict: {err}", file=sys.stderr)
         return 2
