@@ -66,8 +66,8 @@ class DiTBlock(nn.Module):
     from x to ``kv`` (batch, kv_tokens, kv_dim) instead of to itself (a modulated
     cross-attention block: the Perceiver read / write). With ``context_dim`` set a plain
     pre-norm cross-attention to ``context`` follows the (self-)attention (as in PixArt-alpha,
-    Chen et al. 2023). Every residual branch starts at zero (gates and output layers are
-    zero-initialised), so a fresh block is the identity.
+    Chen et al. 2023). Every residual branch starts at zero (the adaLN-Zero gates; the ungated
+    cross-attention's output layer), so a fresh block is the identity.
     """
 
     def __init__(self, dim: int, heads: int, emb_dim: int, *, mlp_ratio: float = 4.0, kv_dim: int | None = None,
@@ -76,6 +76,10 @@ class DiTBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.kv_norm = nn.LayerNorm(kv_dim, eps=1e-6) if kv_dim else None
         self.attn = Attention(dim, heads, context_dim=kv_dim, backend=backend)
+        # The adaLN-Zero gate already starts this branch at zero. A zero output layer as well
+        # (Attention's default) would leave both without gradient, each being the other's only
+        # input, and the block dead forever; DiT zero-initialises the modulation only.
+        self.attn.out.reset_parameters()
         self.cross_norm = nn.LayerNorm(dim, eps=1e-6) if context_dim else None
         self.cross_attn = Attention(dim, heads, context_dim=context_dim, backend=backend) if context_dim else None
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
