@@ -176,6 +176,11 @@ class WarmStart:
         return "\n".join(lines)
 
 
+def _counterparts(name: str) -> tuple[str, str, str]:
+    """A parameter name as itself, without and with TextConditioned's ``backbone.`` prefix."""
+    return name, name.removeprefix("backbone."), "backbone." + name
+
+
 def _null_label_vector(source: dict[str, torch.Tensor], prefix: str) -> torch.Tensor | None:
     """The null-label row of a LabelEmbedding in a state dict (plain table: its last row)."""
     if prefix + "label_embed.null" in source:
@@ -192,7 +197,7 @@ def _fold_null_label(target: dict[str, torch.Tensor], source: dict[str, torch.Te
         if not key.endswith("noise_embed.mlp.2.bias"):
             continue
         stem = key[: -len("noise_embed.mlp.2.bias")]
-        for prefix in (stem, stem.removeprefix("backbone."), "backbone." + stem):
+        for prefix in _counterparts(stem):
             null = _null_label_vector(source, prefix)
             if null is not None and null.shape == bias.shape:
                 with torch.no_grad():
@@ -227,7 +232,7 @@ def warm_start(module: torch.nn.Module, path: str | Path) -> WarmStart:
     target = module.state_dict()
     with torch.no_grad():
         for key, tensor in target.items():
-            for name in (key, key.removeprefix("backbone."), "backbone." + key):
+            for name in _counterparts(key):
                 if name in source:
                     break
             else:
