@@ -4,8 +4,11 @@
 #      source tree, nothing installed: works offline); `python3 -m venv .venv` with
 #      `pip install -e '.[dev]'`;
 #   2. the trainer / config / CLI tests with MULTIDIFF_TEST_DEVICE=cuda (these decide the exit code);
-#   3. the rest of the test suite on CUDA (reported, time-boxed; some modalities' tests may lack packages offline);
-#   4. a table of training samples/s and peak memory per registered backbone, fp32 / bf16, SDPA / xformers.
+#   3. the rest of the test suite on CUDA, run beside step 2 (reported with each failure's reason, time-boxed;
+#      some modalities' tests may lack packages offline);
+#   4. a table of training samples/s and peak memory per registered backbone, fp32 / bf16, SDPA / xformers;
+#   5. benchmarks/backbones.py on CUDA, each part against its diffusers peer (tables copied to $GPU_CHECK_OUT).
+# GPU_CHECK_OUT (default benchmarks/results) receives the tables; the caller keeps the log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 MULTIDIFF_TEST_DEVICE=cuda
@@ -39,20 +42,42 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 import torch, accelerate
 print(f"python {__import__('sys').version.split()[0]}, torch {torch.__version__}, accelerate {accelerate.__version__}")
 print(f"cuda available: {torch.cuda.is_available()}" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
+import importlib
+for name in ("diffusers", "transformers", "huggingface_hub", "torchaudio", "trimesh", "av", "librosa", "k_diffusion", "xformers"):
+    try:
+        print(f"  {name} {importlib.import_module(name).__version__}")
+    except Exception as error:  # noqa: BLE001 - report, do not stop
+        print(f"  {name}: {type(error).__name__}: {str(error)[:120]}")
 EOF
 has_cuda "$PY" || { echo "no CUDA device visible: nothing to check"; exit 1; }
 
+OUTDIR="${GPU_CHECK_OUT:-benchmarks/results}"
+mkdir -p "$OUTDIR"
+echo "== the rest of the test suite on CUDA starts beside the trainer tests ($(elapsed))"
+timeout 200 "$PY" -m pytest -q --tb=line -rfE --continue-on-collection-errors \
+    --ignore=tests/test_config.py --ignore=tests/test_cli.py --ignore-glob='tests/test_train_*.py' \
+    > /tmp/rest_of_suite.log 2>&1 &
+rest_pid=$!
+
 echo "== trainer, config and CLI tests on CUDA ($(elapsed))"
-timeout 240 "$PY" -m pytest -q --durations=8 \
+timeout 200 "$PY" -m pytest -q --durations=8 \
     tests/test_config.py tests/test_cli.py tests/test_train_*.py
 status=$?
 
+wait $rest_pid
+rest_status=$?
 echo "== the rest of the test suite on CUDA, reported only ($(elapsed))"
-timeout 110 "$PY" -m pytest -q --continue-on-collection-errors \
-    --ignore=tests/test_config.py --ignore=tests/test_cli.py --ignore-glob='tests/test_train_*.py' 2>&1 | tail -25
-echo "(rest of the suite: exit status ${PIPESTATUS[0]})"
+grep -E "^(FAILED|ERROR)|^/.*Error|passed|failed" /tmp/rest_of_suite.log | tail -60
+echo "(rest of the suite: exit status $rest_status)"
 
 echo "== training throughput ($(elapsed))"
-timeout 170 "$PY" benchmarks/train_throughput.py --steps 20 --warmup 5 --timeout 60
+timeout 150 "$PY" benchmarks/train_throughput.py --steps 12 --warmup 4 --timeout 40 \
+    --json "$OUTDIR/train_throughput_cuda.json"
+
+for part in audio video shapes; do
+    echo "== backbones.py --part $part on CUDA ($(elapsed))"
+    timeout 60 "$PY" benchmarks/backbones.py --part $part --device cuda
+    cp benchmarks/results/backbones*_cuda*.md benchmarks/results/backbones*_cuda*.json "$OUTDIR"/ 2>/dev/null
+done
 echo "== done in $(elapsed); trainer tests exit status $status"
 exit $status

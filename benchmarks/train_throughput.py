@@ -51,6 +51,8 @@ def run_one(name: str, precision: str, attention: str, steps: int, warmup: int, 
                  f"trainer.device={device}", f"trainer.mixed_precision={precision}",
                  "trainer.tracker=none", "trainer.progress=false", "trainer.resume=null",
                  "trainer.noise_generators=per_process", f"trainer.out_dir={tempfile.mkdtemp()}"]
+    if entry.kind == "autoencoder":  # the latent-diffusion autoencoders train with their own objective
+        overrides.append("objective.kind=autoencoder")
     field = attention_field(entry)
     if field and attention != "n/a":
         overrides.append(f"model.params.{field}={attention}")

@@ -70,16 +70,17 @@ def test_padding_is_masked_out_of_the_loss(tone_manifest, tmp_path):
     trainer = Trainer(cfg)
     item = trainer.dataset[0]
     assert float(item["loss_mask"].sum()) < 4096  # this clip is padded
-    batch = {"x": item["x"][None], "loss_mask": item["loss_mask"][None], "position": torch.tensor([0]),
-             "label": torch.tensor([item["label"]])}
-    gens = [torch.Generator().manual_seed(0)]
+    device = trainer.accelerator.device  # auto: cuda on a GPU machine
+    batch = {"x": item["x"][None].to(device), "loss_mask": item["loss_mask"][None].to(device),
+             "label": torch.tensor([item["label"]], device=device)}
+    gens = [torch.Generator(device).manual_seed(0)]
     base = trainer.loss_fn(trainer.denoiser, batch["x"], {"label": batch["label"]}, gens, mask=batch["loss_mask"])
 
     def denoiser_with_garbage_tail(x, sigma, cond):
         out = trainer.denoiser(x, sigma, cond)
         return out + (1 - batch["loss_mask"]) * 100.0
 
-    gens = [torch.Generator().manual_seed(0)]
+    gens = [torch.Generator(device).manual_seed(0)]
     masked = trainer.loss_fn(denoiser_with_garbage_tail, batch["x"], {"label": batch["label"]}, gens,
                              mask=batch["loss_mask"])
     torch.testing.assert_close(base, masked)

@@ -87,9 +87,10 @@ def test_upsampler_trains_on_coarse_conditioning(manifest, tmp_path):
     assert item["x"].shape == (64, 3) and item["coarse"].shape == (16, 3)
     batch = {"x": item["x"][None], "coarse": item["coarse"][None], "label": torch.tensor([item["label"]]),
              "position": torch.tensor([0])}
-    cond = trainer._cond(batch, slice(0, 1), [torch.Generator().manual_seed(0)])
+    device = trainer.accelerator.device  # auto: cuda on a GPU machine
+    cond = trainer._cond(batch, slice(0, 1), [torch.Generator(device).manual_seed(0)])
     assert set(cond) == {"coarse", "label"}
-    loss = trainer.loss_fn(trainer.denoiser, batch["x"], cond, [torch.Generator().manual_seed(0)])
+    loss = trainer.loss_fn(trainer.denoiser, batch["x"].to(device), cond, [torch.Generator(device).manual_seed(0)])
     assert loss.shape == (1,) and torch.isfinite(loss).all()
 
 

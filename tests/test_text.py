@@ -172,7 +172,9 @@ def test_captioned_training_then_sampling_with_prompts(captioned_tones, tmp_path
                         # guidance only below sigma 1e-9, i.e. at no step: the unguided samples exactly
                         "no_interval": ["--prompt", "high tone", "--guidance", "3", "--guidance-interval", "0", "1e-9"],
                         }.items():
-        assert main(["sample", str(ckpt), "--num", "2", "--seed", "0", "--out", str(tmp_path / name), *extra]) == 0
+        # on cpu like the pipeline and the sweep below: cuda kernels agree only to rounding
+        assert main(["sample", str(ckpt), "--num", "2", "--seed", "0", "--device", "cpu", "--out", str(tmp_path / name),
+                     *extra]) == 0
         runs[name] = load_file(str(tmp_path / name / "samples.safetensors"))["samples"]
     assert runs["high"].shape == (2, 1, 1024) and torch.isfinite(runs["high"]).all()
     assert torch.equal(runs["high"], runs["high_again"]) and torch.equal(runs["high"], runs["no_interval"])

@@ -55,6 +55,32 @@ def test_halflife_ema_beta_and_rampup():
     assert ramped.beta(100_000, 100) == pytest.approx(0.5 ** (100 / 1000))
 
 
+def test_ema_of_a_weight_normed_module_tracks_its_weights():
+    """torch.nn.utils.weight_norm (diffusers' Oobleck VAE) keeps a computed, non-leaf weight that
+    copy.deepcopy refuses. The EMA copy works, the live module keeps computing its weight, and the
+    copy's forward uses the averaged weight_g / weight_v."""
+    import warnings
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        model = torch.nn.utils.weight_norm(torch.nn.Conv1d(2, 3, 3))
+    ema = EMA(model, EMAConfig(kind="halflife", halflife_samples=3, rampup_ratio=None))
+    assert model.weight.grad_fn is not None
+    x = torch.randn(4, 2, 8)
+    before = model(x).detach()
+    torch.testing.assert_close(ema.module(x), before)
+    v0 = model.weight_v.detach().clone()
+    with torch.no_grad():
+        model.weight_v.mul_(-1.0)
+    beta = ema.update(model, 10_000, 1)
+    assert beta == pytest.approx(0.5 ** (1 / 3))
+    torch.testing.assert_close(ema.module.weight_v, (2 * beta - 1) * v0)  # beta v0 + (1 - beta)(-v0)
+    # (2 beta - 1) > 0 keeps v0's direction, and weight = g v / |v|: the average computes the old weight
+    torch.testing.assert_close(ema.module(x), before)
+    assert not torch.allclose(model(x), before)
+
+
 # ------------------------------------------------------------------------------ LR
 def test_lr_schedule_is_a_function_of_samples():
     cfg = OptimizerConfig(lr=1.0, schedule="cosine", warmup_samples=1000, min_lr_ratio=0.1)
@@ -192,3 +218,17 @@ def test_a_failing_preview_hook_does_not_stop_training(tmp_path, monkeypatch, ca
     result = Trainer(config).fit()
     assert result.status == "finished" and result.checkpoint.name == "ckpt-000000000256"
     assert "preview at 128 samples failed: RuntimeError: no display" in capsys.readouterr().out
+
+
+def test_one_process_may_change_device_and_precision_between_trainers(tmp_path):
+    """accelerate keeps one device and precision per process; a notebook that trains on the GPU and
+    then samples on the CPU (or switches to bf16) gets the new setting rather than accelerate's error
+    or, worse, the old device in silence."""
+    first = Trainer(tiny_config(tmp_path / "a", steps=1))
+    assert first.accelerator.device.type == device_under_test() and first.accelerator.mixed_precision == "no"
+    second = Trainer(tiny_config(tmp_path / "b", "trainer.device=cpu", "trainer.mixed_precision=bf16", steps=2))
+    assert second.accelerator.device.type == "cpu" and second.accelerator.mixed_precision == "bf16"
+    result = second.fit()
+    assert math.isfinite(float(read_csv(result.csv)[-1]["loss"]))
+    third = Trainer(tiny_config(tmp_path / "c", steps=1))
+    assert third.accelerator.device.type == device_under_test() and third.accelerator.mixed_precision == "no"

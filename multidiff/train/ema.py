@@ -46,6 +46,23 @@ def gamma_from_std(std: float) -> float:
     return 0.5 * (lo + hi)
 
 
+def copy_module(model: nn.Module) -> nn.Module:
+    """copy.deepcopy, also for modules under torch.nn.utils.weight_norm (diffusers' Oobleck VAE):
+    its computed weight is no graph leaf, which deepcopy refuses. The copy gets it detached; its
+    own pre-forward hook recomputes it from the copied weight_g / weight_v."""
+    from torch.nn.utils.weight_norm import WeightNorm  # the module; torch.nn.utils.weight_norm is the function
+
+    computed = [(m, hook.name, getattr(m, hook.name)) for m in model.modules()
+                for hook in m._forward_pre_hooks.values() if isinstance(hook, WeightNorm)]
+    try:
+        for m, name, weight in computed:
+            setattr(m, name, weight.detach())
+        return copy.deepcopy(model)
+    finally:
+        for m, name, weight in computed:
+            setattr(m, name, weight)
+
+
 class EMA:
     """A float32 shadow copy of a module, updated after each optimizer step.
 
@@ -57,7 +74,7 @@ class EMA:
             raise ValueError(f"EMA kind {config.kind!r} has no average; use None for no EMA")
         self.config = config
         self.gamma = gamma_from_std(config.std) if config.kind == "power" else None
-        self.module = copy.deepcopy(model).float().eval().requires_grad_(False)
+        self.module = copy_module(model).float().eval().requires_grad_(False)
 
     def beta(self, samples_seen: int, batch: int) -> float:
         """The old average's share for a step of ``batch`` samples ending at ``samples_seen``."""

@@ -73,6 +73,18 @@ def crossed(before: int, after: int, every: int) -> bool:
     return every > 0 and before // every != after // every
 
 
+def release_single_process_state(cpu: bool, mixed_precision: str) -> None:
+    """accelerate keeps one device and precision per process and refuses another. One process that
+    is not a distributed launch (a notebook training on cuda, then sampling on cpu) gets fresh state."""
+    from accelerate.state import AcceleratorState
+
+    if not AcceleratorState._shared_state or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    state = AcceleratorState()
+    if (state.device.type == "cpu") != cpu or state._mixed_precision != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def make_accelerator(config: Config):
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
@@ -84,9 +96,11 @@ def make_accelerator(config: Config):
     # "auto" without a GPU must say cpu=True: otherwise accelerate runs each launched process on
     # its own instead of as one multi-CPU (gloo) job
     cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
+    mixed_precision = "no" if t.mixed_precision == "fp32" else t.mixed_precision
+    release_single_process_state(cpu, mixed_precision)
     accelerator = Accelerator(
         cpu=cpu,
-        mixed_precision="no" if t.mixed_precision == "fp32" else t.mixed_precision,
+        mixed_precision=mixed_precision,
         log_with="tensorboard" if t.tracker == "tensorboard" else None,
         project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")),
         dynamo_backend="inductor" if t.compile else "no",
