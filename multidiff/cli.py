@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     verb_parser = argparse.ArgumentParser(prog=f"multidiff {argv[0]}", description=help_text)
     getattr(module, f"{prefix}_arguments")(verb_parser)
-    args = verb_parser.parse_args(argv[1:])
+    args = verb_parser.parse_intermixed_args(argv[1:])  # options may follow key=value overrides
     return int(getattr(module, f"{prefix}_run")(args) or 0)
 
 

@@ -89,6 +89,14 @@ def test_autoencoder_then_latent_diffusion_end_to_end(tones, tmp_path, capsys):
     assert meta["scale"] == pytest.approx(1 / meta["latent_std"])
     assert meta["splits"].count("test") == 3 and meta["texts"][4] == "tone 1"
     assert meta["reconstruction"]["n"] == 3 and {"mse", "psnr_db", "mr_stft", "si_sdr_db"} <= set(meta["reconstruction"])
+    # the fully convolutional autoencoder encodes longer clips than it trained on (data.* overrides)
+    longer = tmp_path / "latents-long"
+    assert main(["encode", str(ae / "checkpoints" / "latest"), "--out", str(longer), "data.params.length=2048"]) == 0
+    long_meta = json.loads((longer / "latents.json").read_text())
+    assert long_meta["latent_shape"] == [8, 512] and long_meta["source_shape"] == [1, 2048]
+    assert main(["encode", str(ae / "checkpoints" / "latest"), "--out", str(longer), "trainer.seed=3"]) == 2
+    assert main(["encode", str(ae / "checkpoints" / "latest"), "--out", str(longer), "data.params.lenght=2"]) == 2
+    assert "data.params.lenght" in capsys.readouterr().err
     # diffusion on the scaled latents: unit variance over the train split
     from multidiff.train.latents import LatentDataset, LatentParams
 

@@ -35,22 +35,36 @@ MODALITY = "latent"
 # ----------------------------------------------------------------------------- encoding
 @torch.no_grad()
 def encode_dataset(checkpoint, out, *, batch_size: int = 32, shard_size: int = 4096, device=None,
-                   progress: bool = True) -> Path:
-    """Encode the autoencoder's training data (all splits) into latent shards; returns latents.json."""
+                   progress: bool = True, data_overrides: list[str] | None = None) -> Path:
+    """Encode the autoencoder's training data (all splits) into latent shards; returns latents.json.
+
+    ``data_overrides`` (``data.key=value``) change that data first, e.g. ``data.params.length=262144``
+    to encode 16 s clips with an autoencoder trained on 1 s crops (it is fully convolutional), or
+    ``data.path=...`` for another manifest of the same modality."""
     from dataclasses import replace
 
     from .build import build_dataset
+    from .config import ConfigError, apply_overrides
     from .trainer import load_for_sampling
 
     model, config, spec, _, folder, weights = load_for_sampling(checkpoint, device)
     if config.objective.kind != "autoencoder":
         raise ValueError(f"{folder} holds a {config.objective.kind} model; multidiff encode needs an autoencoder "
                          f"checkpoint (objective.kind: autoencoder)")
+    if data_overrides:
+        for text in data_overrides:
+            if not text.startswith("data."):
+                raise ConfigError(text.split("=", 1)[0], "multidiff encode only overrides data.* keys")
+        raw = apply_overrides({"data": {"name": config.data.name, "path": config.data.path,
+                                        "params": dict(config.data.params)}}, list(data_overrides))
+        config = replace(config, data=replace(config.data, **{k: v for k, v in raw["data"].items() if k != "params"},
+                                              params=raw["data"]["params"]))
     params = dict(config.data.params)
     for key, value in (("split", None), ("random_crop", False), ("polarity_flip", 0.0), ("augment", False)):
         if key in params:
             params[key] = value
     data = build_dataset(replace(config, data=replace(config.data, params=params)))
+    spec = getattr(data, "spec", spec)  # the encoded data's (data.* overrides may change the length)
     source = getattr(data, "audio", None) or getattr(data, "clips", None) or getattr(data, "videos", None)
     rows = getattr(source, "rows", None)
     n = len(data)
@@ -130,13 +144,15 @@ def encode_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--shard-size", type=int, default=4096, help="latents per safetensors shard")
     parser.add_argument("--device", default=None)
+    parser.add_argument("overrides", nargs="*", metavar="data.KEY=VALUE",
+                        help="change the autoencoder's data before encoding (e.g. data.params.length=262144)")
 
 
 def encode_run(args) -> int:
     try:
         path = encode_dataset(args.checkpoint, args.out, batch_size=args.batch_size, shard_size=args.shard_size,
-                              device=args.device)
-    except (FileNotFoundError, ValueError) as e:
+                              device=args.device, data_overrides=args.overrides)
+    except (FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError
         print(f"multidiff encode: error: {e}", file=sys.stderr)
         return 2
     meta = json.loads(path.read_text())
