@@ -73,23 +73,29 @@ def measure(case, device: str, batch: int, repeats: int, steps: int | None) -> d
     denoiser = build_denoiser(model, config.objective)
     sigmas = sampling_sigmas(config.sampling, denoiser.schedule, steps).to(device)
 
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
     def run():
+        """(decoded samples, seconds in the decode)"""
         gens = make_generators(0, batch, device)
         x = torch.stack([torch.randn(shape, generator=g, device=device) for g in gens]) * sigmas[0]
         out = sample(denoiser, x, sigmas, config.sampling.sampler, generator=gens)
+        sync()
+        start = time.perf_counter()
         if autoencoder is not None:
             out = autoencoder.decode(out).sample
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return out
+        sync()
+        return out, time.perf_counter() - start
 
-    out = run()  # warm-up; also checks the decoded shape
+    out, _ = run()  # warm-up; also checks the decoded shape
     if tuple(out.shape[1:]) != tuple(source_shape):
         raise RuntimeError(f"{recipe}: sampled {tuple(out.shape[1:])}, expected {source_shape}")
-    times = []
+    times, decode_times = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        run()
+        decode_times.append(run()[1])
         times.append(time.perf_counter() - start)
     per_sample = statistics.median(times) / batch
     amount = unit.get("seconds", unit.get("frames"))
@@ -97,19 +103,21 @@ def measure(case, device: str, batch: int, repeats: int, steps: int | None) -> d
             "sample_shape": list(source_shape), "diffused_shape": list(shape),
             "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
             "steps": len(sigmas) - 1, "sampler": config.sampling.sampler, "seconds_per_sample": per_sample,
+            "decode_seconds_per_sample": statistics.median(decode_times) / batch,
             "unit": "s of audio" if "seconds" in unit else "frame", "per_unit": per_sample / amount}
 
 
 def markdown(rows: list[dict], device: str) -> str:
     lines = [f"device: {device}", "",
-             "| modality | kind | sample | diffused shape | params (M) | steps | s / sample | s per unit | latent / direct |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| modality | kind | sample | diffused shape | params (M) | steps | s / sample | of which decode | s per unit "
+             "| latent / direct |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     direct = {r["modality"]: r["per_unit"] for r in rows if r["kind"] != "latent"}
     for r in rows:
         ratio = r["per_unit"] / direct[r["modality"]] if r["modality"] in direct else float("nan")
         sample = "x".join(map(str, r["sample_shape"]))
         lines.append(f"| {r['modality']} | {r['kind']} | {sample} | {'x'.join(map(str, r['diffused_shape']))} | "
-                     f"{r['params_M']:.2f} | {r['steps']} | {r['seconds_per_sample']:.3f} | "
+                     f"{r['params_M']:.2f} | {r['steps']} | {r['seconds_per_sample']:.3f} | {r['decode_seconds_per_sample']:.3f} | "
                      f"{r['per_unit']:.4f} per {r['unit']} | {ratio:.2f} |")
     return "\n".join(lines)
 

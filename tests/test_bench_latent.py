@@ -25,3 +25,4 @@ def test_quick_run_covers_both_modalities_and_decodes_to_the_source_shape(tmp_pa
     audio = {r["kind"]: r for r in rows if r["modality"] == "audio"}
     assert audio["latent"]["per_unit"] == audio["latent"]["seconds_per_sample"] / 16.0
     assert "| video | latent | 1x12x64x64 | 4x12x16x16 |" in capsys.readouterr().out
+    assert all(r["decode_seconds_per_sample"] > 0 for r in rows if r["kind"] == "latent")

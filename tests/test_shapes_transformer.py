@@ -1,4 +1,6 @@
 """Point-cloud transformer: shapes, permutation equivariance, conditioning, presets, save/load."""
+import functools
+
 import pytest
 import torch
 
@@ -25,7 +27,7 @@ def test_fresh_model_outputs_zero_and_keeps_shape():
         assert float(out.abs().max()) == 0.0  # adaLN-Zero + zero final layer (DiT)
 
 
-@pytest.mark.parametrize("make", [point_tiny, latent_tiny])
+@pytest.mark.parametrize("make", [point_tiny, latent_tiny, functools.partial(latent_tiny, coarse_channels=3)])
 def test_every_parameter_learns_from_a_fresh_start(make):
     """adaLN-Zero zeroes each residual branch through its gate only: a few optimizer steps from a
     fresh model (one per gated layer between a parameter and the output) give every parameter a
@@ -35,7 +37,7 @@ def test_every_parameter_learns_from_a_fresh_start(make):
     m = make(num_classes=3, cross_attention_dim=8)
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
     x, t, target = torch.randn(4, 32, 3), torch.randn(4), torch.randn(4, 32, 3)
-    cond = {"label": torch.tensor([0, 1, 2, -1]), "context": torch.randn(4, 5, 8)}
+    cond = {"label": torch.tensor([0, 1, 2, -1]), "context": torch.randn(4, 5, 8), "coarse": torch.randn(4, 6, 3)}
     for _ in range(5):
         opt.zero_grad()
         (m(x, t, cond) - target).square().mean().backward()
@@ -69,6 +71,14 @@ def test_upsampler_is_equivariant_in_fine_and_invariant_in_coarse_points():
     assert out.shape == (2, 64, 3)
     torch.testing.assert_close(out[:, pf], out2, atol=1e-5, rtol=0)
     assert float((out - out_other).abs().max()) > 1e-3  # the coarse cloud conditions the output
+    # the fine points read the coarse tokens directly in each write, not only through the latents
+    write = m.writes[0]
+    seen = {}
+    hook = write.register_forward_hook(lambda mod, args, out: seen.__setitem__("memory", args[2].shape))
+    with torch.no_grad():
+        m(x, t, {"coarse": coarse})
+    hook.remove()
+    assert seen["memory"] == (2, m.config.num_latents + 16, m.config.dim)
     full = randomized(point_tiny(coarse_channels=3))
     with torch.no_grad():
         assert full(x, t, {"coarse": coarse}).shape == (2, 64, 3)

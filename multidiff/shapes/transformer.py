@@ -28,7 +28,8 @@ Conditioning mapping keys (all optional; a missing key means "unconditional"):
   (``coarse_channels > 0``). As in Point-E's upsampler (Sec. 4.3) the coarse points become
   extra tokens (with their own input projection and a learned "coarse" type embedding)
   that the fine points attend to (full mixer) or that the latents read together with the
-  fine points (latent mixer); only the fine tokens are output.
+  fine points and that the fine points attend to beside the latents in every write (latent
+  mixer: a few latents cannot carry where the nearby surface is); only the fine tokens are output.
 
 forward(x (batch, points, in_channels), noise_level (batch,), cond) -> (batch, points, out_channels).
 """
@@ -197,6 +198,8 @@ class PointCloudTransformer(ModelMixin, ConfigMixin):
                                                 for _ in range(rounds)])
             self.writes = nn.ModuleList([DiTBlock(pdim, kv_dim=dim, **{**rw, "heads": _heads(pdim, heads)})
                                          for _ in range(rounds)])
+            if coarse_channels:  # the coarse tokens join the latents as keys of every write
+                self.coarse_to_latent = nn.Linear(pdim, dim)
         self.final = FinalLayer(pdim, emb_dim, self.out_ch)
 
     # ------------------------------------------------------------------ helpers
@@ -250,12 +253,13 @@ class PointCloudTransformer(ModelMixin, ConfigMixin):
             h = h[:, :n]
         else:
             z = self.latents.to(h.dtype)[None].expand(h.shape[0], -1, -1)
+            coarse_keys = None if coarse is None else self.coarse_to_latent(coarse)
             for read, blocks, write in zip(self.reads, self.latent_blocks, self.writes):
                 source = h if coarse is None else torch.cat([h, coarse], dim=1)
                 z = self._run(read, z, emb, source, None, None)
                 for blk in blocks:
                     z = self._run(blk, z, emb, None, context, context_mask)
-                h = self._run(write, h, emb, z, None, None)
+                h = self._run(write, h, emb, z if coarse_keys is None else torch.cat([z, coarse_keys], dim=1), None, None)
         return self.final(h, emb)
 
 

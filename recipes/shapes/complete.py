@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from multidiff.core import make_generators, sample
 from multidiff.shapes.io import render_sheet, save_ply
 from multidiff.shapes.metrics import chamfer_distance
 from multidiff.shapes.registry import reference_clouds
@@ -30,6 +31,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--resample", type=int, default=1, help="> 1: RePaint resampling")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--control", action="store_true",
+                   help="also score a sample of the same class with nothing given (masked-sampling models)")
     p.add_argument("--out", default="outputs/complete")
     a = p.parse_args(argv)
     model, config, spec, _, folder, _ = load_for_sampling(a.checkpoint)
@@ -65,6 +68,12 @@ def main(argv=None):
                ("RePaint" if a.resample > 1 else "replacement (masked sampling)"),
                "cd_completion_to_truth": float(chamfer_distance(done.cpu(), truth.cpu()).mean()),
                "cd_partial_to_truth": float(chamfer_distance(partial.cpu(), truth.cpu()).mean())}
+    if a.control and not trained_to_complete:
+        # the same model and seeds with nothing given (the class only): what the given part adds
+        gens = make_generators(a.seed, len(truth), device)
+        x = torch.stack([torch.randn((n_points, 3), generator=g, device=device) for g in gens]) * sigmas[0]
+        free = sample(denoiser, x, sigmas, config.sampling.sampler, cond=cond, generator=gens)
+        metrics["cd_class_sample_to_truth"] = float(chamfer_distance(free.cpu(), truth.cpu()).mean())
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps(metrics, indent=2))
 
