@@ -45,17 +45,17 @@ CASES = [
 
 def build_from_recipe(recipe: str, spec):
     """The recipe's model (random weights) for data described by ``spec``, and its config."""
-    from multidiff.train.config import load_config, model_params
-    from multidiff.train.registry import MODELS
+    from multidiff.train.build import build_model
+    from multidiff.train.config import load_config
 
     config = load_config(str(REPO / recipe), validate_paths=False)
-    model = MODELS[config.model.name].factory(model_params(config), spec)
-    return model, config
+    return build_model(config, spec), config
 
 
 @torch.no_grad()
 def measure(case, device: str, batch: int, repeats: int, steps: int | None) -> dict:
     from multidiff.core import make_generators, sample
+    from multidiff.core.utils import randn_like
     from multidiff.train.build import build_denoiser
     from multidiff.train.registry import DataSpec
     from multidiff.train.sampling import sampling_sigmas
@@ -80,7 +80,7 @@ def measure(case, device: str, batch: int, repeats: int, steps: int | None) -> d
     def run():
         """(decoded samples, seconds in the decode)"""
         gens = make_generators(0, batch, device)
-        x = torch.stack([torch.randn(shape, generator=g, device=device) for g in gens]) * sigmas[0]
+        x = randn_like(torch.empty(batch, *shape, device=device), gens) * sigmas[0]
         out = sample(denoiser, x, sigmas, config.sampling.sampler, generator=gens)
         sync()
         start = time.perf_counter()

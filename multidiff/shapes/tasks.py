@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from ..core import make_generators, sample
+from ..core.utils import randn_like
 
 
 def partial_cloud(cloud: torch.Tensor, keep: float = 0.5, direction=(1.0, 0.0, 0.0)) -> torch.Tensor:
@@ -19,10 +20,10 @@ def partial_cloud(cloud: torch.Tensor, keep: float = 0.5, direction=(1.0, 0.0, 0
     return torch.gather(cloud, 1, order[..., None].expand(-1, -1, cloud.shape[-1]))
 
 
-def _start(n: int, shape, sigma0: float, seed: int, device) -> tuple[torch.Tensor, list]:
+def initial_noise(n: int, shape, sigma0: float, seed: int, device) -> tuple[torch.Tensor, list]:
+    """sigma0 x standard normal (n, *shape) with one generator per sample (seeds seed .. seed + n - 1)."""
     gens = make_generators(seed, n, device)
-    x = torch.stack([torch.randn(shape, generator=g, device=device) for g in gens]) * sigma0
-    return x, gens
+    return randn_like(torch.empty(n, *shape, device=device), gens) * sigma0, gens
 
 
 @torch.no_grad()
@@ -38,7 +39,7 @@ def complete(denoiser, partial: torch.Tensor, num_points: int, sigmas: torch.Ten
     known[:, :k] = partial
     mask = partial.new_zeros(b, num_points, 1)
     mask[:, :k] = 1
-    x, gens = _start(b, (num_points, c), float(sigmas[0]), seed, partial.device)
+    x, gens = initial_noise(b, (num_points, c), float(sigmas[0]), seed, partial.device)
     full_cond = {**(cond or {}), "known": known, "mask": mask}
     return sample(denoiser, x, sigmas, method, cond=full_cond, generator=gens, resample=resample)
 
@@ -48,5 +49,5 @@ def upsample(denoiser, coarse: torch.Tensor, num_points: int, sigmas: torch.Tens
              cond: dict | None = None, seed: int = 0) -> torch.Tensor:
     """Fine clouds (batch, num_points, 3) from coarse ones (batch, coarse_points, 3) with an upsampler
     (a PointCloudTransformer with coarse_channels = 3, trained with data.params.coarse_points)."""
-    x, gens = _start(coarse.shape[0], (num_points, 3), float(sigmas[0]), seed, coarse.device)
+    x, gens = initial_noise(coarse.shape[0], (num_points, 3), float(sigmas[0]), seed, coarse.device)
     return sample(denoiser, x, sigmas, method, cond={**(cond or {}), "coarse": coarse}, generator=gens)

@@ -51,19 +51,17 @@ def encode_dataset(checkpoint, out, *, batch_size: int = 32, shard_size: int = 4
     if config.objective.kind != "autoencoder":
         raise ValueError(f"{folder} holds a {config.objective.kind} model; multidiff encode needs an autoencoder "
                          f"checkpoint (objective.kind: autoencoder)")
-    if data_overrides:
-        for text in data_overrides:
-            if not text.startswith("data."):
-                raise ConfigError(text.split("=", 1)[0], "multidiff encode only overrides data.* keys")
-        raw = apply_overrides({"data": {"name": config.data.name, "path": config.data.path,
-                                        "params": dict(config.data.params)}}, list(data_overrides))
-        config = replace(config, data=replace(config.data, **{k: v for k, v in raw["data"].items() if k != "params"},
-                                              params=raw["data"]["params"]))
-    params = dict(config.data.params)
+    section = {"name": config.data.name, "path": config.data.path, "params": dict(config.data.params)}
+    for text in data_overrides or []:
+        if not text.startswith("data."):
+            raise ConfigError(text.split("=", 1)[0], "multidiff encode only overrides data.* keys")
+    apply_overrides({"data": section}, list(data_overrides or []))
+    params = section["params"]
     for key, value in (("split", None), ("random_crop", False), ("polarity_flip", 0.0), ("augment", False)):
         if key in params:
             params[key] = value
-    data = build_dataset(replace(config, data=replace(config.data, params=params)))
+    config = replace(config, data=replace(config.data, name=section["name"], path=section["path"], params=params))
+    data = build_dataset(config)
     spec = getattr(data, "spec", spec)  # the encoded data's (data.* overrides may change the length)
     source = getattr(data, "audio", None) or getattr(data, "clips", None) or getattr(data, "videos", None)
     rows = getattr(source, "rows", None)

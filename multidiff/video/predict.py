@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..core import make_generators, sample
+from ..core.utils import randn_like
 from .data import ClipArrayDataset, task_conditioning
 from .metrics import prediction_report
 
@@ -51,7 +52,7 @@ def predict_frames(model, objective, sampling, truth: torch.Tensor, given: int, 
         if hasattr(model, "text_encoder"):  # a caption model's unconditional branch is the empty caption
             cond["text"] = [""] * len(x0)
         gens = make_generators(seed + start, len(x0), device)
-        noise = torch.stack([torch.randn(x0.shape[1:], generator=g, device=device) for g in gens])
+        noise = randn_like(x0, gens)
         if method == "mean":
             if not uses_concat:
                 raise ValueError("method 'mean' needs a model trained with given frames (concat channels); "

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from multidiff.core import make_generators, sample
+from multidiff.core import sample
 from multidiff.shapes.io import render_sheet, save_ply
 from multidiff.shapes.metrics import chamfer_distance
 from multidiff.shapes.registry import reference_clouds
-from multidiff.shapes.tasks import complete, partial_cloud, upsample
+from multidiff.shapes.tasks import complete, initial_noise, partial_cloud, upsample
 from multidiff.train.build import build_denoiser
 from multidiff.train.sampling import sampling_sigmas
 from multidiff.train.trainer import load_for_sampling
@@ -70,8 +70,7 @@ def main(argv=None):
                "cd_partial_to_truth": float(chamfer_distance(partial.cpu(), truth.cpu()).mean())}
     if a.control and not trained_to_complete:
         # the same model and seeds with nothing given (the class only): what the given part adds
-        gens = make_generators(a.seed, len(truth), device)
-        x = torch.stack([torch.randn((n_points, 3), generator=g, device=device) for g in gens]) * sigmas[0]
+        x, gens = initial_noise(len(truth), (n_points, 3), float(sigmas[0]), a.seed, device)
         free = sample(denoiser, x, sigmas, config.sampling.sampler, cond=cond, generator=gens)
         metrics["cd_class_sample_to_truth"] = float(chamfer_distance(free.cpu(), truth.cpu()).mean())
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
