@@ -95,7 +95,7 @@ def test_upsampler_trains_on_coarse_conditioning(manifest, tmp_path):
 
 
 
-def test_upsample_script_scores_held_out_shapes_against_baselines(manifest, tmp_path):
+def test_upsample_script_scores_held_out_shapes_against_baselines(manifest, tmp_path, capsys):
     """recipes/shapes/upsample.py --held-out: coarse clouds are independent 16-point draws of held-out
     shapes, the scores are Chamfer distances to a 64-point draw, next to the coarse cloud, the coarse
     cloud repeated with jitter, and another 64-point draw of the truth."""
@@ -127,6 +127,17 @@ def test_upsample_script_scores_held_out_shapes_against_baselines(manifest, tmp_
     assert scores["coarse"] == pytest.approx(float(chamfer_distance(coarse, truth).mean()), rel=1e-6)
     assert all(math.isfinite(v) and v > 0 for v in scores.values())
     assert len(list((tmp_path / "o").glob("*_fine.ply"))) == 3
+    # a generation model is no upsampler: a clear error naming the checkpoint
+    plain = tmp_path / "plain"
+    assert main(["train", RECIPE, *overrides(manifest, plain), "trainer.preview_every_samples=0"]) == 0
+    try:
+        sys.argv = [script, str(plain / "checkpoints" / "latest"), "--held-out", "3"]
+        with pytest.raises(SystemExit) as exit_info:
+            runpy.run_path(script, run_name="__main__")
+    finally:
+        sys.argv = argv
+    assert exit_info.value.code == 2
+    assert "is not an upsampler" in capsys.readouterr().err
 
 def test_completion_task_conditions_on_random_partial_scans(manifest, tmp_path):
     """data.params.task=complete: cond['coarse'] is a planar cut of the item's own cloud (a subset of

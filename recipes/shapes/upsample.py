@@ -41,7 +41,9 @@ def main(argv=None):
     device = next(model.parameters()).device
     if bool(a.samples) == bool(a.held_out):
         p.error("give either SAMPLES (coarse clouds to upsample) or --held-out N")
-    n_fine, n_coarse = spec.sample_shape[0], int(spec.meta["coarse_points"])
+    n_fine, n_coarse = spec.sample_shape[0], int((spec.meta or {}).get("coarse_points") or 0)
+    if spec.modality != "shapes" or n_coarse <= 0 or spec.meta.get("task", "generate") != "generate":
+        p.error(f"{a.checkpoint} is not an upsampler (a shapes model trained with data.params.coarse_points > 0)")
     if a.held_out:
         labels = torch.arange(a.held_out) % spec.num_classes if spec.num_classes else None
         truth, labels = reference_clouds(config, spec, n_fine, labels, seed=0)
