@@ -111,6 +111,8 @@ def test_spoken_digits_builder_is_deterministic_and_splits_by_voice(tmp_path):
         assert r["text"].startswith(f"{r['word']}, ") and r["text"].endswith(f"{r['accent']} accent")
     item = ds[0]
     assert item["x"].shape == (1, 16000) and 0.5 < float(item["x"].abs().max()) <= 0.91
+    differ = [r["path"] for r in rows if (m1.parent / r["path"]).read_bytes() != (m2.parent / r["path"]).read_bytes()]
+    assert not differ, f"the two builds wrote different audio for {differ}"
     assert torch.equal(item["x"], AudioDataset(m2, length=16000, random_crop=False)[0]["x"])
 
 

@@ -30,7 +30,7 @@ def overrides(manifest, out):
             "trainer.duration_samples=16", "trainer.log_every_samples=4", "trainer.checkpoint_every_samples=16",
             "trainer.preview_every_samples=16", "trainer.preview_samples=3", "trainer.tracker=none",
             "trainer.progress=false", "trainer.resume=null", "trainer.cpu_threads=1",
-            "sampling.steps=3", "sampling.num_samples=6", "sampling.batch_size=6"]
+            "sampling.steps=3", "sampling.num_samples=6", "sampling.batch_size=6", "sampling.sample_shape=null"]
 
 
 def test_shapes_recipe_trains_previews_samples_and_evaluates(manifest, tmp_path, capsys):
@@ -45,6 +45,13 @@ def test_shapes_recipe_trains_previews_samples_and_evaluates(manifest, tmp_path,
     assert main(["sample", str(ckpt), "--num", "2", "--steps", "3", "--seed", "1", "--label", "1",
                  "--out", str(tmp_path / "samples")]) == 0
     assert len(list((tmp_path / "samples").rglob("*.ply"))) == 2
+    # a set function: it samples more points than it trained on (the recipe trains on 1024, samples 2048)
+    assert main(["sample", str(ckpt), "--num", "2", "--steps", "3", "--shape", "96", "3",
+                 "--out", str(tmp_path / "more")]) == 0
+    more = sorted((tmp_path / "more").rglob("*.ply"))
+    assert len(more) == 2 and load_ply_points(more[0]).shape == (96, 3)
+    assert main(["sample", str(ckpt), "--num", "1", "--shape", "96", "--out", str(tmp_path / "bad")]) == 2
+    assert "sample_shape" in capsys.readouterr().err
     capsys.readouterr()
     assert main(["eval", str(ckpt), "--num", "6", "--steps", "3"]) == 0
     printed = capsys.readouterr().out
@@ -175,3 +182,10 @@ def test_completion_task_conditions_on_random_partial_scans(manifest, tmp_path):
     assert metrics["method"] == "partial-scan conditioning (trained)" and metrics["cd_completion_to_truth"] > 0
     with pytest.raises(ValueError, match="unknown shapes task"):
         Trainer(load_config(RECIPE, overrides(manifest, tmp_path / "x") + ["data.params.task=upsample"]))
+
+
+def test_recipe_trains_on_1024_points_and_samples_2048(manifest):
+    config = load_config(RECIPE, [f"data.path={manifest}"])
+    assert config.data.params["num_points"] == 1024 and config.sampling.sample_shape == (2048, 3)
+    with pytest.raises(ConfigError, match="sampling.sample_shape"):
+        load_config(RECIPE, [f"data.path={manifest}", "sampling.sample_shape=[2048, x]"])

@@ -92,6 +92,9 @@ def _sampling_arguments(parser: argparse.ArgumentParser, out_default: str) -> No
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off)")
     parser.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="apply guidance only for sigma in (LOW, HIGH] (default: sampling.guidance_interval)")
+    parser.add_argument("--shape", type=int, nargs="+", default=None, metavar="N",
+                        help="per-sample shape when it differs from training: e.g. 8192 3 (points), 1 64000 "
+                             "(audio), 3 32 64 64 (video; default: sampling.sample_shape, else the data's)")
     parser.add_argument("--label", type=int, default=None, help="class label for all samples (conditional models)")
     parser.add_argument("--prompt", default=None, help="caption for all samples (models with a text encoder)")
     parser.add_argument("--negative-prompt", default="", help="caption guidance steers away from (default: '')")
@@ -111,6 +114,7 @@ def _sampling_config(config, args):
     changes = {k: v for k, v in {"num_samples": args.num, "steps": args.steps, "sampler": args.sampler,
                                   "spacing": args.spacing, "guidance": args.guidance, "seed": args.seed,
                                   "batch_size": args.batch_size,
+                                  "sample_shape": tuple(args.shape) if args.shape else None,
                                   "guidance_interval": tuple(args.guidance_interval) if args.guidance_interval else None,
                                   }.items() if v is not None}
     s = replace(s, **changes)
@@ -169,7 +173,7 @@ def sample_run(args: argparse.Namespace) -> int:
     meta = {"checkpoint": str(folder), "weights": weights.name, "sampler": sampling.sampler,
             "steps": str(sampling.steps), "guidance": str(sampling.guidance), "seed": str(sampling.seed)}
     save_file(tensors, str(out / "samples.safetensors"), metadata=meta)
-    print(f"sampled {len(samples)} x {tuple(spec.sample_shape)} from {folder} ({weights.name}) with "
+    print(f"sampled {len(samples)} x {tuple(samples.shape[1:])} from {folder} ({weights.name}) with "
           f"{sampling.sampler}, {sampling.steps} steps, guidance {sampling.guidance}, seed {sampling.seed}")
     print(f"wrote samples: {out / 'samples.safetensors'}")
     fn = PREVIEWS.get(spec.modality)

@@ -228,6 +228,8 @@ class SamplingConfig:
     sigma_min / sigma_max default to the schedule's. ``guidance`` is the CFG scale (1 = off),
     applied for sigma in ``guidance_interval`` (low, high] only (Kynkäänniemi et al. 2024: guidance
     at the highest and lowest noise levels costs diversity and detail; default: everywhere).
+    ``sample_shape`` overrides the data's per-sample shape (more points, a longer clip, more
+    frames than the model trained on; None = the training shape).
     """
 
     sampler: str = "heun"
@@ -242,6 +244,7 @@ class SamplingConfig:
     batch_size: int = 4096
     seed: int = 0
     use_ema: bool = True
+    sample_shape: tuple[int, ...] | None = None
 
 
 @dataclass

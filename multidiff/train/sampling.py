@@ -35,12 +35,19 @@ def default_labels(num: int, spec: DataSpec, label: int | None = None) -> torch.
 
 
 @torch.no_grad()
+def sampling_shape(config, spec: DataSpec) -> tuple[int, ...]:
+    """One sample's shape as generated: ``config.sampling.sample_shape`` when set (a set model
+    trained on fewer points, a clip longer than the training crops), else the data's."""
+    return tuple(config.sampling.sample_shape or spec.sample_shape)
+
+
 def generate(model: nn.Module, objective: ObjectiveConfig, spec: DataSpec, sampling: SamplingConfig, *,
              num: int | None = None, seed: int | None = None, labels: torch.Tensor | None = None,
              device=None, progress: bool = False, known: torch.Tensor | None = None,
              mask: torch.Tensor | None = None, resample: int = 1, prompts: list[str] | None = None,
              negative_prompt: str = "", replace: bool = True, concat: torch.Tensor | None = None) -> torch.Tensor:
-    """Draw ``num`` samples: returns (num, *spec.sample_shape) float32 on the CPU.
+    """Draw ``num`` samples: returns (num, *shape) float32 on the CPU, shape being
+    ``sampling.sample_shape`` when set, else that of ``known``, else ``spec.sample_shape``.
 
     model: the backbone (EMA or raw weights), in eval mode; ``labels`` (num,) for conditional
     models (see :func:`default_labels`); guidance scale ``sampling.guidance`` (1 = none).
@@ -59,6 +66,12 @@ def generate(model: nn.Module, objective: ObjectiveConfig, spec: DataSpec, sampl
     elif hasattr(model, "text_encoder"):
         prompts = [""] * (sampling.num_samples if num is None else num)  # no captions: the unconditional branch
     num = sampling.num_samples if num is None else num
+    shape = tuple(sampling.sample_shape or (known.shape[1:] if known is not None else spec.sample_shape))
+    if len(shape) != len(spec.sample_shape):
+        raise ValueError(f"sampling.sample_shape {list(shape)} must have as many dimensions as the data's "
+                         f"sample shape {list(spec.sample_shape)}")
+    if known is not None and tuple(known.shape[1:]) != shape:
+        raise ValueError(f"known has per-sample shape {tuple(known.shape[1:])}, the samples {shape}")
     seed = sampling.seed if seed is None else seed
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
@@ -84,7 +97,7 @@ def generate(model: nn.Module, objective: ObjectiveConfig, spec: DataSpec, sampl
         for start in range(0, num, sampling.batch_size):
             n = min(sampling.batch_size, num - start)
             gens = make_generators(seed + start, n, device)
-            x = torch.stack([torch.randn(spec.sample_shape, generator=g, device=device) for g in gens])
+            x = torch.stack([torch.randn(shape, generator=g, device=device) for g in gens])
             x = x * float(sigmas[0])
             cond = {} if labels is None else {"label": labels[start:start + n].to(device)}
             if prompts is not None:
@@ -108,4 +121,4 @@ def generate(model: nn.Module, objective: ObjectiveConfig, spec: DataSpec, sampl
                               resample=resample).float().cpu())
     finally:
         model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, *spec.sample_shape)
+    return torch.cat(out) if out else torch.empty(0, *shape)

@@ -19,7 +19,7 @@ from multidiff.shapes.metrics import chamfer_distance
 from multidiff.shapes.registry import reference_clouds
 from multidiff.shapes.tasks import complete, initial_noise, partial_cloud, upsample
 from multidiff.train.build import build_denoiser
-from multidiff.train.sampling import sampling_sigmas
+from multidiff.train.sampling import sampling_shape, sampling_sigmas
 from multidiff.train.trainer import load_for_sampling
 
 
@@ -37,7 +37,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     model, config, spec, _, folder, _ = load_for_sampling(a.checkpoint)
     device = next(model.parameters()).device
-    n_points = spec.sample_shape[0]
+    n_points = sampling_shape(config, spec)[0]
     labels = torch.arange(a.num) % spec.num_classes if spec.num_classes else None
     truth, ref_labels = reference_clouds(config, spec, n_points, labels)
     truth = truth[: a.num].to(device)
