@@ -127,3 +127,19 @@ def test_symmetric_pairwise_chamfer_matches_the_full_matrix():
     full = pairwise_distances(clouds, clouds.clone(), "cd", batch_size=3)
     torch.testing.assert_close(half, full)
     assert torch.equal(half, half.T)
+
+
+def test_cpu_pairwise_chamfer_kdtree_agrees_with_the_distance_matrix():
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(5, 300, 3, generator=g), torch.randn(4, 257, 3, generator=g) * 1.3 + 0.2
+    want = torch.stack([chamfer_distance(x[i:i + 1].expand(len(y), -1, -1), y) for i in range(len(x))])
+    got = pairwise_distances(x, y, "cd")  # CPU: one k-d tree per cloud
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    want_xx = torch.stack([chamfer_distance(x[i:i + 1].expand(len(x), -1, -1), x) for i in range(len(x))])
+    got_xx = pairwise_distances(x, x, "cd")
+    torch.testing.assert_close(got_xx, want_xx, rtol=1e-5, atol=1e-6)  # the matrix path rounds 0 to ~1e-7
+    assert torch.equal(got_xx.diagonal(), torch.zeros(len(x))) and torch.equal(got_xx, got_xx.T)
+    bad = x.clone()
+    bad[1, 3, 0] = float("nan")  # a non-finite cloud takes the matrix path and gives NaN only where it enters
+    d = pairwise_distances(bad, y, "cd")
+    assert torch.isnan(d[1]).all() and torch.isfinite(d[[0, 2, 3, 4]]).all()
