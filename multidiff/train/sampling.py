@@ -34,13 +34,13 @@ def default_labels(num: int, spec: DataSpec, label: int | None = None) -> torch.
     return torch.arange(num) % spec.num_classes
 
 
+def sampling_shape(sampling: SamplingConfig, spec: DataSpec) -> tuple[int, ...]:
+    """One sample's shape as generated: ``sampling.sample_shape`` when set (a set model trained
+    on fewer points, a clip longer than the training crops), else the data's."""
+    return tuple(sampling.sample_shape or spec.sample_shape)
+
+
 @torch.no_grad()
-def sampling_shape(config, spec: DataSpec) -> tuple[int, ...]:
-    """One sample's shape as generated: ``config.sampling.sample_shape`` when set (a set model
-    trained on fewer points, a clip longer than the training crops), else the data's."""
-    return tuple(config.sampling.sample_shape or spec.sample_shape)
-
-
 def generate(model: nn.Module, objective: ObjectiveConfig, spec: DataSpec, sampling: SamplingConfig, *,
              num: int | None = None, seed: int | None = None, labels: torch.Tensor | None = None,
              device=None, progress: bool = False, known: torch.Tensor | None = None,
@@ -66,10 +66,10 @@ def generate(model: nn.Module, objective: ObjectiveConfig, spec: DataSpec, sampl
     elif hasattr(model, "text_encoder"):
         prompts = [""] * (sampling.num_samples if num is None else num)  # no captions: the unconditional branch
     num = sampling.num_samples if num is None else num
-    shape = tuple(sampling.sample_shape or (known.shape[1:] if known is not None else spec.sample_shape))
+    shape = tuple(known.shape[1:]) if known is not None and not sampling.sample_shape else sampling_shape(sampling, spec)
     if len(shape) != len(spec.sample_shape):
-        raise ValueError(f"sampling.sample_shape {list(shape)} must have as many dimensions as the data's "
-                         f"sample shape {list(spec.sample_shape)}")
+        raise ValueError(f"sample shape {list(shape)} (sampling.sample_shape, else known's) must have as many "
+                         f"dimensions as the data's sample shape {list(spec.sample_shape)}")
     if known is not None and tuple(known.shape[1:]) != shape:
         raise ValueError(f"known has per-sample shape {tuple(known.shape[1:])}, the samples {shape}")
     seed = sampling.seed if seed is None else seed

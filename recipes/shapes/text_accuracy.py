@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     model, config, spec, folder = load_text_model(a.checkpoint, allow_labels=True)  # a class model for comparison
     names = category_names(Path(config.data.path))
     wanted = torch.tensor([lab for lab in names for _ in range(a.references)])
-    refs, ref_labels = reference_clouds(config, spec, sampling_shape(config, spec)[0], wanted)
+    refs, ref_labels = reference_clouds(config, spec, sampling_shape(config.sampling, spec)[0], wanted)
     d_rr = pairwise_distances(refs, refs, "cd")
     d_rr.fill_diagonal_(float("inf"))
     ceiling = float((ref_labels[d_rr.argmin(1)] == ref_labels).float().mean())
