@@ -8,14 +8,17 @@ depend on the weights; sampler, steps and grid from the recipe's sampling sectio
 
 * audio, waveform: recipes/audio/melodies.yaml, 4 s at 16 kHz (its UNet1D on a 32-band MDCT);
 * audio, latent: recipes/audio/latent_melodies.yaml on the latents of recipes/audio/vae_melodies.yaml
-  (Oobleck, hop 128), 16 s clips, plus the decode to audio;
+  (Oobleck "light", hop 128, 8 latent channels), 16 s clips, plus the decode to audio;
 * video, pixel: recipes/video/moving_mnist_uncond.yaml, 12 frames of 32x32;
 * video, latent: recipes/video/latent_moving_mnist.yaml on the latents of
   recipes/video/vae_moving_mnist_64.yaml, 12 frames of 64x64, plus the decode.
 
 The latent shape is whatever the autoencoder's encoder gives for the source shape. Each row's time
 is the median of ``--repeats`` full sampling runs of ``--batch`` samples (denoiser steps, then the
-decode), after one warm-up run. Tables land in results/latent_sampling_<device>.md / .json.
+decode), after one warm-up run. ``train samples/s`` is the diffusion model's training rate on the
+diffused shape (loss, backward, AdamW; median of ``--repeats`` timings of 3 steps of the recipe's
+batch size), so equal training time can be read as equal samples where the rates agree. Tables
+land in results/latent_sampling_<device>.md / .json.
 """
 from __future__ import annotations
 
@@ -53,7 +56,7 @@ def build_from_recipe(recipe: str, spec):
 
 
 @torch.no_grad()
-def measure(case, device: str, batch: int, repeats: int, steps: int | None) -> dict:
+def measure(case, device: str, batch: int, repeats: int, steps: int | None, quick: bool = False) -> dict:
     from multidiff.core import make_generators, sample
     from multidiff.core.utils import randn_like
     from multidiff.train.build import build_denoiser
@@ -89,6 +92,9 @@ def measure(case, device: str, batch: int, repeats: int, steps: int | None) -> d
         sync()
         return out, time.perf_counter() - start
 
+    train_batch = 1 if quick else config.trainer.batch_size
+    train_rate = training_rate(model, config, shape, device, repeats, sync, steps=1 if quick else 3, batch=train_batch)
+    model.eval()
     out, _ = run()  # warm-up; also checks the decoded shape
     if tuple(out.shape[1:]) != tuple(source_shape):
         raise RuntimeError(f"{recipe}: sampled {tuple(out.shape[1:])}, expected {source_shape}")
@@ -104,21 +110,55 @@ def measure(case, device: str, batch: int, repeats: int, steps: int | None) -> d
             "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
             "steps": len(sigmas) - 1, "sampler": config.sampling.sampler, "seconds_per_sample": per_sample,
             "decode_seconds_per_sample": statistics.median(decode_times) / batch,
-            "unit": "s of audio" if "seconds" in unit else "frame", "per_unit": per_sample / amount}
+            "unit": "s of audio" if "seconds" in unit else "frame", "per_unit": per_sample / amount,
+            "train_batch": train_batch, "train_samples_per_s": train_rate}
+
+
+def training_rate(model, config, shape, device: str, repeats: int, sync, steps: int = 3,
+                  batch: int | None = None) -> float:
+    """Training samples/s of the diffusion model at its recipe's batch size (median over repeats)."""
+    from multidiff.core import make_generators
+    from multidiff.train.build import build_denoiser, build_loss
+
+    batch = batch or config.trainer.batch_size
+    denoiser = build_denoiser(model, config.objective)
+    loss_fn = build_loss(config.objective, denoiser.schedule)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+    x0 = torch.randn(batch, *shape, device=device, generator=torch.Generator(device).manual_seed(0))
+
+    def step():
+        with torch.enable_grad():
+            loss = loss_fn(denoiser, x0, None, make_generators(0, batch, device)).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    step()  # warm-up
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        times.append(time.perf_counter() - start)
+    return steps * batch / statistics.median(times)
 
 
 def markdown(rows: list[dict], device: str) -> str:
     lines = [f"device: {device}", "",
              "| modality | kind | sample | diffused shape | params (M) | steps | s / sample | of which decode | s per unit "
-             "| latent / direct |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| latent / direct | train samples/s (batch) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     direct = {r["modality"]: r["per_unit"] for r in rows if r["kind"] != "latent"}
     for r in rows:
         ratio = r["per_unit"] / direct[r["modality"]] if r["modality"] in direct else float("nan")
         sample = "x".join(map(str, r["sample_shape"]))
         lines.append(f"| {r['modality']} | {r['kind']} | {sample} | {'x'.join(map(str, r['diffused_shape']))} | "
                      f"{r['params_M']:.2f} | {r['steps']} | {r['seconds_per_sample']:.3f} | {r['decode_seconds_per_sample']:.3f} | "
-                     f"{r['per_unit']:.4f} per {r['unit']} | {ratio:.2f} |")
+                     f"{r['per_unit']:.4f} per {r['unit']} | {ratio:.2f} | "
+                     f"{r['train_samples_per_s']:.2f} ({r['train_batch']}) |")
     return "\n".join(lines)
 
 
@@ -128,7 +168,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: each recipe's)")
-    parser.add_argument("--quick", action="store_true", help="2 steps, batch 1, one repeat: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="2 steps, batch 1, one repeat, one training step: a smoke run")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", default=None, help="also write the table and rows here (a folder)")
     args = parser.parse_args(argv)
@@ -136,7 +176,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.steps, args.batch, args.repeats = 2, 1, 1
-    rows = [measure(case, args.device, args.batch, args.repeats, args.steps) for case in CASES]
+    rows = [measure(case, args.device, args.batch, args.repeats, args.steps, args.quick) for case in CASES]
     table = markdown(rows, args.device)
     print(table)
     out = Path(args.out) if args.out else RESULTS

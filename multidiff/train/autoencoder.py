@@ -9,6 +9,7 @@ multidiff.video's per-frame wrapper).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,10 +20,14 @@ from ..core.utils import Generator, randn_like
 
 
 def stft_loss(estimate: torch.Tensor, reference: torch.Tensor, fft_sizes: Sequence[int] = (512, 1024, 2048),
-              eps: float = 1e-5) -> torch.Tensor:
+              eps: float = 1e-5, silence_rms: float = 1e-3) -> torch.Tensor:
     """Multi-resolution STFT loss (Yamamoto et al. 2020, Eqs. 4-6): per resolution, spectral
     convergence plus L1 of log magnitudes, averaged over resolutions. (batch, ..., samples) ->
-    (batch,), differentiable, on the inputs' device. Resolutions longer than the signal are skipped."""
+    (batch,), differentiable, on the inputs' device. Resolutions longer than the signal are skipped.
+
+    Spectral convergence divides by the reference's spectral norm, which is 0 for a silent crop;
+    the norm is floored at that of white noise of rms ``silence_rms`` (-60 dBFS), so silence
+    costs about 1 per unit of estimate at that level instead of dividing by ``eps``."""
     est = estimate.reshape(-1, estimate.shape[-1]).float()
     ref = reference.reshape(-1, reference.shape[-1]).float()
     batch = estimate.shape[0]
@@ -33,7 +38,9 @@ def stft_loss(estimate: torch.Tensor, reference: torch.Tensor, fft_sizes: Sequen
         kw = dict(n_fft=n_fft, hop_length=n_fft // 4, window=window, return_complex=True)
         e = torch.stft(est, **kw).abs().reshape(batch, -1)
         r = torch.stft(ref, **kw).abs().reshape(batch, -1)
-        convergence = torch.linalg.norm(r - e, dim=1) / torch.linalg.norm(r, dim=1).clamp(min=eps)
+        # white noise of rms a has E|X|^2 = a^2 sum(window^2) per bin
+        floor = silence_rms * math.sqrt(float(window.square().sum()) * r.shape[1])
+        convergence = torch.linalg.norm(r - e, dim=1) / torch.linalg.norm(r, dim=1).clamp(min=max(floor, eps))
         log_mag = (torch.log(r + eps) - torch.log(e + eps)).abs().mean(1)
         total = total + convergence + log_mag
     return total / len(sizes)

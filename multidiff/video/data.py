@@ -174,6 +174,7 @@ class ClipArrayDataset(Dataset):
         self.videos = torch.from_numpy(np.ascontiguousarray(videos[keep]))  # (N, T, H, W, C) uint8
         self.label_digits = 0
         self.captions = None if captions is None else [str(c) for c in captions[keep]]
+        self.splits = None if splits is None else [str(v) for v in splits.astype(str)[keep]]
         if labels is not None:
             labels = np.asarray(labels)[keep]
             if self.captions is None and labels.ndim == 2:  # Moving MNIST: name the digits
@@ -197,6 +198,13 @@ class ClipArrayDataset(Dataset):
     @property
     def shape(self) -> tuple[int, int, int, int]:
         return (self.channels, self.num_frames, int(self.videos.shape[2]), int(self.videos.shape[3]))
+
+    @property
+    def rows(self) -> list[dict]:
+        """Manifest-like rows {"split", "text"} per clip, as the folder data sets have (the latent
+        encoder keeps splits and captions from them)."""
+        return [{"split": self.splits[k] if self.splits is not None else "",
+                 "text": self.captions[k] if self.captions is not None else ""} for k in range(len(self.videos))]
 
     @property
     def num_classes(self) -> int:

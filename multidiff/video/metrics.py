@@ -138,6 +138,8 @@ class VideoClassifier(nn.Module):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, feature_dim: int = 128):
         super().__init__()
+        if width < 8 or width % 8:
+            raise ValueError(f"VideoClassifier width must be a positive multiple of 8 (GroupNorm of 8 groups), got {width}")
         self.config = {"in_channels": in_channels, "num_classes": num_classes, "width": width,
                        "feature_dim": feature_dim}
         layers, c = [], in_channels
