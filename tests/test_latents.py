@@ -156,6 +156,30 @@ def test_autoencoder_then_latent_diffusion_end_to_end(tones, tmp_path, capsys):
     assert len(list((tmp_path / "s").rglob("*.wav"))) == 2
     assert main(["eval", str(run / "checkpoints" / "latest"), "--num", "2", "--steps", "2"]) == 0
     assert "rms_mean" in capsys.readouterr().out  # the audio metrics of the decoded samples
+    # the exported pipeline carries the autoencoder: it returns audio, equal to multidiff sample's
+    # latents decoded (divided by the scale factor first), also after a save / load round trip
+    from safetensors.torch import load_file
+
+    from multidiff.core import make_generators
+    from multidiff.pipelines import AudioDiffusionPipeline, MultidiffPipeline
+    from multidiff.train.latents import decode_latents
+    from multidiff.train.registry import DataSpec
+
+    assert main(["export", str(run / "checkpoints" / "latest"), str(tmp_path / "pipe")]) == 0
+    index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
+    assert index["vae"] == ["diffusers", "AutoencoderOobleck"]
+    pipe = MultidiffPipeline.from_pretrained(tmp_path / "pipe")
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe, AudioDiffusionPipeline) and pipe.scheduler.config.sample_shape == [8, 256]
+    assert main(["sample", str(run / "checkpoints" / "latest"), "--num", "2", "--steps", "2", "--seed", "3",
+                 "--label", "1", "--out", str(tmp_path / "s3")]) == 0
+    latents = load_file(tmp_path / "s3" / "samples.safetensors")["samples"]
+    spec = DataSpec.from_json(json.loads((run / "checkpoints" / "latest" / "state.json").read_text())["spec"])
+    want = decode_latents(latents, spec)
+    got = pipe(class_labels=[1, 1], num_inference_steps=2, generator=make_generators(3, 2)).audios
+    assert got.shape == (2, 1, 1024) == want.shape
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert pipe.scheduler.config.meta["scale"] == pytest.approx(spec.meta["scale"]) != 1.0
 
 
 def test_autoencoder_config_errors(tones, tmp_path):

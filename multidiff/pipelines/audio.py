@@ -40,9 +40,9 @@ class AudioDiffusionPipeline(MultidiffPipeline):
     backbone_class = UNet1D
     shape_arguments = ("length",)
 
-    def __init__(self, unet: UNet1D, scheduler: MultidiffSchedulerConfig, text_encoder=None):
+    def __init__(self, unet: UNet1D, scheduler: MultidiffSchedulerConfig, text_encoder=None, vae=None):
         super().__init__()
-        self._register(unet, scheduler, text_encoder)
+        self._register(unet, scheduler, text_encoder, vae)
 
     def sample_shape(self, length: int | None = None) -> tuple[int, int]:
         channels, stored = self._stored_shape(2, 0)

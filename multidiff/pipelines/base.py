@@ -23,6 +23,10 @@ tokens, dim), mask (batch, tokens) bool)``, given to the backbone as cond["conte
 cond["context_mask"] (its cross-attention). The empty caption "" is the unconditional branch of
 classifier-free guidance unless ``negative_prompt`` is given, and the caption when no prompt is.
 To be saved in the folder the encoder must be a diffusers ``ModelMixin`` or a transformers model.
+
+Latent diffusion (optional ``vae`` component): the backbone generates latents of the stored
+sample_shape and the autoencoder decodes them (after dividing by the scale factor kept in the
+scheduler config's meta), so the output is audio / video as for a direct model.
 """
 from __future__ import annotations
 
@@ -164,7 +168,7 @@ class MultidiffPipeline(DiffusionPipeline):
     backbone_name: str = "unet"
     backbone_class: type = torch.nn.Module
     shape_arguments: tuple[str, ...] = ()
-    _optional_components = ["text_encoder"]
+    _optional_components = ["text_encoder", "vae"]
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -172,7 +176,7 @@ class MultidiffPipeline(DiffusionPipeline):
         if cls.modality:
             MODALITIES[cls.modality] = cls
 
-    def _register(self, backbone, scheduler, text_encoder) -> None:
+    def _register(self, backbone, scheduler, text_encoder, vae=None) -> None:
         if not isinstance(backbone, self.backbone_class):
             raise TypeError(f"{type(self).__name__}: {self.backbone_name} must be a {self.backbone_class.__name__}, "
                             f"got {type(backbone).__name__}")
@@ -180,7 +184,10 @@ class MultidiffPipeline(DiffusionPipeline):
             raise TypeError(f"{type(self).__name__}: scheduler must be a MultidiffSchedulerConfig (the schedule and "
                             f"parameterisation), got {type(scheduler).__name__}; a diffusers scheduler goes to the "
                             f"call instead: pipe(..., scheduler=EulerDiscreteScheduler(...))")
-        self.register_modules(**{self.backbone_name: backbone}, scheduler=scheduler, text_encoder=text_encoder)
+        if vae is not None and not (hasattr(vae, "encode") and hasattr(vae, "decode")):
+            raise TypeError(f"{type(self).__name__}: vae must be an autoencoder with encode / decode (diffusers' "
+                            f"AutoencoderOobleck, multidiff.video.autoencoder.FrameVAE), got {type(vae).__name__}")
+        self.register_modules(**{self.backbone_name: backbone}, scheduler=scheduler, text_encoder=text_encoder, vae=vae)
         self.sample_shape()  # the stored shape must suit the backbone
 
     @property
@@ -371,10 +378,24 @@ class MultidiffPipeline(DiffusionPipeline):
                                callback=lambda info: bar.update())
         finally:
             model.train(was_training)
-        x = x.float().cpu()
+        x = self.decode_latents(x).float().cpu()
         samples = x.numpy() if output_type == "np" else x
         out = self._output(samples, None if labels is None else labels.tolist())
         return out if return_dict else (samples,)
+
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        """Latent diffusion (Rombach et al. 2022): the ``vae`` decodes generated latents, divided by
+        the scale factor the model was trained with (``multidiff encode``'s 1 / std), to the
+        modality's signals; without a vae the samples are returned as they are."""
+        vae = getattr(self, "vae", None)
+        if vae is None:
+            return latents
+        scale = float(self.scheduler.config.meta.get("scale", 1.0))
+        param = next(vae.parameters())
+        return torch.cat([vae.decode((latents[k:k + batch_size] / scale).to(param.device, param.dtype)).sample
+                          for k in range(0, len(latents), batch_size)])
 
 
 def output_paths(folder, prefix: str, n: int, ext: str) -> list[Path]:

@@ -3,7 +3,9 @@
 The weights are the EMA's when the checkpoint has them (``--no-ema``: the trained ones), as
 ``multidiff sample`` uses; the schedule, prediction type, sample shape, classes and the
 recipe's sampling settings go to the scheduler component, so the pipeline's defaults are
-``multidiff sample``'s and, for the same seed, its samples are the same.
+``multidiff sample``'s and, for the same seed, its samples are the same. A latent diffusion
+checkpoint also takes its autoencoder along (component ``vae``), so the pipeline returns
+decoded audio / video.
 """
 from __future__ import annotations
 
@@ -39,7 +41,12 @@ def _export(checkpoint, out, use_ema: bool):
         raise ValueError(f"{folder}: its {type(text_encoder).__name__} text encoder cannot be stored in a pipeline "
                          f"folder yet (the text_encoder component needs save_pretrained / from_pretrained: a diffusers "
                          f"ModelMixin or a transformers model)")
-    pipe = cls(backbone, MultidiffSchedulerConfig.from_training(config, spec), text_encoder=text_encoder)
+    vae = None
+    if spec.modality == "latent":  # the autoencoder that decodes the latents travels with the pipeline
+        from ..train.latents import load_autoencoder
+
+        vae = load_autoencoder(spec.meta["autoencoder"])
+    pipe = cls(backbone, MultidiffSchedulerConfig.from_training(config, spec), text_encoder=text_encoder, vae=vae)
     pipe.save_pretrained(out)
     return pipe, folder, weights
 

@@ -39,9 +39,9 @@ class PointCloudDiffusionPipeline(MultidiffPipeline):
     backbone_class = PointCloudTransformer
     shape_arguments = ("num_points",)
 
-    def __init__(self, transformer: PointCloudTransformer, scheduler: MultidiffSchedulerConfig, text_encoder=None):
+    def __init__(self, transformer: PointCloudTransformer, scheduler: MultidiffSchedulerConfig, text_encoder=None, vae=None):
         super().__init__()
-        self._register(transformer, scheduler, text_encoder)
+        self._register(transformer, scheduler, text_encoder, vae)
 
     def sample_shape(self, num_points: int | None = None) -> tuple[int, int]:
         stored, channels = self._stored_shape(2, -1)

@@ -45,9 +45,9 @@ class VideoDiffusionPipeline(MultidiffPipeline):
     backbone_class = UNet3D
     shape_arguments = ("num_frames", "height", "width")
 
-    def __init__(self, unet: UNet3D, scheduler: MultidiffSchedulerConfig, text_encoder=None):
+    def __init__(self, unet: UNet3D, scheduler: MultidiffSchedulerConfig, text_encoder=None, vae=None):
         super().__init__()
-        self._register(unet, scheduler, text_encoder)
+        self._register(unet, scheduler, text_encoder, vae)
 
     def sample_shape(self, num_frames: int | None = None, height: int | None = None,
                      width: int | None = None) -> tuple[int, int, int, int]:
