@@ -253,6 +253,7 @@ def test_latent_video_against_pixel_video_comparison(tmp_path, capsys):
     # the clip array's splits and captions are kept (the latent data set reads the train split)
     assert meta["splits"].count("train") == 16 and meta["splits"].count("test") == 8
     assert meta["texts"][0].startswith("digit") and meta["reconstruction"]["n"] == 8
+    assert -1.0 <= meta["reconstruction"]["ssim"] <= 1.0 and math.isfinite(meta["reconstruction"]["psnr_db"])
     assert main(["train", str(REPO / "recipes/video/latent_moving_mnist.yaml"), f"data.path={cache}",
                  f"trainer.out_dir={tmp_path / 'latent'}", *unet, *common]) == 0
     out = tmp_path / "compare"
@@ -273,3 +274,61 @@ def test_latent_video_against_pixel_video_comparison(tmp_path, capsys):
     assert again["pixel model, 8x8"]["fd_own_classifier"] == pytest.approx(
         {r["name"]: r for r in report["rows"]}["pixel model, 8x8"]["fd_own_classifier"])
     assert "own-classifier column is left out" in capsys.readouterr().err
+
+
+def test_stft_discriminator_hinge_closed_form_and_gradient_routing():
+    """The adversarial terms: hinge values for a discriminator with constant logits, and one loss
+    whose gradient reaches the generator only through the generator terms and the discriminator
+    only through its own hinge term."""
+    from multidiff.train.autoencoder import STFTDiscriminator, adversarial_terms
+
+    torch.manual_seed(0)
+    d = STFTDiscriminator(1, (256, 512), channels=8)
+    real = 0.3 * torch.randn(2, 1, 4096)
+    logits, features = d(real)
+    assert [lg.shape[0] for lg in logits] == [2, 2] and len(features) == 2 and len(features[0]) == 5
+    assert logits[0].shape[-1] == (256 // 2 + 1 + 7) // 8  # frequency strided 2 three times
+    fake = (real + 0.1 * torch.randn_like(real)).requires_grad_(True)
+    gen, matching, disc = adversarial_terms(d, real, fake)
+    assert gen.shape == matching.shape == disc.shape == (2,) and (matching > 0).all()
+    (gen + matching).sum().backward(retain_graph=True)
+    assert fake.grad is not None and fake.grad.abs().sum() > 0
+    assert all(p.grad is None for p in d.parameters())  # the generator's terms leave D alone
+    fake.grad = None
+    disc.sum().backward()
+    assert fake.grad is None  # the discriminator's term sees a detached fake
+    assert all(p.grad is not None for p in d.parameters()) and any(p.grad.abs().sum() > 0 for p in d.parameters())
+    # constant logits c = 0.3: generator hinge 1 - c, discriminator hinge (1 - c) + (1 + c)
+    with torch.no_grad():
+        for scale in d.scales:
+            scale[-1].weight.zero_()
+            scale[-1].bias.fill_(0.3)
+    gen, _, disc = adversarial_terms(d, real, fake)
+    torch.testing.assert_close(gen, torch.full((2,), 0.7))
+    torch.testing.assert_close(disc, torch.full((2,), 2.0))
+
+
+def test_adversarial_autoencoder_trains_resumes_encodes_and_exports(tones, tmp_path):
+    from safetensors import safe_open
+
+    ae = tmp_path / "ae"
+    adv = ["objective.autoencoder.adversarial_weight=0.1", "objective.autoencoder.discriminator_sizes=[128, 256]",
+           "objective.autoencoder.discriminator_channels=8"]
+    assert main(["train", VAE, *ae_overrides(tones, ae), *adv]) == 0
+    losses = [float(r["loss"]) for r in csv.DictReader(open(ae / "losses.csv"))]
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+    ckpt = ae / "checkpoints" / "latest"
+    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert any(k.startswith("discriminator.") for k in keys) and any(k.startswith("encoder.") for k in keys)
+    # resume to a longer budget: the discriminator's weights and optimizer state load back
+    assert main(["train", VAE, *ae_overrides(tones, ae), *adv, "trainer.duration_samples=24", "trainer.resume=auto"]) == 0
+    assert len(list(csv.DictReader(open(ae / "losses.csv")))) == 6
+    assert main(["encode", str(ckpt), "--out", str(tmp_path / "lat")]) == 0
+    # the adversarial weight without audio is refused, naming the key
+    with pytest.raises(ConfigError, match="adversarial_weight"):
+        from multidiff.train.build import build_model
+        from multidiff.train.registry import DataSpec
+
+        cfg = load_config(str(REPO / "recipes/video/vae_moving_mnist.yaml"), [*adv, "data.path=null"], validate_paths=False)
+        build_model(cfg, DataSpec((1, 4, 16, 16), 0, "video", {}))

@@ -6,6 +6,14 @@ training are the diffusion trainer's. A model for it is any module with diffuser
 interface: ``encode(x).latent_dist`` (a diagonal Gaussian with ``mean`` / ``std`` / ``var`` /
 ``logvar``) and ``decode(z).sample`` (diffusers' AutoencoderOobleck and AutoencoderKL, and
 multidiff.video's per-frame wrapper).
+
+Optional adversarial training for audio (``objective.autoencoder.adversarial_weight`` > 0): a
+multi-scale complex-STFT discriminator (:class:`STFTDiscriminator`, as in EnCodec, Defossez et
+al. 2022, Sec. 3.4) is attached to the autoencoder as its ``discriminator`` submodule, so it is
+checkpointed, resumed and optimised with it. One loss drives both players: the generator's
+hinge and feature-matching terms see the discriminator through detached weights, the
+discriminator's hinge term sees a detached reconstruction, so each gradient reaches only its
+own player (a simultaneous step, as with two optimisers of the same settings).
 """
 from __future__ import annotations
 
@@ -14,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ..core.objectives import masked_mean
 from ..core.utils import Generator, randn_like
@@ -53,19 +63,82 @@ def gaussian_kl(posterior) -> torch.Tensor:
     return kl.flatten(1).mean(1)
 
 
+class STFTDiscriminator(nn.Module):
+    """Multi-scale complex-STFT discriminator (EnCodec, Defossez et al. 2022, Sec. 3.4): per FFT
+    size, the real and imaginary STFT of each audio channel -> 2D convolutions strided along
+    frequency -> a map of logits. forward(x (batch, channels, samples)) -> (logits, features):
+    one (batch, frames', bins') logit map and a list of feature maps per scale."""
+
+    def __init__(self, audio_channels: int = 1, fft_sizes: Sequence[int] = (512, 1024, 2048), channels: int = 32,
+                 layers: int = 3):
+        super().__init__()
+        self.fft_sizes = tuple(int(n) for n in fft_sizes)
+        self.scales = nn.ModuleList()
+        for _ in self.fft_sizes:
+            convs, c = [nn.Conv2d(2 * audio_channels, channels, (3, 9), padding=(1, 4))], channels
+            for k in range(layers):
+                convs.append(nn.Conv2d(c, channels, (3, 9), stride=(1, 2), dilation=(2 ** k, 1), padding=(2 ** k, 4)))
+            convs.append(nn.Conv2d(c, channels, 3, padding=1))
+            self.scales.append(nn.ModuleList([*[nn.utils.parametrizations.weight_norm(m) for m in convs],
+                                              nn.Conv2d(channels, 1, 3, padding=1)]))
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+        b, c, t = x.shape
+        logits, features = [], []
+        for n_fft, convs in zip(self.fft_sizes, self.scales):
+            spec = torch.stft(x.reshape(b * c, t).float(), n_fft, n_fft // 4, window=torch.hann_window(n_fft, device=x.device),
+                              return_complex=True)  # (b c, bins, frames)
+            h = torch.view_as_real(spec).reshape(b, c, *spec.shape[1:], 2).permute(0, 1, 4, 3, 2)
+            h = h.reshape(b, 2 * c, spec.shape[2], spec.shape[1])  # (batch, 2 channels, frames, bins)
+            feats = []
+            for conv in convs[:-1]:
+                h = F.leaky_relu(conv(h), 0.2)
+                feats.append(h)
+            logits.append(convs[-1](h).squeeze(1))
+            features.append(feats)
+        return logits, features
+
+
+def adversarial_terms(discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(generator hinge, feature matching, discriminator hinge), each (batch,), averaged over scales.
+
+    Generator: mean relu(1 - D(fake)) (Lim & Ye 2017) and the L1 distance of D's features of fake
+    to those of real, relative to the real features' mean magnitude (EnCodec Eq. 2), computed
+    through detached discriminator weights. Discriminator: mean relu(1 - D(real)) + relu(1 + D(fake))
+    on the detached fake."""
+    frozen = {k: v.detach() for k, v in discriminator.named_parameters()}
+    fake_logits, fake_feats = torch.func.functional_call(discriminator, frozen, (fake,))
+    with torch.no_grad():
+        _, real_feats = torch.func.functional_call(discriminator, frozen, (real,))
+    gen = torch.stack([F.relu(1 - lg).flatten(1).mean(1) for lg in fake_logits]).mean(0)
+    matching = torch.stack([torch.stack([(f - r).abs().flatten(1).mean(1) / r.abs().flatten(1).mean(1).clamp(min=1e-8)
+                                         for f, r in zip(fs, rs)]).mean(0)
+                            for fs, rs in zip(fake_feats, real_feats)]).mean(0)
+    real_logits, _ = discriminator(real)
+    detached_logits, _ = discriminator(fake.detach())
+    disc = torch.stack([F.relu(1 - r).flatten(1).mean(1) + F.relu(1 + f).flatten(1).mean(1)
+                        for r, f in zip(real_logits, detached_logits)]).mean(0)
+    return gen, matching, disc
+
+
 class AutoencoderLoss:
     """loss(model, x0, cond, generator, mask=None) -> (batch,): reconstruction of a posterior sample
     (reparameterised with per-sample generators) plus ``kl_weight`` x KL to N(0, I).
 
     Reconstruction: ``l1_weight`` x |x - x_hat| + ``l2_weight`` x (x - x_hat)^2 (masked means over
     the data's loss mask, e.g. audio padding) + ``stft_weight`` x multi-resolution STFT loss over
-    the last axis (audio; off for video / images).
+    the last axis (audio; off for video / images). With ``adversarial_weight`` > 0 (the model has
+    a ``discriminator``, see :func:`attach_discriminator`) also ``adversarial_weight`` x (generator
+    hinge + ``feature_matching_weight`` x feature matching) + the discriminator's hinge loss
+    (:func:`adversarial_terms`).
     """
 
     def __init__(self, kl_weight: float = 1e-4, l1_weight: float = 1.0, l2_weight: float = 0.0,
-                 stft_weight: float = 1.0, stft_sizes: Sequence[int] = (512, 1024, 2048)):
+                 stft_weight: float = 1.0, stft_sizes: Sequence[int] = (512, 1024, 2048),
+                 adversarial_weight: float = 0.0, feature_matching_weight: float = 2.0):
         self.kl_weight, self.l1_weight, self.l2_weight = kl_weight, l1_weight, l2_weight
         self.stft_weight, self.stft_sizes = stft_weight, tuple(stft_sizes)
+        self.adversarial_weight, self.feature_matching_weight = adversarial_weight, feature_matching_weight
 
     def reconstruct(self, model, x0: torch.Tensor, generator: Generator = None):
         """(reconstruction, posterior) of x0 through a posterior sample."""
@@ -88,4 +161,17 @@ class AutoencoderLoss:
         if self.stft_weight:
             m = 1.0 if mask is None else mask.to(recon.dtype)
             loss = loss + self.stft_weight * stft_loss(recon * m, x0 * m, self.stft_sizes)
+        if self.adversarial_weight:
+            discriminator = getattr(getattr(model, "module", model), "discriminator", None)
+            if discriminator is None:
+                raise ValueError("objective.autoencoder.adversarial_weight > 0 needs the model's discriminator "
+                                 "(build it with multidiff.train.build.build_model, which attaches one)")
+            gen, matching, disc = adversarial_terms(discriminator, x0, recon)
+            loss = loss + self.adversarial_weight * (gen + self.feature_matching_weight * matching) + disc
         return loss
+
+
+def attach_discriminator(model: nn.Module, audio_channels: int, fft_sizes: Sequence[int], channels: int = 32) -> nn.Module:
+    """Give an audio autoencoder its adversarial ``discriminator`` submodule; returns the model."""
+    model.discriminator = STFTDiscriminator(audio_channels, fft_sizes, channels)
+    return model

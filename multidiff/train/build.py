@@ -19,7 +19,7 @@ from ..core import (
 )
 from ..nn.text import ByteTextEncoder, PretrainedTextEncoder, TextConditioned
 from . import registry
-from .autoencoder import AutoencoderLoss
+from .autoencoder import AutoencoderLoss, attach_discriminator
 from .config import Config, ConfigError, ObjectiveConfig, OptimizerConfig, data_params, model_params
 from .registry import DataSpec
 
@@ -39,6 +39,13 @@ def build_model(config: Config, spec: DataSpec) -> nn.Module:
     set, wrapped in :class:`multidiff.nn.TextConditioned` so ``cond['text']`` (captions) works."""
     entry = registry.MODELS[config.model.name]
     backbone = entry.factory(model_params(config), spec, gradient_checkpointing=config.model.gradient_checkpointing)
+    a = config.objective.autoencoder
+    if config.objective.kind == "autoencoder" and a.adversarial_weight > 0:
+        if spec.modality != "audio" or len(spec.sample_shape) != 2:
+            raise ConfigError("objective.autoencoder.adversarial_weight",
+                              f"the STFT discriminator is for audio (channels, samples); this data is {spec.modality} "
+                              f"{tuple(spec.sample_shape)}")
+        attach_discriminator(backbone, spec.sample_shape[0], a.discriminator_sizes, a.discriminator_channels)
     te = config.model.text_encoder
     if te.kind == "none":
         return backbone
@@ -75,7 +82,8 @@ def build_loss(objective: ObjectiveConfig, schedule: NoiseSchedule):
     """The per-sample loss callable: DiffusionLoss, or AutoencoderLoss for objective.kind autoencoder."""
     if objective.kind == "autoencoder":
         a = objective.autoencoder
-        return AutoencoderLoss(a.kl_weight, a.l1_weight, a.l2_weight, a.stft_weight, a.stft_sizes)
+        return AutoencoderLoss(a.kl_weight, a.l1_weight, a.l2_weight, a.stft_weight, a.stft_sizes,
+                               a.adversarial_weight, a.feature_matching_weight)
     sd = objective.schedule.sigma_data
     weight = weighting(objective.weighting, sigma_data=sd, gamma=objective.min_snr_gamma)
     return DiffusionLoss(build_noise_distribution(objective, schedule), weight, sigma_data=sd)

@@ -103,13 +103,19 @@ class NoiseConfig:
 @dataclass
 class AutoencoderObjectiveConfig:
     """``objective.autoencoder``: weights of multidiff.train.autoencoder.AutoencoderLoss
-    (KL to N(0, I), L1 / L2 on the signal, multi-resolution STFT with ``stft_sizes``)."""
+    (KL to N(0, I), L1 / L2 on the signal, multi-resolution STFT with ``stft_sizes``); for audio an
+    optional adversarial STFT discriminator (``adversarial_weight`` > 0, FFT sizes
+    ``discriminator_sizes``, width ``discriminator_channels``) with feature matching."""
 
     kl_weight: float = 1e-4
     l1_weight: float = 1.0
     l2_weight: float = 0.0
     stft_weight: float = 1.0
     stft_sizes: list[int] = field(default_factory=lambda: [512, 1024, 2048])
+    adversarial_weight: float = 0.0
+    feature_matching_weight: float = 2.0
+    discriminator_sizes: list[int] = field(default_factory=lambda: [512, 1024, 2048])
+    discriminator_channels: int = 32
 
 
 OBJECTIVE_KINDS = ("diffusion", "autoencoder")

@@ -115,7 +115,8 @@ def _split_of(rows, k: int) -> str:
 @torch.no_grad()
 def reconstruction_scores(model, data, indices: list[int]) -> dict:
     """Posterior-mean reconstructions of held-out items: MSE and PSNR (signals in [-1, 1]); for
-    (channels, samples) signals also the multi-resolution STFT distance and SI-SDR (dB)."""
+    (channels, samples) signals also the multi-resolution STFT distance and SI-SDR (dB), for video
+    frames of at least 11x11 pixels the SSIM (Wang et al. 2004, multidiff.video.metrics.ssim)."""
     from .autoencoder import stft_loss
 
     if not indices:
@@ -128,6 +129,10 @@ def reconstruction_scores(model, data, indices: list[int]) -> dict:
     mse = err.square().mean(1)
     out = {"n": len(indices), "mse": float(mse.mean()),
            "psnr_db": float((10 * torch.log10(4.0 / mse.clamp(min=1e-12))).mean())}
+    if x.ndim == 5 and min(x.shape[-2:]) >= 11:  # video (batch, channels, frames, H, W): SSIM as well
+        from ..video.metrics import ssim
+
+        out["ssim"] = float(ssim(recon.clamp(-1, 1), x.float()).mean())
     if x.ndim == 3:
         ref, est = x.float().mean(1), recon.mean(1)
         target = (est * ref).sum(1, keepdim=True) / ref.square().sum(1, keepdim=True).clamp(min=1e-12) * ref
@@ -232,6 +237,8 @@ def load_autoencoder(path: str, device: str = "cpu"):
     from .trainer import load_for_sampling
 
     model, *_ = load_for_sampling(path, device)
+    if hasattr(model, "discriminator"):  # only training needs it: decoding and pipelines do not
+        del model.discriminator
     return model
 
 
