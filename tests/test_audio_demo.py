@@ -81,6 +81,8 @@ def test_intonation_known_answers():
     a, b, c = intonation(in_tune, sr), intonation(detuned, sr), intonation(noise, sr)
     assert a["voiced_fraction"] > 0.7 and a["in_tune_cents"] < 5 and a["distinct_semitones"] == 1
     assert 25 < b["in_tune_cents"] < 35  # 30 cents sharp
+    assert a["in_tune_fraction"] > 0.9 and b["in_tune_fraction"] < 0.1  # 30 cents sharp: no frame within 5
+    assert c["in_tune_fraction"] < 0.35  # noise: about 10 / 50 of the frames by chance (pYIN's 10-cent grid)
     assert c["in_tune_cents"] > 20 and c["distinct_semitones"] == 0  # noise: chance tuning, nothing held
     # a two-note melody holds two semitones
     two = torch.cat([in_tune[0][:8000], in_tune[2][:8000]])

@@ -89,6 +89,9 @@ def intonation(waves: Sequence[torch.Tensor], sample_rate: int, fmin: float = 60
     ``in_tune_cents``    median distance of voiced frames' f0 to the nearest equal-tempered
                          semitone (A4 = 440 Hz); pitch-less noise gives about 25 (uniform
                          on [-50, 50]), a tuned instrument a few cents;
+    ``in_tune_fraction`` share of voiced frames within 5 cents of a semitone. pYIN reports f0 on a
+                         grid of 10-cent steps (anchored at ``fmin``), so the median above moves in
+                         steps of 10 cents; this share separates models the median ties;
     ``distinct_semitones``  mean number of semitones held for >= 5 consecutive voiced frames
                          per wave (a melody moves, a drone does not).
     """
@@ -111,6 +114,7 @@ def intonation(waves: Sequence[torch.Tensor], sample_rate: int, fmin: float = 60
         distinct.append(len(held))
     return {"voiced_fraction": float(np.mean(voiced_share)) if voiced_share else float("nan"),
             "in_tune_cents": float(np.median(deviations)) if deviations else float("nan"),
+            "in_tune_fraction": float(np.mean(np.asarray(deviations) <= 5.0)) if deviations else float("nan"),
             "distinct_semitones": float(np.mean(distinct)) if distinct else float("nan"), "n": len(voiced_share)}
 
 

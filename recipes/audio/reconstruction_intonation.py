@@ -48,11 +48,13 @@ def main(argv=None) -> int:
     report = {"checkpoint": str(folder), "clips": n, "seconds": length / sr, "mr_stft": scores["mr_stft"],
               "si_sdr_db": scores["si_sdr_db"], "real": intonation(list(real), sr),
               "reconstructed": intonation(list(recon), sr)}
-    print("| clips | in-tune (median cents) | semitones held >= 5 frames per clip | voiced frames |")
-    print("|---|---|---|---|")
+    print("| clips | in-tune (median cents) | voiced frames within 5 cents | semitones held >= 5 frames per clip "
+          "| voiced frames |")
+    print("|---|---|---|---|---|")
     for name in ("real", "reconstructed"):
         r = report[name]
-        print(f"| {name} | {r['in_tune_cents']:.1f} | {r['distinct_semitones']:.1f} | {r['voiced_fraction']:.2f} |")
+        print(f"| {name} | {r['in_tune_cents']:.1f} | {r['in_tune_fraction']:.2f} | {r['distinct_semitones']:.1f} | "
+              f"{r['voiced_fraction']:.2f} |")
     print(f"reconstructions: MR-STFT {report['mr_stft']:.3f}, SI-SDR {report['si_sdr_db']:.2f} dB "
           f"({n} held-out clips of {length / sr:g} s)")
     if a.out:
