@@ -114,13 +114,11 @@ def measure(case, device: str, batch: int, repeats: int, steps: int | None, quic
             "train_batch": train_batch, "train_samples_per_s": train_rate}
 
 
-def training_rate(model, config, shape, device: str, repeats: int, sync, steps: int = 3,
-                  batch: int | None = None) -> float:
-    """Training samples/s of the diffusion model at its recipe's batch size (median over repeats)."""
+def training_rate(model, config, shape, device: str, repeats: int, sync, steps: int, batch: int) -> float:
+    """Training samples/s of the diffusion model at batch size ``batch`` (median over repeats)."""
     from multidiff.core import make_generators
     from multidiff.train.build import build_denoiser, build_loss
 
-    batch = batch or config.trainer.batch_size
     denoiser = build_denoiser(model, config.objective)
     loss_fn = build_loss(config.objective, denoiser.schedule)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -389,13 +389,12 @@ class MultidiffPipeline(DiffusionPipeline):
         """Latent diffusion (Rombach et al. 2022): the ``vae`` decodes generated latents, divided by
         the scale factor the model was trained with (``multidiff encode``'s 1 / std), to the
         modality's signals; without a vae the samples are returned as they are."""
+        from ..train.latents import decode_scaled
+
         vae = getattr(self, "vae", None)
         if vae is None:
             return latents
-        scale = float(self.scheduler.config.meta.get("scale", 1.0))
-        param = next(vae.parameters())
-        return torch.cat([vae.decode((latents[k:k + batch_size] / scale).to(param.device, param.dtype)).sample
-                          for k in range(0, len(latents), batch_size)])
+        return decode_scaled(vae, latents, float(self.scheduler.config.meta.get("scale", 1.0)), batch_size)
 
 
 def output_paths(folder, prefix: str, n: int, ext: str) -> list[Path]:

@@ -108,13 +108,12 @@ def adversarial_terms(discriminator: nn.Module, real: torch.Tensor, fake: torch.
     on the detached fake."""
     frozen = {k: v.detach() for k, v in discriminator.named_parameters()}
     fake_logits, fake_feats = torch.func.functional_call(discriminator, frozen, (fake,))
-    with torch.no_grad():
-        _, real_feats = torch.func.functional_call(discriminator, frozen, (real,))
+    real_logits, real_feats = discriminator(real)  # one pass: its logits train D, its features (detached) are targets
+    real_feats = [[f.detach() for f in fs] for fs in real_feats]
     gen = torch.stack([F.relu(1 - lg).flatten(1).mean(1) for lg in fake_logits]).mean(0)
     matching = torch.stack([torch.stack([(f - r).abs().flatten(1).mean(1) / r.abs().flatten(1).mean(1).clamp(min=1e-8)
                                          for f, r in zip(fs, rs)]).mean(0)
                             for fs, rs in zip(fake_feats, real_feats)]).mean(0)
-    real_logits, _ = discriminator(real)
     detached_logits, _ = discriminator(fake.detach())
     disc = torch.stack([F.relu(1 - r).flatten(1).mean(1) + F.relu(1 + f).flatten(1).mean(1)
                         for r, f in zip(real_logits, detached_logits)]).mean(0)

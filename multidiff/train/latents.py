@@ -113,31 +113,42 @@ def _split_of(rows, k: int) -> str:
 
 
 @torch.no_grad()
+def reconstruct(model, x: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """Posterior-mean reconstructions of a batch of signals, float32, decoded ``batch_size`` at a time."""
+    device = next(model.parameters()).device
+    return torch.cat([model.decode(model.encode(x[k:k + batch_size].to(device)).latent_dist.mean).sample
+                      for k in range(0, len(x), batch_size)]).float()
+
+
+@torch.no_grad()
 def reconstruction_scores(model, data, indices: list[int]) -> dict:
     """Posterior-mean reconstructions of held-out items: MSE and PSNR (signals in [-1, 1]); for
     (channels, samples) signals also the multi-resolution STFT distance and SI-SDR (dB), for video
     frames of at least 11x11 pixels the SSIM (Wang et al. 2004, multidiff.video.metrics.ssim)."""
-    from .autoencoder import stft_loss
-
     if not indices:
         return {"n": 0}
-    device = next(model.parameters()).device
-    x = torch.stack([data[k]["x"] for k in indices]).to(device)
-    recon = torch.cat([model.decode(model.encode(x[k:k + 16]).latent_dist.mean).sample
-                       for k in range(0, len(x), 16)]).float()
-    err = (recon - x.float()).flatten(1)
+    x = torch.stack([data[k]["x"] for k in indices])
+    return score_reconstructions(reconstruct(model, x), x)
+
+
+def score_reconstructions(recon: torch.Tensor, x: torch.Tensor) -> dict:
+    """The scores of :func:`reconstruction_scores` for reconstructions ``recon`` of signals ``x``."""
+    from .autoencoder import stft_loss
+
+    x = x.to(recon.device).float()
+    err = (recon - x).flatten(1)
     mse = err.square().mean(1)
-    out = {"n": len(indices), "mse": float(mse.mean()),
+    out = {"n": len(x), "mse": float(mse.mean()),
            "psnr_db": float((10 * torch.log10(4.0 / mse.clamp(min=1e-12))).mean())}
     if x.ndim == 5 and min(x.shape[-2:]) >= 11:  # video (batch, channels, frames, H, W): SSIM as well
         from ..video.metrics import ssim
 
-        out["ssim"] = float(ssim(recon.clamp(-1, 1), x.float()).mean())
+        out["ssim"] = float(ssim(recon.clamp(-1, 1), x).mean())
     if x.ndim == 3:
-        ref, est = x.float().mean(1), recon.mean(1)
+        ref, est = x.mean(1), recon.mean(1)
         target = (est * ref).sum(1, keepdim=True) / ref.square().sum(1, keepdim=True).clamp(min=1e-12) * ref
         sdr = 10 * torch.log10(target.square().sum(1) / (est - target).square().sum(1).clamp(min=1e-12))
-        out.update(mr_stft=float(stft_loss(recon, x.float()).mean()), si_sdr_db=float(sdr.mean()))
+        out.update(mr_stft=float(stft_loss(recon, x).mean()), si_sdr_db=float(sdr.mean()))
     return out
 
 
@@ -245,10 +256,16 @@ def load_autoencoder(path: str, device: str = "cpu"):
 @torch.no_grad()
 def decode_latents(latents: torch.Tensor, spec: DataSpec, batch_size: int = 32) -> torch.Tensor:
     """Generated latents (batch, *latent_shape), in the scaled space the diffusion model saw, -> signals."""
-    model = load_autoencoder(spec.meta["autoencoder"])
-    device = next(model.parameters()).device
-    scale = float(spec.meta.get("scale", 1.0))
-    out = [model.decode((latents[k:k + batch_size] / scale).to(device)).sample.float().cpu()
+    return decode_scaled(load_autoencoder(spec.meta["autoencoder"]), latents, float(spec.meta.get("scale", 1.0)),
+                         batch_size).float().cpu()
+
+
+@torch.no_grad()
+def decode_scaled(autoencoder, latents: torch.Tensor, scale: float, batch_size: int = 32) -> torch.Tensor:
+    """Latents in the diffusion model's scaled space -> signals: divided by ``scale`` (``multidiff
+    encode``'s 1 / std), decoded ``batch_size`` at a time on the autoencoder's device and dtype."""
+    param = next(autoencoder.parameters())
+    out = [autoencoder.decode((latents[k:k + batch_size] / scale).to(param.device, param.dtype)).sample
            for k in range(0, len(latents), batch_size)]
     return torch.cat(out) if out else latents.new_zeros(0)
 

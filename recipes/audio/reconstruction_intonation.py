@@ -19,7 +19,7 @@ import torch
 
 from multidiff.audio.data import AudioDataset
 from multidiff.audio.metrics import intonation
-from multidiff.train.latents import reconstruction_scores
+from multidiff.train.latents import reconstruct, score_reconstructions
 from multidiff.train.trainer import load_for_sampling
 
 
@@ -41,13 +41,11 @@ def main(argv=None) -> int:
     data = AudioDataset(config.data.path, sr, params.get("channels") or 1, length, split="test", random_crop=False)
     n = min(a.num, len(data))
     real = torch.stack([data[k]["x"] for k in range(n)])
-    with torch.no_grad():
-        recon = torch.cat([model.decode(model.encode(real[k:k + 4]).latent_dist.mean).sample
-                           for k in range(0, n, 4)]).clamp(-1, 1)
-    scores = reconstruction_scores(model, data, list(range(n)))
+    recon = reconstruct(model, real, batch_size=4)
+    scores = score_reconstructions(recon, real)
     report = {"checkpoint": str(folder), "clips": n, "seconds": length / sr, "mr_stft": scores["mr_stft"],
               "si_sdr_db": scores["si_sdr_db"], "real": intonation(list(real), sr),
-              "reconstructed": intonation(list(recon), sr)}
+              "reconstructed": intonation(list(recon.clamp(-1, 1)), sr)}
     print("| clips | in-tune (median cents) | voiced frames within 5 cents | semitones held >= 5 frames per clip "
           "| voiced frames |")
     print("|---|---|---|---|---|")

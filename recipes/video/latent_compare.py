@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from multidiff.train.latents import decode_latents, load_autoencoder
+from multidiff.train.latents import decode_latents, load_autoencoder, reconstruct
 from multidiff.train.sampling import generate
 from multidiff.train.trainer import load_for_sampling
 from multidiff.video.data import ClipArrayDataset
@@ -107,9 +107,8 @@ def main(argv=None) -> int:
 
     large_train = clips(large_npz, "train", a.num)
     autoencoder = load_autoencoder(latent_info["autoencoder"])
-    with torch.no_grad():  # the same train clips as the reference row, so the gap is the autoencoder's
-        recon = torch.cat([autoencoder.decode(autoencoder.encode(large_train[k:k + 16]).latent_dist.mean).sample
-                           for k in range(0, len(large_train), 16)]).clamp(-1, 1)
+    # the same train clips as the reference row, so the gap is the autoencoder's
+    recon = reconstruct(autoencoder, large_train).clamp(-1, 1)
 
     def scores(videos: torch.Tensor, own_npz: Path, own_test: torch.Tensor):
         """Frechet distances in the small classifier's space (pooled) and in the clip's own one."""
