@@ -5,7 +5,15 @@ import pytest
 import torch
 
 from multidiff.core import EDM, Denoiser, sample, sigma_grid
-from multidiff.shapes.transformer import POINT_PRESETS, PointCloudTransformer, latent_tiny, point_tiny, upsampler_small
+from multidiff.shapes.transformer import (
+    POINT_PRESETS,
+    LocalEdgeBlock,
+    PointCloudTransformer,
+    knn_indices,
+    latent_tiny,
+    point_tiny,
+    upsampler_small,
+)
 
 
 def randomized(model, seed=0):
@@ -27,7 +35,9 @@ def test_fresh_model_outputs_zero_and_keeps_shape():
         assert float(out.abs().max()) == 0.0  # adaLN-Zero + zero final layer (DiT)
 
 
-@pytest.mark.parametrize("make", [point_tiny, latent_tiny, functools.partial(latent_tiny, coarse_channels=3)])
+@pytest.mark.parametrize("make", [point_tiny, latent_tiny, functools.partial(latent_tiny, coarse_channels=3),
+                                  functools.partial(latent_tiny, local_neighbors=4, rounds=2),
+                                  functools.partial(point_tiny, local_neighbors=4)])
 def test_every_parameter_learns_from_a_fresh_start(make):
     """adaLN-Zero zeroes each residual branch through its gate only: a few optimizer steps from a
     fresh model (one per gated layer between a parameter and the output) give every parameter a
@@ -46,7 +56,7 @@ def test_every_parameter_learns_from_a_fresh_start(make):
     assert dead == []
 
 
-@pytest.mark.parametrize("make", [point_tiny, latent_tiny])
+@pytest.mark.parametrize("make", [point_tiny, latent_tiny, functools.partial(latent_tiny, local_neighbors=5)])
 def test_permutation_equivariance(make):
     torch.manual_seed(0)
     m = randomized(make(in_channels=4, num_classes=3, cross_attention_dim=8))
@@ -159,3 +169,52 @@ def test_shape_completion_with_masked_sampling_keeps_the_known_points():
         out = sample(den, x, sigmas, "euler", cond={"known": known, "mask": mask})
     torch.testing.assert_close(out[:, :20], known[:, :20])
     assert torch.isfinite(out).all() and float((out[:, 20:] - known[:, 20:]).abs().mean()) > 1e-2
+
+
+def test_knn_indices_match_a_full_sort_in_blocks():
+    x = torch.randn(3, 57, 3, generator=torch.Generator().manual_seed(0))
+    got = knn_indices(x, 6, max_elements=3 * 57 * 5)  # 5 query points per block
+    want = torch.cdist(x, x).argsort(dim=-1)[..., :6]
+    assert got.shape == (3, 57, 6)
+    torch.testing.assert_close(torch.cdist(x, x).gather(2, got).sort(-1).values,
+                               torch.cdist(x, x).gather(2, want).sort(-1).values)
+    assert bool((got[..., 0] == torch.arange(57)).all())  # every point is its own nearest neighbour
+    assert knn_indices(x[:, :4], 6).shape == (3, 4, 4)  # k capped at the point count
+
+
+def test_local_edge_block_is_the_max_over_neighbours_of_its_formula():
+    """h + gate * out(GELU(max_j [A h_j + P s (x_j - x_i)])) against a per-point loop."""
+    g = torch.Generator().manual_seed(1)
+    blk = LocalEdgeBlock(8, 6, offset_scale=7.0)
+    with torch.no_grad():
+        for p in blk.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    h, x, emb = torch.randn(2, 20, 8, generator=g), torch.randn(2, 20, 3, generator=g), torch.randn(2, 6, generator=g)
+    nb = knn_indices(x, 5)
+    shift, scale, gate = blk.ada(emb)
+    a = blk.feature(torch.nn.functional.layer_norm(h, (8,), eps=1e-6) * (1 + scale) + shift)
+    want = torch.empty_like(h)
+    for b in range(2):
+        for i in range(20):
+            edge = a[b, nb[b, i]] + blk.offset(7.0 * (x[b, nb[b, i]] - x[b, i]))  # (k, dim)
+            want[b, i] = blk.out(torch.nn.functional.gelu(edge.max(dim=0).values, approximate="tanh"))
+    want = h + gate * want
+    torch.testing.assert_close(blk(h, x, emb, nb), want, atol=1e-5, rtol=1e-5)
+    blk(h, x, emb, nb).square().sum().backward()  # the per-channel winners carry the gradient to A and P
+    assert float(blk.feature.weight.grad.abs().sum()) > 0 and float(blk.offset.weight.grad.abs().sum()) > 0
+
+
+def test_local_neighbourhood_grows_with_the_point_count_when_asked(monkeypatch):
+    import multidiff.shapes.transformer as mod
+
+    seen = []
+    real = mod.knn_indices
+    monkeypatch.setattr(mod, "knn_indices", lambda x, k, **kw: seen.append((x.shape[1], k)) or real(x, k, **kw))
+    fixed, scaled = latent_tiny(local_neighbors=4), latent_tiny(local_neighbors=4, local_reference_points=16)
+    with torch.no_grad():
+        for m in (fixed, scaled):
+            for n in (16, 48):
+                m(torch.randn(1, n, 3), torch.ones(1))
+    assert seen == [(16, 4), (48, 4), (16, 4), (48, 12)]
+    with pytest.raises(ValueError, match="local_reference_points must be >= 0"):
+        latent_tiny(local_neighbors=4, local_reference_points=-1)

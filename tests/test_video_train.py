@@ -69,6 +69,20 @@ def test_frame_prediction_recipe_trains_previews_samples_evaluates_and_predicts(
         assert math.isfinite(r["mse"]) and r["baseline_mse"] > 0 and len(r["psnr_per_frame"]) == 4
 
 
+def test_stacked_layout_recipe_trains_and_predicts(clips, tmp_path):
+    """moving_mnist_predict_stacked.yaml: the clip's frames on the channels of a 2D U-Net, through the
+    trainer and the frame-prediction scorer; a clip length other than the data's is refused by name."""
+    recipe = str(REPO / "recipes/video/moving_mnist_predict_stacked.yaml")
+    out = tmp_path / "run"
+    assert main(["train", recipe, *overrides(clips, out, "model.params.stacked_frames=6")]) == 0
+    from multidiff.video.predict import evaluate_prediction
+
+    report = evaluate_prediction(out / "checkpoints" / "latest", num=4, steps=2, device="cpu")
+    assert report["frames"] == 6 and all(math.isfinite(report[m]["mse"]) for m in ("sample", "mean"))
+    with pytest.raises(ValueError, match="stacked_frames=4 must equal the data's clip length 6"):
+        main(["train", recipe, *overrides(clips, tmp_path / "bad", "model.params.stacked_frames=4")])
+
+
 def test_a_caption_generation_model_predicts_by_replacement(clips, tmp_path):
     """A model trained on whole clips (with captions) predicts frames by replacement sampling when
     told how many are given; the given frames come back exactly and the mean method is refused."""

@@ -158,3 +158,34 @@ def test_patching_and_coarse_only_temporal_attention():
         torch.testing.assert_close(model(x, torch.ones(1)), model(x, torch.ones(1), image_mode=True))
     with pytest.raises(ValueError, match="patch_size"):
         model(torch.randn(1, 1, 3, 6, 6), torch.ones(1))
+
+
+def test_stacked_layout_mixes_every_frame_in_one_2d_unet():
+    """stacked_frames: the clip's frames on the channel axis of a 2D U-Net; no temporal layers are
+    built, each output frame depends on every input frame, and another clip length is refused."""
+    model = _randomise_all_but_temporal(unet3d_tiny(stacked_frames=4, extra_in_channels=2, num_classes=3)).eval()
+    assert not any(isinstance(m, (TemporalConv, TemporalAttention)) for m in model.modules())
+    assert model.in_conv.in_channels == (1 + 2) * 4 and model.out_conv.out_channels == 4
+    x = torch.randn(2, 1, 4, 8, 8, requires_grad=True)
+    cond = {"label": torch.tensor([0, 1]), "concat": torch.randn(2, 2, 4, 8, 8)}
+    out = model(x, torch.tensor([0.5, 2.0]), cond)
+    assert out.shape == x.shape
+    out[:, :, 3].sum().backward()  # the last frame's output reaches back to the first frame's input
+    assert float(x.grad[:, :, 0].abs().sum()) > 0
+    x2 = x.detach().clone()
+    x2[1] += 1.0
+    with torch.no_grad():
+        torch.testing.assert_close(model(x2, torch.tensor([0.5, 2.0]), cond)[0], out[0].detach())
+    with pytest.raises(ValueError, match="stacks exactly 4 frames"):
+        model(torch.randn(1, 1, 5, 8, 8), torch.ones(1))
+
+
+def test_stacked_layout_from_the_registry_takes_the_data_clip_length():
+    from multidiff.train.registry import DataSpec
+    from multidiff.video.registry import UNet3DParams, build_unet3d
+
+    spec = DataSpec((1, 6, 8, 8), 0, "video", {"concat_channels": 2})
+    model = build_unet3d(UNet3DParams(preset="tiny", stacked_frames=6), spec)
+    assert model.in_conv.in_channels == 3 * 6 and model(torch.randn(1, 1, 6, 8, 8), torch.ones(1)).shape == (1, 1, 6, 8, 8)
+    with pytest.raises(ValueError, match="stacked_frames=4 must equal the data's clip length 6"):
+        build_unet3d(UNet3DParams(preset="tiny", stacked_frames=4), spec)

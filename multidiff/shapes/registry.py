@@ -35,6 +35,9 @@ class PointTransformerParams:
     rounds: int | None = None
     coarse_channels: int | None = None
     point_dim: int | None = None
+    local_neighbors: int | None = None
+    local_offset_scale: float | None = None
+    local_reference_points: int | None = None
     cross_attention_dim: int | None = None
     dropout: float = 0.0
     attention_backend: str = "auto"

@@ -31,6 +31,14 @@ Conditioning mapping keys (all optional; a missing key means "unconditional"):
   fine points and that the fine points attend to beside the latents in every write (latent
   mixer: a few latents cannot carry where the nearby surface is); only the fine tokens are output.
 
+Optional local path (``local_neighbors`` = k > 0): after each write (or after the last block of
+the full mixer) a :class:`LocalEdgeBlock` lets every point look at its k nearest neighbours in the
+noisy input, an EdgeConv (Wang et al. 2019, DGCNN, Eq. 7-8) with a max over the neighbours. Near
+the end of sampling the denoiser's job is to move each point onto the surface, which is local: the
+maxima of v . (x_j - x_i) over the neighbours are the neighbourhood's support function, so the block
+sees where the nearby surface lies along learned directions (PVD, Zhou et al. 2021, gets the same
+locality from voxel convolutions), which a few latent tokens summarise only coarsely. Equivariant.
+
 forward(x (batch, points, in_channels), noise_level (batch,), cond) -> (batch, points, out_channels).
 """
 from __future__ import annotations
@@ -135,6 +143,58 @@ class PointEmbed(nn.Module):
         return self.proj(torch.cat(feats, dim=-1))
 
 
+def knn_indices(x: torch.Tensor, k: int, *, max_elements: int = 2 ** 24) -> torch.Tensor:
+    """(batch, points, 3) -> (batch, points, k) long: each point's k nearest points (itself
+    included), by Euclidean distance, over blocks of query points so that at most
+    ``max_elements`` distances are held at once."""
+    b, n, _ = x.shape
+    k = min(k, n)
+    block = max(1, max_elements // max(b * n, 1))
+    out = torch.empty(b, n, k, dtype=torch.long, device=x.device)
+    with torch.no_grad():
+        xf = x.float()
+        for s in range(0, n, block):
+            out[:, s:s + block] = torch.cdist(xf[:, s:s + block], xf).topk(k, dim=-1, largest=False).indices
+    return out
+
+
+class LocalEdgeBlock(nn.Module):
+    """Residual max-over-neighbours edge block (see the module docstring).
+
+    h (batch, points, dim), x (batch, points, 3) the noisy coordinates, emb (batch, emb_dim),
+    neighbours (batch, points, k) -> h + gate * Linear(GELU(m_i)) with
+    m_i = max_j [A h_j + P s (x_j - x_i)] per channel over the k neighbours j of point i: the
+    offset term makes max_j P s x_j - P s x_i the support function of the neighbourhood along
+    the rows of P. (shift, scale, gate) come from adaLN-Zero; s = ``offset_scale`` scales the
+    offsets (a fraction of the data's unit) up to the range of the features. Since the offset
+    term is linear, A h_j + P s x_j is computed per point and only its per-channel winners are
+    gathered with gradient, so memory and backward cost are O(points * dim), the forward max
+    O(points * k * dim).
+    """
+
+    def __init__(self, dim: int, emb_dim: int, offset_scale: float = 10.0):
+        super().__init__()
+        self.offset_scale = float(offset_scale)
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ada = AdaLNZero(emb_dim, dim, n_chunks=3)
+        self.feature = nn.Linear(dim, dim)
+        self.offset = nn.Linear(3, dim, bias=False)
+        self.out = nn.Linear(dim, dim)  # default init: the zero gate alone starts the branch at zero
+
+    def forward(self, h: torch.Tensor, x: torch.Tensor, emb: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = (c.to(h.dtype) for c in self.ada(emb))
+        at_point = self.offset((x * self.offset_scale).to(h.dtype))  # P s x_i
+        c = self.feature(modulate(self.norm(h), shift, scale)) + at_point  # A h_j + P s x_j, per point
+        b, n, k = neighbours.shape
+        with torch.no_grad():  # which neighbour wins each channel (channels first: the max runs over contiguous k)
+            ct = c.transpose(1, 2).contiguous()
+            cand = torch.gather(ct, 2, neighbours.reshape(b, 1, n * k).expand(-1, ct.shape[1], -1))
+            winner = cand.view(b, -1, n, k).argmax(dim=-1).transpose(1, 2)  # (b, n, dim) neighbour slot
+            winner = torch.gather(neighbours, 2, winner)  # (b, n, dim) point index
+        m = torch.gather(c, 1, winner) - at_point
+        return h + gate * self.out(torch.nn.functional.gelu(m, approximate="tanh"))
+
+
 def _heads(dim: int, heads: int) -> int:
     """The largest head count <= heads that divides dim."""
     return max(h for h in range(1, heads + 1) if dim % h == 0)
@@ -154,7 +214,11 @@ class PointCloudTransformer(ModelMixin, ConfigMixin):
     coarse_channels > 0 makes an upsampler conditioned on cond["coarse"]. point_dim (latent
     mixer only): width of the point tokens, which may be narrower than the latents' ``dim``;
     the per-point work (embedding, write-back attention, per-point MLP), which dominates at
-    thousands of points, scales with it.
+    thousands of points, scales with it. local_neighbors = k > 0 adds a :class:`LocalEdgeBlock`
+    over each point's k nearest neighbours after every write (full mixer: after the last block);
+    local_offset_scale multiplies the neighbour offsets. local_reference_points = n0 > 0 scales k
+    with the point count (k n / n0 neighbours for n points), so that a model trained on n0 points
+    and sampled at more looks at the same surface area around each point.
     """
 
     _supports_gradient_checkpointing = True
@@ -164,14 +228,16 @@ class PointCloudTransformer(ModelMixin, ConfigMixin):
                  heads: int = 4, mlp_ratio: float = 4.0, fourier_features: int = 64, fourier_scale: float = 1.0,
                  emb_dim: int | None = None, num_classes: int = 0, cross_attention_dim: int | None = None,
                  num_latents: int = 0, rounds: int = 1, coarse_channels: int = 0, dropout: float = 0.0,
-                 attention_backend: str = "auto", point_dim: int | None = None):
+                 attention_backend: str = "auto", point_dim: int | None = None, local_neighbors: int = 0,
+                 local_offset_scale: float = 10.0, local_reference_points: int = 0):
         super().__init__()
         if in_channels < 3:
             raise ValueError(f"PointCloudTransformer needs in_channels >= 3 (x, y, z first), got {in_channels}")
         if depth < 1 or rounds < 1:
             raise ValueError(f"depth and rounds must be >= 1, got depth={depth}, rounds={rounds}")
-        if num_latents < 0 or coarse_channels < 0:
-            raise ValueError(f"num_latents and coarse_channels must be >= 0, got {num_latents}, {coarse_channels}")
+        if min(num_latents, coarse_channels, local_neighbors, local_reference_points) < 0:
+            raise ValueError(f"num_latents, coarse_channels, local_neighbors and local_reference_points must be >= 0, "
+                             f"got {num_latents}, {coarse_channels}, {local_neighbors}, {local_reference_points}")
         emb_dim = emb_dim or dim
         if num_latents == 0 and point_dim not in (None, dim):
             raise ValueError(f"point_dim ({point_dim}) differs from dim ({dim}): only the latent-token mixer "
@@ -200,6 +266,8 @@ class PointCloudTransformer(ModelMixin, ConfigMixin):
                                          for _ in range(rounds)])
             if coarse_channels:  # the coarse tokens join the latents as keys of every write
                 self.coarse_to_latent = nn.Linear(pdim, dim)
+        n_local = (rounds if num_latents else 1) if local_neighbors else 0
+        self.locals = nn.ModuleList([LocalEdgeBlock(pdim, emb_dim, local_offset_scale) for _ in range(n_local)])
         self.final = FinalLayer(pdim, emb_dim, self.out_ch)
 
     # ------------------------------------------------------------------ helpers
@@ -245,21 +313,31 @@ class PointCloudTransformer(ModelMixin, ConfigMixin):
         h = self.point_embed(x)
         coarse = self._coarse_tokens(x, cond)
         n = h.shape[1]
+        neighbours = None
+        if c.local_neighbors:
+            k = c.local_neighbors
+            if c.local_reference_points:
+                k = max(1, round(k * n / c.local_reference_points))
+            neighbours = knn_indices(x[..., :3], k)
         if c.num_latents == 0:
             if coarse is not None:
                 h = torch.cat([h, coarse], dim=1)
             for blk in self.blocks:
                 h = self._run(blk, h, emb, None, context, context_mask)
             h = h[:, :n]
+            if neighbours is not None:
+                h = self._run(self.locals[0], h, x[..., :3], emb, neighbours)
         else:
             z = self.latents.to(h.dtype)[None].expand(h.shape[0], -1, -1)
             coarse_keys = None if coarse is None else self.coarse_to_latent(coarse)
-            for read, blocks, write in zip(self.reads, self.latent_blocks, self.writes):
+            for r, (read, blocks, write) in enumerate(zip(self.reads, self.latent_blocks, self.writes)):
                 source = h if coarse is None else torch.cat([h, coarse], dim=1)
                 z = self._run(read, z, emb, source, None, None)
                 for blk in blocks:
                     z = self._run(blk, z, emb, None, context, context_mask)
                 h = self._run(write, h, emb, z if coarse_keys is None else torch.cat([z, coarse_keys], dim=1), None, None)
+                if neighbours is not None:
+                    h = self._run(self.locals[r], h, x[..., :3], emb, neighbours)
         return self.final(h, emb)
 
 

@@ -21,7 +21,8 @@ MODALITY = "video"
 @dataclass
 class UNet3DParams:
     """A preset of multidiff.video.unet3d (tiny / small / base / large) and overrides of its fields.
-    extra_in_channels: None takes the data set's conditioning channels (spec.meta["concat_channels"])."""
+    extra_in_channels: None takes the data set's conditioning channels (spec.meta["concat_channels"]).
+    stacked_frames: the clip length for the stacked (frames-as-channels) layout; it must equal the data's."""
 
     preset: str = "small"
     channels: list[int] | None = None
@@ -38,6 +39,7 @@ class UNet3DParams:
     label_factors: list[int] | None = None
     patch_size: int | None = None
     temporal_attention_levels: list[int] | None = None
+    stacked_frames: int | None = None
 
 
 def build_unet3d(params: UNet3DParams, spec: DataSpec, *, gradient_checkpointing: bool = False):
@@ -47,6 +49,9 @@ def build_unet3d(params: UNet3DParams, spec: DataSpec, *, gradient_checkpointing
         raise ValueError(f"video_unet3d needs samples of shape (channels, frames, height, width), "
                          f"the data set gives {tuple(spec.sample_shape)}")
     overrides = {k: v for k, v in vars(params).items() if k != "preset" and v is not None}
+    if params.stacked_frames and params.stacked_frames != spec.sample_shape[1]:
+        raise ValueError(f"model.params.stacked_frames={params.stacked_frames} must equal the data's clip length "
+                         f"{spec.sample_shape[1]} (samples {tuple(spec.sample_shape)})")
     overrides.setdefault("extra_in_channels", int(spec.meta.get("concat_channels", 0)))
     model = UNET3D_PRESETS[params.preset](in_channels=spec.sample_shape[0], num_classes=spec.num_classes, **overrides)
     model.gradient_checkpointing = gradient_checkpointing

@@ -201,6 +201,11 @@ class UNet3D(ModelMixin, ConfigMixin):
     ``temporal_attention``. ``extra_in_channels`` are concatenated to the input from
     ``cond["concat"]`` (zeros when absent). ``patch_size`` > 1 embeds non-overlapping patches
     (strided conv in, transposed conv out), the fast choice on CPUs.
+
+    ``stacked_frames`` = T > 0 selects the stacked layout instead: the T frames of a clip (exactly T)
+    are stacked on the channel axis of one 2D U-Net (no temporal layers), as in MCVD (Voleti et al.
+    2022, Sec. 3) and SimVP (Gao et al. 2022): every convolution sees every frame, so content moving
+    across frames is a spatial shift a convolution can learn, at the cost of a fixed frame count.
     """
 
     _supports_gradient_checkpointing = True
@@ -213,9 +218,14 @@ class UNet3D(ModelMixin, ConfigMixin):
                  cross_attention_dim: int | None = None, extra_in_channels: int = 0, dropout: float = 0.0,
                  temporal_kernel: int = 3, attention_backend: str = "auto", skip_scale: float = 2 ** -0.5,
                  label_factors: Sequence[int] | None = None, patch_size: int = 1,
-                 temporal_attention_levels: Sequence[int] | None = None):
+                 temporal_attention_levels: Sequence[int] | None = None, stacked_frames: int = 0):
         super().__init__()
         channels = list(channels)
+        if stacked_frames < 0:
+            raise ValueError(f"stacked_frames must be >= 0, got {stacked_frames}")
+        stack = max(stacked_frames, 1)
+        if stacked_frames:  # a 2D U-Net over the whole clip: no temporal layers to build
+            temporal_attention, temporal_kernel = False, 1
         if not channels or any(c < 1 for c in channels):
             raise ValueError(f"UNet3D channels must be a non-empty list of positive widths, got {channels}")
         if attention_heads > 0 and any(c % attention_heads for c in channels):
@@ -227,9 +237,10 @@ class UNet3D(ModelMixin, ConfigMixin):
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
         if patch_size == 1:
-            self.in_conv = nn.Conv2d(in_channels + extra_in_channels, channels[0], 3, padding=1)
+            self.in_conv = nn.Conv2d((in_channels + extra_in_channels) * stack, channels[0], 3, padding=1)
         else:  # patching (Hoogeboom et al. 2023, simple diffusion, Sec. 3.2): level 0 runs at (H, W) / patch_size
-            self.in_conv = nn.Conv2d(in_channels + extra_in_channels, channels[0], patch_size, stride=patch_size)
+            self.in_conv = nn.Conv2d((in_channels + extra_in_channels) * stack, channels[0], patch_size,
+                                     stride=patch_size)
         n_levels = len(channels)
         spatial = set(spatial_attention_levels) | ({n_levels - 1} if attention_heads > 0 else set())
         temporal_levels = set(range(n_levels) if temporal_attention_levels is None else temporal_attention_levels)
@@ -261,9 +272,9 @@ class UNet3D(ModelMixin, ConfigMixin):
             self.up_blocks.append(make_blocks(channels[level], level))
         self.out_norm = nn.GroupNorm(_groups(channels[0]), channels[0])
         if patch_size == 1:
-            self.out_conv = nn.Conv2d(channels[0], self.out_ch, 3, padding=1)
+            self.out_conv = nn.Conv2d(channels[0], self.out_ch * stack, 3, padding=1)
         else:
-            self.out_conv = nn.ConvTranspose2d(channels[0], self.out_ch, patch_size, stride=patch_size)
+            self.out_conv = nn.ConvTranspose2d(channels[0], self.out_ch * stack, patch_size, stride=patch_size)
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
         self.total_factor = 2 ** (n_levels - 1) * patch_size
@@ -299,6 +310,13 @@ class UNet3D(ModelMixin, ConfigMixin):
             elif tuple(extra.shape) != want:
                 raise ValueError(f"cond['concat'] must have shape {want}, got {tuple(extra.shape)}")
             x = torch.cat([x, extra.to(x.dtype)], dim=1)
+        stacked = self.config.stacked_frames
+        if stacked:
+            if frames != stacked:
+                raise ValueError(f"this UNet3D stacks exactly {stacked} frames on its channel axis "
+                                 f"(stacked_frames={stacked}), got a clip of {frames} frames")
+            x = rearrange(x, "b c f h w -> b (c f) 1 h w")
+            emb, frames = emb[::stacked], 1
         temporal = not image_mode and frames > 1
         gate = cond.get("image_mode")
         if gate is not None:
@@ -319,6 +337,8 @@ class UNet3D(ModelMixin, ConfigMixin):
             for block in blocks:
                 h = self._run(block, h, *args)
         out = self.out_conv(F.silu(self.out_norm(h)))
+        if stacked:
+            return rearrange(out, "b (c f) h w -> b c f h w", f=stacked)
         return rearrange(out, "(b f) c h w -> b c f h w", b=b)
 
 
