@@ -202,3 +202,27 @@ def test_recipe_trains_on_1024_points_and_samples_2048(manifest):
     assert config.data.params["num_points"] == 1024 and config.sampling.sample_shape == (2048, 3)
     with pytest.raises(ConfigError, match="sampling.sample_shape"):
         load_config(RECIPE, [f"data.path={manifest}", "sampling.sample_shape=[2048, x]"])
+
+
+def test_surface_precision_script_with_the_local_path(manifest, tmp_path, capsys):
+    """recipes/shapes/surface_precision.py on a model trained with local_neighbors: one row per sigma,
+    the noisy points' distance to the surface growing with sigma (about sigma^2 for small sigma)."""
+    import runpy
+    import sys
+
+    out = tmp_path / "run"
+    assert main(["train", RECIPE, *overrides(manifest, out), "model.params.local_neighbors=4",
+                 "model.params.local_reference_points=64"]) == 0
+    argv = sys.argv
+    try:
+        sys.argv = ["surface_precision.py", str(out / "checkpoints" / "latest"), "--clouds", "2",
+                    "--sigmas", "0.05", "0.2"]
+        with pytest.raises(SystemExit) as done:
+            runpy.run_path(str(REPO / "recipes/shapes/surface_precision.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+    assert done.value.code == 0
+    rows = [line.split("|")[1:4] for line in capsys.readouterr().out.splitlines() if line.startswith("| 0.")]
+    (s1, noisy1, den1), (s2, noisy2, den2) = [[float(v) for v in r] for r in rows]
+    assert (s1, s2) == (0.05, 0.2) and 0 < noisy1 < noisy2 and math.isfinite(den1) and math.isfinite(den2)
+    assert 0.3 * 0.05 ** 2 < noisy1 < 3 * 0.05 ** 2

@@ -383,7 +383,6 @@ class MultidiffPipeline(DiffusionPipeline):
         out = self._output(samples, None if labels is None else labels.tolist())
         return out if return_dict else (samples,)
 
-
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
         """Latent diffusion (Rombach et al. 2022): the ``vae`` decodes generated latents, divided by

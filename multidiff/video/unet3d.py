@@ -294,13 +294,16 @@ class UNet3D(ModelMixin, ConfigMixin):
         if height % self.total_factor or width % self.total_factor:
             raise ValueError(f"height x width {height}x{width} must divide by patch_size * 2 ** (levels - 1) = "
                              f"{self.total_factor}")
+        stacked = self.config.stacked_frames
+        if stacked and frames != stacked:
+            raise ValueError(f"this UNet3D stacks exactly {stacked} frames on its channel axis "
+                             f"(stacked_frames={stacked}), got a clip of {frames} frames")
         emb = self.noise_embed(noise_level.reshape(-1).expand(b))
         if self.label_embed is not None:
             labels = cond.get("label")
             if labels is None:
                 labels = torch.full((b,), -1, device=x.device, dtype=torch.long)
             emb = emb + self.label_embed(labels.to(x.device))
-        emb = emb.to(x.dtype).repeat_interleave(frames, dim=0)  # one row per frame: ((b f), emb_dim)
         extra_ch = self.config.extra_in_channels
         if extra_ch:
             extra = cond.get("concat")
@@ -310,13 +313,9 @@ class UNet3D(ModelMixin, ConfigMixin):
             elif tuple(extra.shape) != want:
                 raise ValueError(f"cond['concat'] must have shape {want}, got {tuple(extra.shape)}")
             x = torch.cat([x, extra.to(x.dtype)], dim=1)
-        stacked = self.config.stacked_frames
-        if stacked:
-            if frames != stacked:
-                raise ValueError(f"this UNet3D stacks exactly {stacked} frames on its channel axis "
-                                 f"(stacked_frames={stacked}), got a clip of {frames} frames")
-            x = rearrange(x, "b c f h w -> b (c f) 1 h w")
-            emb, frames = emb[::stacked], 1
+        if stacked:  # one 2D "frame" holding the whole clip
+            x, frames = rearrange(x, "b c f h w -> b (c f) 1 h w"), 1
+        emb = emb.to(x.dtype).repeat_interleave(frames, dim=0)  # one row per (2D) frame: ((b f), emb_dim)
         temporal = not image_mode and frames > 1
         gate = cond.get("image_mode")
         if gate is not None:
