@@ -28,6 +28,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     model, config, spec, *_ = load_for_sampling(a.checkpoint, "cpu")
+    if spec.modality != "shapes":
+        print(f"surface_precision: {a.checkpoint} is a {spec.modality} model, not a shapes one", file=sys.stderr)
+        return 2
     params = dict(config.data.params)
     train = ShapeDataset(config.data.path, 2048, split=params.get("split", "train"), pool_size=params.get("pool_size"),
                          cache_dir=params.get("cache_dir"), normalize=params.get("normalize", "global"))
