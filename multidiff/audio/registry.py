@@ -242,3 +242,14 @@ register_evaluator(MODALITY, audio_evaluate)
 register_model("audio_oobleck", build_oobleck_entry, params=OobleckParams, modality=MODALITY, kind="autoencoder",
                example_shape=(1, 16384), example_batch=16,
                description="audio VAE for latent diffusion: diffusers' AutoencoderOobleck (multidiff.audio.autoencoder)")
+
+
+# log-mel spectrogram diffusion (multidiff.audio.spectrogram): same backbone, mel bins as channels
+from .spectrogram import MODALITY as MEL_MODALITY  # noqa: E402
+from .spectrogram import MelDataParams, MelTrainData, mel_evaluate, mel_preview  # noqa: E402
+
+register_dataset("audio_mel", MelTrainData, params=MelDataParams, modality=MEL_MODALITY, needs_path=True,
+                 description="log-mel spectrograms of an audio folder or manifest, decoded by Griffin-Lim "
+                             "(multidiff.audio.spectrogram)")
+register_preview(MEL_MODALITY, mel_preview)
+register_evaluator(MEL_MODALITY, mel_evaluate)

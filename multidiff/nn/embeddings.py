@@ -59,6 +59,10 @@ class LabelEmbedding(nn.Module):
     ``factors`` (optional) declares a product class: label = ((i_0 * f_1 + i_1) * f_2 + i_2) ...,
     e.g. pitch x instrument; the embedding is then a sum of one table per factor, so a pitch
     learned on one instrument carries over to the others. prod(factors) must equal num_classes.
+
+    The tables start at unit variance per coordinate (torch's nn.Embedding default), the scale a
+    trained noise-level embedding reaches: started at 0.02 (DiT's init) next to that embedding, the
+    labels stayed about 20 times smaller through training and the backbones learned to ignore them.
     """
 
     def __init__(self, num_classes: int, dim: int, factors=None):
@@ -72,10 +76,10 @@ class LabelEmbedding(nn.Module):
             self.tables = nn.ModuleList(nn.Embedding(f, dim) for f in self.factors)
             self.null = nn.Parameter(torch.zeros(dim))
             for table in self.tables:
-                nn.init.normal_(table.weight, std=0.02 / math.sqrt(len(self.factors)))
+                nn.init.normal_(table.weight, std=1.0 / math.sqrt(len(self.factors)))
         else:
             self.table = nn.Embedding(num_classes + 1, dim)
-            nn.init.normal_(self.table.weight, std=0.02)
+            nn.init.normal_(self.table.weight, std=1.0)
 
     @property
     def null_label(self) -> int:

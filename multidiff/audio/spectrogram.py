@@ -1,0 +1,253 @@
+"""Diffusion over log-mel spectrograms, inverted to audio by Griffin-Lim.
+
+The spectrogram route of speech and music generation (Grad-TTS, Popov et al. 2021; DiffSinger,
+Liu et al. 2022): the model generates a (n_mels, frames) log-mel image, 16000 samples of 16 kHz
+audio become 80 x 64 values, and a vocoder turns it back into a waveform. Here the vocoder is the
+parameter-free one (Griffin & Lim 1984, least-squares mel inversion first), so a recipe trains
+one network and nothing else; ``recipes/audio/digits_vocoder.yaml`` trains a diffusion vocoder
+for the same mel frames when a learned one is wanted.
+
+:class:`MelCodec` holds the transform both ways; the ``audio_mel`` data set wraps the ``audio``
+data set's loading (manifest, resampling, crops, cache) and gives items ``x`` (n_mels, frames);
+its modality ``audio_mel`` decodes samples to audio before the audio previews and metrics.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..train.registry import DataSpec
+
+MODALITY = "audio_mel"
+
+
+@dataclass(frozen=True)
+class MelCodec:
+    """Waveform <-> scaled log-mel spectrogram.
+
+    ``encode``: (batch, channels, samples) -> (batch, n_mels, frames), the magnitude mel spectrogram
+    (Hann window ``n_fft``, hop ``hop``, centred frames, mono mix), ``(log(max(mel, floor)) - offset) / scale``,
+    padded with silence (the floor) to ``frames(samples)`` frames, a multiple of ``frame_multiple``
+    so every U-Net level divides it.
+    ``decode``: the inverse up to phase: (batch, n_mels, frames) -> (batch, 1, samples); the mel is
+    undone by non-negative least squares on the filterbank, the phase by ``griffin_lim_iters``
+    iterations of fast Griffin-Lim (Perraudin et al. 2013, momentum 0.99).
+    """
+
+    sample_rate: int = 16000
+    n_mels: int = 80
+    n_fft: int = 1024
+    hop: int = 256
+    f_min: float = 0.0
+    f_max: float | None = None
+    floor: float = 1e-3
+    offset: float = -4.0
+    scale: float = 3.6
+    frame_multiple: int = 4
+    griffin_lim_iters: int = 64
+
+    def __post_init__(self):
+        if self.n_fft < self.hop or self.hop < 1:
+            raise ValueError(f"mel codec: need 1 <= hop <= n_fft, got hop={self.hop}, n_fft={self.n_fft}")
+        if not 0 < self.n_mels <= self.n_fft // 2 + 1:
+            raise ValueError(f"mel codec: n_mels must be in [1, {self.n_fft // 2 + 1}] for n_fft {self.n_fft}, "
+                             f"got {self.n_mels}")
+
+    def frames(self, samples: int) -> int:
+        """Frames of a clip of ``samples`` samples: the centred STFT's 1 + samples // hop, rounded up to
+        ``frame_multiple``."""
+        return int(math.ceil((1 + samples // self.hop) / self.frame_multiple) * self.frame_multiple)
+
+    @property
+    def silence(self) -> float:
+        """The encoded value of silence (the floor)."""
+        return (math.log(self.floor) - self.offset) / self.scale
+
+    def filterbank(self) -> torch.Tensor:
+        """(n_fft // 2 + 1, n_mels) triangular mel filters (HTK mel scale, torchaudio's defaults)."""
+        return _filterbank(self.n_fft, self.n_mels, self.sample_rate, self.f_min, self.f_max)
+
+    def encode(self, wave: torch.Tensor) -> torch.Tensor:
+        if wave.ndim != 3:
+            raise ValueError(f"MelCodec.encode wants (batch, channels, samples), got shape {tuple(wave.shape)}")
+        mono = wave.float().mean(1)
+        window = torch.hann_window(self.n_fft, device=wave.device)
+        spec = torch.stft(mono, self.n_fft, self.hop, window=window, center=True, return_complex=True).abs()
+        mel = torch.einsum("bft,fm->bmt", spec, self.filterbank().to(wave.device))
+        out = (mel.clamp(min=self.floor).log() - self.offset) / self.scale
+        return nn.functional.pad(out, (0, self.frames(wave.shape[-1]) - out.shape[-1]), value=self.silence)
+
+    @torch.no_grad()
+    def decode(self, mel: torch.Tensor, samples: int | None = None, *, seed: int = 0,
+               iterations: int | None = None) -> torch.Tensor:
+        """Log-mel frames -> audio, (batch, 1, samples); ``samples`` defaults to (frames - 1) * hop.
+        Griffin-Lim starts every item from the same random phase (``seed``), so an item's audio does
+        not depend on the others in the batch."""
+        if mel.ndim != 3 or mel.shape[1] != self.n_mels:
+            raise ValueError(f"MelCodec.decode wants (batch, {self.n_mels}, frames), got shape {tuple(mel.shape)}")
+        samples = samples if samples is not None else (mel.shape[-1] - 1) * self.hop
+        frames = min(mel.shape[-1], 1 + samples // self.hop)  # the padding frames are not audio
+        magnitude_mel = ((mel[..., :frames].float() * self.scale + self.offset).exp() - self.floor).clamp(min=0)
+        magnitude = nonnegative_mel_inverse(magnitude_mel, self.filterbank().to(mel.device))
+        return griffin_lim(magnitude, self.n_fft, self.hop, samples, iterations or self.griffin_lim_iters,
+                           seed=seed)[:, None]
+
+
+@functools.lru_cache(maxsize=8)
+def _filterbank(n_fft: int, n_mels: int, sample_rate: int, f_min: float, f_max: float | None) -> torch.Tensor:
+    import torchaudio
+
+    return torchaudio.functional.melscale_fbanks(n_fft // 2 + 1, f_min, f_max or sample_rate / 2, n_mels,
+                                                 sample_rate)
+
+
+def nonnegative_mel_inverse(mel: torch.Tensor, filterbank: torch.Tensor, iterations: int = 100) -> torch.Tensor:
+    """(batch, n_mels, frames) magnitude mel -> (batch, n_freqs, frames) magnitude spectrum S >= 0 with
+    filterbank^T S close to mel: the least-squares solution clamped at zero, refined by multiplicative
+    NMF updates (Lee & Seung 2001), which keep S non-negative and only lower the squared error."""
+    fb = filterbank.to(mel.dtype)  # (n_freqs, n_mels)
+    s = torch.linalg.pinv(fb.T) @ mel
+    s = s.clamp(min=0) + 1e-8
+    gram = fb @ fb.T  # (n_freqs, n_freqs)
+    target = fb @ mel  # (batch, n_freqs, frames)
+    for _ in range(iterations):
+        s = s * target / (gram @ s).clamp(min=1e-12)
+    return s
+
+
+def griffin_lim(magnitude: torch.Tensor, n_fft: int, hop: int, samples: int, iterations: int = 64, *,
+                momentum: float = 0.99, seed: int = 0) -> torch.Tensor:
+    """Fast Griffin-Lim (Perraudin, Balazs & Sondergaard 2013): (batch, n_fft // 2 + 1, frames)
+    magnitudes -> (batch, samples) waveform whose STFT magnitude approaches them. Every item starts
+    from one random phase drawn with ``seed`` (shared, so the result is per-item)."""
+    window = torch.hann_window(n_fft, device=magnitude.device)
+    phase = torch.rand(magnitude.shape[1:], generator=torch.Generator().manual_seed(seed),
+                       dtype=magnitude.dtype).expand_as(magnitude) * (2 * math.pi)
+    angles = torch.polar(torch.ones_like(magnitude), phase.to(magnitude.device))
+    previous = torch.zeros_like(angles)
+    wave = None
+    for _ in range(max(1, iterations)):
+        wave = torch.istft(magnitude * angles, n_fft, hop, window=window, center=True, length=samples)
+        rebuilt = torch.stft(wave, n_fft, hop, window=window, center=True, return_complex=True)
+        accelerated = rebuilt - previous * (momentum / (1 + momentum))
+        angles = accelerated / accelerated.abs().clamp(min=1e-16)
+        previous = rebuilt
+    return torch.istft(magnitude * angles, n_fft, hop, window=window, center=True, length=samples)
+
+
+# ------------------------------------------------------------------------------ data set
+@dataclass
+class MelDataParams:
+    """The ``audio`` data set's loading (see multidiff.audio.registry.AudioDataParams) and the
+    :class:`MelCodec` settings. Items are decoded once and their mel kept in memory when the
+    waveform is the same every epoch (no random crop, no polarity flip)."""
+
+    sample_rate: int = 16000
+    channels: int = 1
+    length: int = 16000
+    split: str | None = "train"
+    random_crop: bool = False
+    normalize: str | None = None
+    target_rms: float = 0.1
+    trim_db: float | None = None
+    polarity_flip: float = 0.0
+    cache_dir: str | None = None
+    label_column: str = "label"
+    num_classes: int | None = None
+    n_mels: int = 80
+    n_fft: int = 1024
+    hop: int = 256
+    f_min: float = 0.0
+    f_max: float | None = None
+    floor: float = 1e-3
+    offset: float = -4.0
+    scale: float = 3.6
+    frame_multiple: int = 4
+    griffin_lim_iters: int = 64
+
+    def codec(self) -> MelCodec:
+        return MelCodec(self.sample_rate, self.n_mels, self.n_fft, self.hop, self.f_min, self.f_max, self.floor,
+                        self.offset, self.scale, self.frame_multiple, self.griffin_lim_iters)
+
+
+CODEC_KEYS = ("sample_rate", "n_mels", "n_fft", "hop", "f_min", "f_max", "floor", "offset", "scale", "frame_multiple",
+              "griffin_lim_iters")
+
+
+def codec_from_meta(meta: dict) -> MelCodec:
+    """The codec a data spec's meta describes (``spec.meta["mel"]``)."""
+    return MelCodec(**{k: meta["mel"][k] for k in CODEC_KEYS})
+
+
+class MelTrainData(torch.utils.data.Dataset):
+    """Items {"x": (n_mels, frames) scaled log-mel, "label", "text"} of an audio folder or manifest."""
+
+    def __init__(self, params: MelDataParams, path: str | None, seed: int):
+        from .data import AudioDataset
+
+        if path is None:
+            raise ValueError("data.path: the audio_mel data set needs a folder or a manifest (.csv / .jsonl)")
+        self.codec = params.codec()
+        self.audio = AudioDataset(path, params.sample_rate, params.channels, params.length, split=params.split,
+                                  random_crop=params.random_crop, normalize=params.normalize,
+                                  target_rms=params.target_rms, trim_db=params.trim_db,
+                                  polarity_flip=params.polarity_flip, cache_dir=params.cache_dir, seed=seed,
+                                  label_column=params.label_column)
+        classes = params.num_classes if params.num_classes is not None else self.audio.num_classes
+        self.fixed = not params.random_crop and params.polarity_flip == 0
+        self._mels: dict[int, torch.Tensor] = {}
+        shape = (params.n_mels, self.codec.frames(params.length))
+        meta = {"sample_rate": params.sample_rate, "length": params.length, "channels": params.channels,
+                "mel": {k: getattr(self.codec, k) for k in CODEC_KEYS}}
+        self.spec = DataSpec(shape, classes, MODALITY, meta)
+
+    def __len__(self) -> int:
+        return len(self.audio)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.audio.set_epoch(epoch)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.audio[index]
+        mel = self._mels.get(index) if self.fixed else None
+        if mel is None:
+            mel = self.codec.encode(item["x"][None])[0]
+            if self.fixed:
+                self._mels[index] = mel
+        out = {"x": mel, "text": item["text"]}
+        if self.spec.num_classes > 0:
+            out["label"] = item["label"] if item["label"] >= 0 else self.spec.num_classes
+        return out
+
+
+def decode_samples(samples: torch.Tensor, spec, batch_size: int = 64) -> torch.Tensor:
+    """Generated mels (batch, n_mels, frames) -> audio (batch, 1, the data's length)."""
+    codec = codec_from_meta(spec.meta)
+    length = int(spec.meta["length"])
+    out = [codec.decode(samples[k:k + batch_size].float().cpu(), length) for k in range(0, len(samples), batch_size)]
+    return torch.cat(out) if out else samples.new_zeros(0, 1, length)
+
+
+def audio_spec(spec):
+    """The spec of the decoded audio (what the audio previews and metrics read)."""
+    meta = spec.meta
+    return DataSpec((int(meta.get("channels", 1)), int(meta["length"])), spec.num_classes, "audio",
+                    {"sample_rate": meta["sample_rate"]})
+
+
+def mel_preview(samples, out_dir, name, *, labels=None, spec=None, **kw):
+    """Decode to audio (Griffin-Lim), then the audio previews (WAVs and a spectrogram sheet)."""
+    from .registry import audio_preview
+
+    return audio_preview(decode_samples(samples, spec), out_dir, name, labels=labels, spec=audio_spec(spec), **kw)
+
+
+def mel_evaluate(samples, config, *, labels=None, spec=None):
+    """Decode to audio (Griffin-Lim), then the audio metrics (classifier scores, pitch accuracy)."""
+    from .registry import audio_evaluate
+
+    return audio_evaluate(decode_samples(samples, spec), config, labels=labels, spec=audio_spec(spec))
