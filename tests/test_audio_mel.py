@@ -158,3 +158,17 @@ def test_mel_recipe_trains_samples_and_evaluates(tone_manifest, tmp_path, capsys
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]
     assert metrics["n"] == 2 and metrics["rms_mean"] > 0  # Griffin-Lim audio, not mel values
     assert "rms_mean" in capsys.readouterr().out
+
+
+def test_decode_caps_overshoot_and_keeps_audio_in_range():
+    """Guidance can push log-mel values past anything audio in [-1, 1] gives: decoding caps them at a
+    full-scale sine's level and scales any item louder than full scale to peak 1, alone."""
+    codec = MelCodec(n_mels=64, n_fft=512, hop=128, griffin_lim_iters=8)
+    sine = 0.999 * torch.sin(2 * math.pi * 1000 * torch.arange(8000) / 16000)
+    assert float(codec.encode(sine[None, None]).max()) <= codec.full_scale + 0.01
+    quiet = codec.encode(0.1 * chirp()[None, None])
+    loud = quiet + 1.5  # 1.5 x scale = 5.4 nats, 220 times the amplitude
+    audio = codec.decode(torch.cat([quiet, loud]), 8000)
+    assert float(audio[1].abs().max()) == pytest.approx(1.0, abs=1e-5)
+    assert 0.02 < float(audio[0].abs().max()) < 0.5
+    torch.testing.assert_close(audio[:1], codec.decode(quiet, 8000))

@@ -6,6 +6,7 @@ from multidiff.nn.embeddings import LabelEmbedding, NoiseLevelEmbedding
 
 
 @pytest.mark.parametrize("factors", [None, (4, 3)])
+@torch.no_grad()
 def test_label_embeddings_start_at_the_noise_embeddings_scale(factors):
     """Class labels and the noise level are summed into one embedding: a label table started far
     smaller than the noise embedding (DiT's std 0.02 is 6x smaller at init and was 20x smaller after

@@ -35,7 +35,11 @@ class MelCodec:
     so every U-Net level divides it.
     ``decode``: the inverse up to phase: (batch, n_mels, frames) -> (batch, 1, samples); the mel is
     undone by non-negative least squares on the filterbank, the phase by ``griffin_lim_iters``
-    iterations of fast Griffin-Lim (Perraudin et al. 2013, momentum 0.99).
+    iterations of fast Griffin-Lim (Perraudin et al. 2013, momentum 0.99). Values are first capped
+    at :attr:`full_scale`: classifier-free guidance extrapolates, and in log space an overshoot of
+    0.7 is 12 times the amplitude (measured on notes at guidance 2: peaks of 6.5). Overshoot spread
+    over many bands still adds up (peaks of 3 after the cap), so an item whose audio exceeds [-1, 1]
+    is then scaled down to peak 1; quieter items are left alone.
     """
 
     sample_rate: int = 16000
@@ -67,6 +71,13 @@ class MelCodec:
         """The encoded value of silence (the floor)."""
         return (math.log(self.floor) - self.offset) / self.scale
 
+    @property
+    def full_scale(self) -> float:
+        """The encoded value of a band holding a full-scale sine's whole main lobe (amplitude 1: the
+        Hann window's peak bin is sum(window) / 2 = n_fft / 4, its two neighbours half that each), the
+        loudest a band of audio in [-1, 1] gets in practice."""
+        return (math.log(self.n_fft / 2) - self.offset) / self.scale
+
     def filterbank(self) -> torch.Tensor:
         """(n_fft // 2 + 1, n_mels) triangular mel filters (HTK mel scale, torchaudio's defaults)."""
         return _filterbank(self.n_fft, self.n_mels, self.sample_rate, self.f_min, self.f_max)
@@ -91,10 +102,12 @@ class MelCodec:
             raise ValueError(f"MelCodec.decode wants (batch, {self.n_mels}, frames), got shape {tuple(mel.shape)}")
         samples = samples if samples is not None else (mel.shape[-1] - 1) * self.hop
         frames = min(mel.shape[-1], 1 + samples // self.hop)  # the padding frames are not audio
-        magnitude_mel = ((mel[..., :frames].float() * self.scale + self.offset).exp() - self.floor).clamp(min=0)
+        capped = mel[..., :frames].float().clamp(max=self.full_scale)
+        magnitude_mel = ((capped * self.scale + self.offset).exp() - self.floor).clamp(min=0)
         magnitude = nonnegative_mel_inverse(magnitude_mel, self.filterbank().to(mel.device))
-        return griffin_lim(magnitude, self.n_fft, self.hop, samples, iterations or self.griffin_lim_iters,
-                           seed=seed)[:, None]
+        wave = griffin_lim(magnitude, self.n_fft, self.hop, samples, iterations or self.griffin_lim_iters, seed=seed)
+        peak = wave.abs().amax(-1, keepdim=True)
+        return (wave / peak.clamp(min=1.0))[:, None]  # an item louder than full scale is scaled to peak 1
 
 
 @functools.lru_cache(maxsize=8)
