@@ -15,7 +15,9 @@ def main(argv=None):
     p.add_argument("--sample-rate", type=int, default=16000)
     p.add_argument("--low", type=int, default=48)
     p.add_argument("--high", type=int, default=84, help="exclusive")
-    p.add_argument("--programs", type=int, nargs="*", default=[0, 24, 40, 56, 73, 19])
+    p.add_argument("--programs", type=int, nargs="*", default=[0, 24, 40, 56, 73, 20],
+                   help="GM programs (default: piano, guitar, violin, trumpet, flute, reed organ; the church "
+                        "organ, 19, sounds an octave below its note in TimGM6mb, so its pitch labels would be wrong)")
     p.add_argument("--velocities", type=int, nargs="*", default=[80, 110])
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)

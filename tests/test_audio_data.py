@@ -127,3 +127,21 @@ def test_notes_builder_renders_the_requested_pitch(tmp_path):
     for row, k in zip(ds.rows, range(4)):
         f0 = estimate_pitch(ds[k]["x"], 16000)
         assert abs(1200 * math.log2(f0 / midi_to_hz(int(row["pitch"])))) < 50
+
+
+def test_every_default_notes_instrument_sounds_at_its_written_pitch(tmp_path):
+    """The notes set's labels are MIDI pitches, so each default program must sound at its note: the
+    soundfont's church organ (19), the set's organ before, sounded an octave low on 54 of 72 notes and
+    capped pitch accuracy on the real notes at 0.875."""
+    import inspect
+
+    from multidiff.audio.metrics import estimate_pitch, midi_to_hz
+
+    programs = inspect.signature(build_notes).parameters["programs"].default
+    assert 19 not in programs
+    manifest = build_notes(tmp_path, pitches=[50, 76], programs=programs, velocities=(100,), progress=False)
+    ds = AudioDataset(manifest, length=16000, random_crop=False)
+    assert len(ds) == 2 * len(programs)
+    for k, row in enumerate(ds.rows):
+        cents = 1200 * math.log2(estimate_pitch(ds[k]["x"], 16000) / midi_to_hz(int(row["pitch"])))
+        assert abs(cents) < 50, f"program {row['program']} ({row['instrument']}) at MIDI {row['pitch']}: {cents:.0f} cents"

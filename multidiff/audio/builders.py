@@ -142,7 +142,8 @@ def build_spoken_digits(out_dir, *, sample_rate: int = 16000, duration: float = 
 
 
 # ------------------------------------------------------------------------------- music
-GM_INSTRUMENTS = {0: "piano", 24: "guitar", 40: "violin", 56: "trumpet", 73: "flute", 19: "organ", 32: "bass", 11: "vibraphone"}
+GM_INSTRUMENTS = {0: "piano", 24: "guitar", 40: "violin", 56: "trumpet", 73: "flute", 20: "organ", 19: "church organ",
+                  32: "bass", 11: "vibraphone"}
 SOUNDFONTS = ("/usr/share/sounds/sf2/TimGM6mb.sf2", "/usr/share/sounds/sf2/FluidR3_GM.sf2",
               "/usr/share/sounds/sf2/default-GM.sf2")
 
@@ -190,7 +191,7 @@ def write_manifest(path: Path, fieldnames: Sequence[str], rows: list[dict]) -> P
 
 
 def build_notes(out_dir, *, sample_rate: int = 16000, duration: float = 1.0, pitches=range(48, 84),
-                programs: Sequence[int] = (0, 24, 40, 56, 73, 19), velocities=(80, 110),
+                programs: Sequence[int] = (0, 24, 40, 56, 73, 20), velocities=(80, 110),
                 test_fraction: float = 0.15, seed: int = 0, progress: bool = True) -> Path:
     """Single notes over MIDI pitches and General MIDI instruments, labelled with both.
 
