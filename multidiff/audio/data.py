@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,31 @@ from .io import AUDIO_EXTENSIONS, AudioDecodeError, load_audio
 def scan_folder(root) -> list[dict]:
     """Audio files under root, labelled by class folder (multidiff.manifest.scan_folder)."""
     return scan_files(root, AUDIO_EXTENSIONS)
+
+
+@dataclass
+class AudioLoadParams:
+    """The loading settings shared by the training data sets built on :class:`AudioDataset`
+    (``audio``, ``audio_mel``): its arguments, plus ``num_classes`` (None reads it from the labels)."""
+
+    sample_rate: int = 16000
+    channels: int = 1
+    length: int = 16000
+    split: str | None = "train"
+    random_crop: bool = True
+    normalize: str | None = None
+    target_rms: float = 0.1
+    trim_db: float | None = None
+    polarity_flip: float = 0.0
+    cache_dir: str | None = None
+    label_column: str = "label"
+    num_classes: int | None = None
+
+    def dataset(self, path, seed: int) -> AudioDataset:
+        return AudioDataset(path, self.sample_rate, self.channels, self.length, split=self.split,
+                            random_crop=self.random_crop, normalize=self.normalize, target_rms=self.target_rms,
+                            trim_db=self.trim_db, polarity_flip=self.polarity_flip, cache_dir=self.cache_dir,
+                            seed=seed, label_column=self.label_column)
 
 
 class AudioDataset(ManifestRows, Dataset):

@@ -10,9 +10,11 @@ import torch
 
 from ..train.registry import DataSpec, register_dataset, register_evaluator, register_model, register_preview
 from .autoencoder import OobleckParams, build_oobleck_entry
-from .data import AudioDataset
+from .data import AudioLoadParams
 from .io import save_wav, spectrogram_sheet
 from .metrics import mel_conditioning
+from .spectrogram import MODALITY as MEL_MODALITY
+from .spectrogram import MelDataParams, MelTrainData, mel_evaluate, mel_preview
 from .unet1d import UNET1D_PRESETS
 
 MODALITY = "audio"
@@ -55,21 +57,9 @@ register_model("audio_unet1d", build_unet1d, params=UNet1DParams, modality=MODAL
 
 
 @dataclass
-class AudioDataParams:
-    """See multidiff.audio.data.AudioDataset. num_classes: None reads it from the labels."""
+class AudioDataParams(AudioLoadParams):
+    """See multidiff.audio.data.AudioDataset (the loading fields) and the masked-training task."""
 
-    sample_rate: int = 16000
-    channels: int = 1
-    length: int = 16000
-    split: str | None = "train"
-    random_crop: bool = True
-    normalize: str | None = None
-    target_rms: float = 0.1
-    trim_db: float | None = None
-    polarity_flip: float = 0.0
-    cache_dir: str | None = None
-    label_column: str = "label"
-    num_classes: int | None = None
     task: str = "generate"
     known_range: list[float] = field(default_factory=lambda: [0.25, 0.75])
     gap_range: list[float] = field(default_factory=lambda: [0.1, 0.4])
@@ -115,11 +105,7 @@ class AudioTrainData(torch.utils.data.Dataset):
     def __init__(self, params: AudioDataParams, path: str | None, seed: int):
         if path is None:
             raise ValueError("data.path: the audio data set needs a folder or a manifest (.csv / .jsonl)")
-        self.audio = AudioDataset(path, params.sample_rate, params.channels, params.length, split=params.split,
-                                  random_crop=params.random_crop, normalize=params.normalize,
-                                  target_rms=params.target_rms, trim_db=params.trim_db,
-                                  polarity_flip=params.polarity_flip, cache_dir=params.cache_dir, seed=seed,
-                                  label_column=params.label_column)
+        self.audio = params.dataset(path, seed)
         classes = params.num_classes if params.num_classes is not None else self.audio.num_classes
         if params.task not in AUDIO_TASKS:
             raise ValueError(f"data.params.task: unknown audio task {params.task!r}; known: {AUDIO_TASKS}")
@@ -245,9 +231,6 @@ register_model("audio_oobleck", build_oobleck_entry, params=OobleckParams, modal
 
 
 # log-mel spectrogram diffusion (multidiff.audio.spectrogram): same backbone, mel bins as channels
-from .spectrogram import MODALITY as MEL_MODALITY  # noqa: E402
-from .spectrogram import MelDataParams, MelTrainData, mel_evaluate, mel_preview  # noqa: E402
-
 register_dataset("audio_mel", MelTrainData, params=MelDataParams, modality=MEL_MODALITY, needs_path=True,
                  description="log-mel spectrograms of an audio folder or manifest, decoded by Griffin-Lim "
                              "(multidiff.audio.spectrogram)")

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 
 from ..train.registry import DataSpec
+from .data import AudioLoadParams
 
 MODALITY = "audio_mel"
 
@@ -142,7 +143,6 @@ def griffin_lim(magnitude: torch.Tensor, n_fft: int, hop: int, samples: int, ite
                        dtype=magnitude.dtype).expand_as(magnitude) * (2 * math.pi)
     angles = torch.polar(torch.ones_like(magnitude), phase.to(magnitude.device))
     previous = torch.zeros_like(angles)
-    wave = None
     for _ in range(max(1, iterations)):
         wave = torch.istft(magnitude * angles, n_fft, hop, window=window, center=True, length=samples)
         rebuilt = torch.stft(wave, n_fft, hop, window=window, center=True, return_complex=True)
@@ -154,23 +154,12 @@ def griffin_lim(magnitude: torch.Tensor, n_fft: int, hop: int, samples: int, ite
 
 # ------------------------------------------------------------------------------ data set
 @dataclass
-class MelDataParams:
-    """The ``audio`` data set's loading (see multidiff.audio.registry.AudioDataParams) and the
-    :class:`MelCodec` settings. Items are decoded once and their mel kept in memory when the
-    waveform is the same every epoch (no random crop, no polarity flip)."""
+class MelDataParams(AudioLoadParams):
+    """The ``audio`` data set's loading (:class:`multidiff.audio.data.AudioLoadParams`) and the
+    :class:`MelCodec` settings (its ``sample_rate`` is the loading one). Items are decoded once and
+    their mel kept in memory when the waveform is the same every epoch (no random crop, no polarity flip)."""
 
-    sample_rate: int = 16000
-    channels: int = 1
-    length: int = 16000
-    split: str | None = "train"
     random_crop: bool = False
-    normalize: str | None = None
-    target_rms: float = 0.1
-    trim_db: float | None = None
-    polarity_flip: float = 0.0
-    cache_dir: str | None = None
-    label_column: str = "label"
-    num_classes: int | None = None
     n_mels: int = 80
     n_fft: int = 1024
     hop: int = 256
@@ -183,12 +172,10 @@ class MelDataParams:
     griffin_lim_iters: int = 64
 
     def codec(self) -> MelCodec:
-        return MelCodec(self.sample_rate, self.n_mels, self.n_fft, self.hop, self.f_min, self.f_max, self.floor,
-                        self.offset, self.scale, self.frame_multiple, self.griffin_lim_iters)
+        return MelCodec(**{k: getattr(self, k) for k in CODEC_KEYS})
 
 
-CODEC_KEYS = ("sample_rate", "n_mels", "n_fft", "hop", "f_min", "f_max", "floor", "offset", "scale", "frame_multiple",
-              "griffin_lim_iters")
+CODEC_KEYS = tuple(f.name for f in fields(MelCodec))
 
 
 def codec_from_meta(meta: dict) -> MelCodec:
@@ -200,16 +187,10 @@ class MelTrainData(torch.utils.data.Dataset):
     """Items {"x": (n_mels, frames) scaled log-mel, "label", "text"} of an audio folder or manifest."""
 
     def __init__(self, params: MelDataParams, path: str | None, seed: int):
-        from .data import AudioDataset
-
         if path is None:
             raise ValueError("data.path: the audio_mel data set needs a folder or a manifest (.csv / .jsonl)")
         self.codec = params.codec()
-        self.audio = AudioDataset(path, params.sample_rate, params.channels, params.length, split=params.split,
-                                  random_crop=params.random_crop, normalize=params.normalize,
-                                  target_rms=params.target_rms, trim_db=params.trim_db,
-                                  polarity_flip=params.polarity_flip, cache_dir=params.cache_dir, seed=seed,
-                                  label_column=params.label_column)
+        self.audio = params.dataset(path, seed)
         classes = params.num_classes if params.num_classes is not None else self.audio.num_classes
         self.fixed = not params.random_crop and params.polarity_flip == 0
         self._mels: dict[int, torch.Tensor] = {}
