@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from multidiff.core import EDM, Denoiser, sigma_grid
-from multidiff.shapes.tasks import complete, partial_cloud, upsample
+from multidiff.shapes.tasks import complete, complete_rest, partial_cloud, upsample
 from multidiff.shapes.transformer import latent_tiny, upsampler_small
 
 
@@ -38,6 +38,22 @@ def test_completion_keeps_the_partial_points_and_is_deterministic():
     torch.testing.assert_close(complete(den, partial, 64, sigmas, cond=cond, seed=5), out)
     with pytest.raises(ValueError, match="num_points"):
         complete(den, partial, 20, sigmas)
+
+
+def test_complete_rest_keeps_the_given_points_and_generates_only_the_rest():
+    """A complete_rest model gets the scan as coarse tokens and generates num_points - known points;
+    the result starts with the given points verbatim, and the generated part depends on the scan."""
+    den = denoiser_of(upsampler_small(dim=32, heads=2, num_latents=8, depth=1, rounds=1, fourier_features=8))
+    partial = torch.randn(2, 24, 3)
+    sigmas = sigma_grid(3, 0.002, 80.0, "karras")
+    out = complete_rest(den, partial, 64, sigmas, scan_points=16, seed=3)
+    assert out.shape == (2, 64, 3) and torch.isfinite(out).all()
+    torch.testing.assert_close(out[:, :24], partial)
+    torch.testing.assert_close(complete_rest(den, partial, 64, sigmas, scan_points=16, seed=3), out)
+    moved = complete_rest(den, partial + 1, 64, sigmas, scan_points=16, seed=3)
+    assert float((moved[:, 24:] - out[:, 24:]).abs().max()) > 1e-4
+    with pytest.raises(ValueError, match="num_points"):
+        complete_rest(den, partial, 24, sigmas)
 
 
 def test_upsample_shape_and_dependence_on_the_coarse_cloud():

@@ -159,13 +159,26 @@ def test_upsample_script_scores_held_out_shapes_against_baselines(manifest, tmp_
     assert exit_info.value.code == 2
     assert "is not an upsampler" in capsys.readouterr().err
 
+def run_complete_script(checkpoint, out):
+    """recipes/shapes/complete.py on 2 held-out shapes with 3 steps; its metrics.json."""
+    import json
+    import runpy
+    import sys
+
+    script = str(REPO / "recipes/shapes/complete.py")
+    argv = sys.argv
+    try:
+        sys.argv = [script, str(checkpoint), "--num", "2", "--steps", "3", "--out", str(out)]
+        runpy.run_path(script, run_name="__main__")
+    finally:
+        sys.argv = argv
+    return json.loads((out / "metrics.json").read_text())
+
+
 def test_completion_task_conditions_on_random_partial_scans(manifest, tmp_path):
     """data.params.task=complete: cond['coarse'] is a planar cut of the item's own cloud (a subset of
     its points, on one side of a plane), new each epoch; the transformer gets coarse channels by
     itself; recipes/shapes/complete.py then conditions on the cut instead of imposing it."""
-    import json
-    import runpy
-    import sys
 
     from multidiff.shapes.registry import random_partial
     from multidiff.train.trainer import Trainer
@@ -184,17 +197,40 @@ def test_completion_task_conditions_on_random_partial_scans(manifest, tmp_path):
     trainer.dataset.set_epoch(1)
     assert not torch.equal(trainer.dataset[0]["coarse"], item["coarse"])
     assert main(["train", RECIPE, *overrides(manifest, out), *extra]) == 0
-    script = str(REPO / "recipes/shapes/complete.py")
-    argv = sys.argv
-    try:
-        sys.argv = [script, str(out / "checkpoints" / "latest"), "--num", "2", "--steps", "3", "--out", str(tmp_path / "o")]
-        runpy.run_path(script, run_name="__main__")
-    finally:
-        sys.argv = argv
-    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    metrics = run_complete_script(out / "checkpoints" / "latest", tmp_path / "o")
     assert metrics["method"] == "partial-scan conditioning (trained)" and metrics["cd_completion_to_truth"] > 0
     with pytest.raises(ValueError, match="unknown shapes task"):
         Trainer(load_config(RECIPE, overrides(manifest, tmp_path / "x") + ["data.params.task=upsample"]))
+
+
+def test_complete_rest_task_targets_the_far_side_of_the_cut(manifest, tmp_path):
+    """data.params.task=complete_rest: a planar cut splits a 4x denser draw; cond['coarse'] is drawn from
+    the kept side and x (num_points of them) from the other, so the two are disjoint and separated by
+    the cut's plane; complete.py then keeps the given points and generates the rest."""
+
+    from multidiff.shapes.registry import random_cut
+    from multidiff.train.trainer import Trainer
+
+    cloud = torch.randn(200, 3)
+    kept, rest = random_cut(cloud, torch.Generator().manual_seed(4), keep_range=(0.3, 0.3))
+    assert (len(kept), len(rest)) == (60, 140)
+    g = torch.Generator().manual_seed(4)
+    torch.rand(2, generator=g)  # the draws random_cut makes: the keep fraction, then the direction
+    direction = torch.randn(3, generator=g)
+    assert float((kept @ direction).min()) >= float((rest @ direction).max())
+    assert torch.equal(torch.cat([kept, rest]).sort(0).values, cloud.sort(0).values)
+    out = tmp_path / "r"
+    extra = ["data.params.task=complete_rest", "data.params.partial_points=16", "trainer.preview_every_samples=0"]
+    trainer = Trainer(load_config(RECIPE, overrides(manifest, out) + extra))
+    assert trainer.unwrapped().config.coarse_channels == 3
+    item = trainer.dataset[0]
+    n = trainer.dataset.spec.sample_shape[0]
+    assert item["x"].shape == (n, 3) and item["coarse"].shape == (16, 3)
+    assert not any(any(torch.equal(p, c) for c in item["x"]) for p in item["coarse"])  # disjoint sides
+    assert len(torch.unique(item["x"], dim=0)) == n  # the far side held enough points: no repeats
+    assert main(["train", RECIPE, *overrides(manifest, out), *extra]) == 0
+    metrics = run_complete_script(out / "checkpoints" / "latest", tmp_path / "o")
+    assert metrics["method"].startswith("masked training") and metrics["cd_completion_to_truth"] > 0
 
 
 def test_recipe_trains_on_1024_points_and_samples_2048(manifest):

@@ -40,6 +40,7 @@ class UNet1DParams:
     patch_transform: str | None = None
     label_factors: list[int] | None = None
     input_gate: bool | None = None
+    pooled_context: bool | None = None
 
 
 def build_unet1d(params: UNet1DParams, spec: DataSpec, *, gradient_checkpointing: bool = False):

@@ -25,7 +25,9 @@ Any length divisible by patch_size * prod(factors) works at inference.
 Conditioning mapping keys: ``label`` (batch,) long (-1 or num_classes = null; ``label_factors``
 declares a product class such as pitch x instrument, see multidiff.nn.LabelEmbedding), ``context``
 (batch, tokens, cross_attention_dim), ``context_mask`` (batch, tokens) bool,
-``concat`` (batch, extra_in_channels, length). Missing keys mean "unconditional".
+``concat`` (batch, extra_in_channels, length). Missing keys mean "unconditional". With
+``pooled_context`` the mean of the context's real tokens is also added to the noise-level
+embedding (multidiff.nn.PooledContextEmbedding), as a label is.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..nn import Attention, FiLM, LabelEmbedding, NoiseLevelEmbedding
+from ..nn import Attention, FiLM, LabelEmbedding, NoiseLevelEmbedding, PooledContextEmbedding
 from .mdct import imdct, mdct, mdct_basis
 
 
@@ -119,7 +121,8 @@ class UNet1D(ModelMixin, ConfigMixin):
                  extra_in_channels: int = 0, dropout: float = 0.0, kernel_size: int = 3,
                  attention_backend: str = "auto", skip_scale: float = 2 ** -0.5, patch_size: int = 1,
                  conditioning_token: bool = False, patch_transform: str = "conv",
-                 label_factors: Sequence[int] | None = None, input_gate: bool = False):
+                 label_factors: Sequence[int] | None = None, input_gate: bool = False,
+                 pooled_context: bool = False):
         super().__init__()
         channels, factors = list(channels), list(factors)
         if len(factors) != len(channels) - 1:
@@ -130,6 +133,9 @@ class UNet1D(ModelMixin, ConfigMixin):
         self.gradient_checkpointing = False
         self.noise_embed = NoiseLevelEmbedding(emb_dim)
         self.label_embed = LabelEmbedding(num_classes, emb_dim, label_factors) if num_classes > 0 else None
+        if pooled_context and not cross_attention_dim:
+            raise ValueError("pooled_context needs cross_attention_dim (the width of cond['context'])")
+        self.context_embed = PooledContextEmbedding(cross_attention_dim, emb_dim) if pooled_context else None
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
         if patch_transform not in ("conv", "mdct"):
@@ -199,6 +205,9 @@ class UNet1D(ModelMixin, ConfigMixin):
             if labels is None:
                 labels = torch.full((x.shape[0],), -1, device=x.device, dtype=torch.long)
             emb = emb + self.label_embed(labels.to(x.device))
+        context, context_mask = cond.get("context"), cond.get("context_mask")
+        if self.context_embed is not None and context is not None:
+            emb = emb + self.context_embed(context.to(emb.dtype), context_mask)
         emb = emb.to(x.dtype)
         if self.config.extra_in_channels:
             extra = cond.get("concat")
@@ -208,7 +217,6 @@ class UNet1D(ModelMixin, ConfigMixin):
                 raise ValueError(f"cond['concat'] must have shape {(x.shape[0], self.config.extra_in_channels, x.shape[-1])}, "
                                  f"got {tuple(extra.shape)}")
             x = torch.cat([x, extra.to(x.dtype)], dim=1)
-        context, context_mask = cond.get("context"), cond.get("context_mask")
         if self.mdct_hop:  # (b, c, length) -> (b, c * bands, frames)
             x = rearrange(mdct(x, self.mdct_hop, self.mdct_basis), "b c k t -> b (c k) t")
         coeffs = x[:, :self.out_ch * self.mdct_hop] if self.config.input_gate else None

@@ -100,3 +100,33 @@ class LabelEmbedding(nn.Module):
             out = out + table(rest % size)
             rest = rest // size
         return torch.where(is_null[:, None], self.null.to(out.dtype).expand_as(out), out)
+
+
+class PooledContextEmbedding(nn.Module):
+    """Mean of a conditioning sequence's real tokens -> a vector added to the noise-level embedding.
+
+    (context (batch, tokens, context_dim), mask (batch, tokens) bool or None) -> (batch, dim).
+    Imagen (Saharia et al. 2022, Sec. 2.2 / App. E) adds such a pooled text vector to the timestep
+    embedding beside cross-attention, so a caption reaches every block's modulation, as a class label
+    does. The projection starts at unit variance per output for LayerNorm-ed input, like
+    ``LabelEmbedding``, so the caption is not drowned by the noise embedding.
+    """
+
+    def __init__(self, context_dim: int, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(context_dim)
+        self.proj = nn.Linear(context_dim, dim)
+        nn.init.normal_(self.proj.weight, std=1.0 / math.sqrt(context_dim))
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if context.ndim != 3:
+            raise ValueError(f"context must be (batch, tokens, dim), got {tuple(context.shape)}")
+        if mask is None:
+            pooled = context.mean(1)
+        else:
+            if mask.shape != context.shape[:2]:
+                raise ValueError(f"context_mask {tuple(mask.shape)} does not match context {tuple(context.shape[:2])}")
+            weights = mask.to(context.dtype)[..., None]
+            pooled = (context * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return self.proj(self.norm(pooled))

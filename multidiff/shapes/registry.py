@@ -12,7 +12,6 @@ import torch
 from ..train.registry import DataSpec, register_dataset, register_evaluator, register_model, register_preview
 from .data import ShapeDataset, read_manifest, scan_folder
 from .io import NORMALIZATIONS, Normalization, render_sheet, save_ply
-from .tasks import partial_cloud
 from .transformer import POINT_PRESETS
 
 MODALITY = "shapes"
@@ -39,6 +38,7 @@ class PointTransformerParams:
     local_offset_scale: float | None = None
     local_reference_points: int | None = None
     cross_attention_dim: int | None = None
+    pooled_context: bool | None = None
     dropout: float = 0.0
     attention_backend: str = "auto"
 
@@ -50,7 +50,7 @@ def build_point_transformer(params: PointTransformerParams, spec: DataSpec, *, g
     if len(spec.sample_shape) != 2 or spec.sample_shape[1] < 3:
         raise ValueError(f"shapes_transformer needs samples of shape (points, 3 + features), got {spec.sample_shape}")
     overrides = {k: v for k, v in vars(params).items() if k != "preset" and v is not None}
-    if spec.meta.get("task") == "complete":  # the partial scan enters as conditioning tokens
+    if spec.meta.get("task") in ("complete", "complete_rest"):  # the partial scan enters as conditioning tokens
         overrides.setdefault("coarse_channels", spec.sample_shape[1])
     model = POINT_PRESETS[params.preset](in_channels=spec.sample_shape[1], num_classes=spec.num_classes, **overrides)
     model.gradient_checkpointing = gradient_checkpointing
@@ -69,7 +69,11 @@ class ShapeDataParams:
     cond["coarse"] (a disjoint coarse sample of the same shape) for training an upsampler.
     passes_per_epoch: the data set's length is meshes x passes_per_epoch, item i being mesh
     i mod meshes with the random choices of pass i // meshes, so every pass over a mesh draws a
-    new subset of its cached surface points (the trainer's stream knows only indices)."""
+    new subset of its cached surface points (the trainer's stream knows only indices).
+    task: "generate"; "complete" (a random planar cut keeping a fraction in keep_range, resampled
+    to partial_points, conditions the model as cond["coarse"] tokens; the whole cloud is the
+    target); "complete_rest" (the same cut conditions, and only num_points of the cut's far side
+    are the target, so completion keeps the given points and generates the rest, as PVD does)."""
 
     num_points: int = 2048
     split: str | None = "train"
@@ -90,22 +94,31 @@ class ShapeDataParams:
     keep_range: list[float] = field(default_factory=lambda: [0.3, 0.7])
 
 
-SHAPE_TASKS = ("generate", "complete")
+SHAPE_TASKS = ("generate", "complete", "complete_rest")
 
 
-def random_partial(cloud: torch.Tensor, g: torch.Generator, num_points: int, keep_range=(0.3, 0.7)) -> torch.Tensor:
-    """A partial scan of one cloud (points, C) for completion training: the points beyond a plane
-    of random direction keeping a fraction uniform in ``keep_range`` (multidiff.shapes.tasks.
-    partial_cloud), resampled to ``num_points`` (with repeats only if too few)."""
+def random_cut(cloud: torch.Tensor, g: torch.Generator, keep_range=(0.3, 0.7)) -> tuple[torch.Tensor, torch.Tensor]:
+    """A planar cut of one cloud (points, C) in a random direction keeping a fraction uniform in
+    ``keep_range``: (kept points, the rest), as multidiff.shapes.tasks.partial_cloud cuts."""
     u = torch.rand(2, generator=g)
     direction = torch.randn(3, generator=g)
     keep = float(keep_range[0] + (keep_range[1] - keep_range[0]) * u[0])
-    part = partial_cloud(cloud[None], keep, direction.tolist())[0]
-    if len(part) >= num_points:
-        pick = torch.randperm(len(part), generator=g)[:num_points]
-    else:
-        pick = torch.randint(0, len(part), (num_points,), generator=g)
-    return part[pick]
+    k = max(1, min(len(cloud) - 1, int(round(keep * len(cloud)))))
+    order = (cloud[:, :3] @ (direction / direction.norm()).to(cloud.dtype)).argsort(descending=True)
+    return cloud[order[:k]], cloud[order[k:]]
+
+
+def resample_points(points: torch.Tensor, g: torch.Generator, num_points: int) -> torch.Tensor:
+    """``num_points`` of ``points`` (n, C), without repeats unless there are too few."""
+    if len(points) >= num_points:
+        return points[torch.randperm(len(points), generator=g)[:num_points]]
+    return points[torch.randint(0, len(points), (num_points,), generator=g)]
+
+
+def random_partial(cloud: torch.Tensor, g: torch.Generator, num_points: int, keep_range=(0.3, 0.7)) -> torch.Tensor:
+    """A partial scan of one cloud (points, C) for completion training: the kept side of a
+    :func:`random_cut`, resampled to ``num_points``."""
+    return resample_points(random_cut(cloud, g, keep_range)[0], g, num_points)
 
 
 def _class_names(rows: list[dict], label_column: str) -> dict[int, str]:
@@ -124,7 +137,9 @@ class ShapeTrainData(torch.utils.data.Dataset):
             raise ValueError("data.path: the shapes data set needs a folder of meshes or a manifest (.csv / .jsonl)")
         if params.normalize not in NORMALIZATIONS:
             raise ValueError(f"data.params.normalize must be one of {NORMALIZATIONS}, got {params.normalize!r}")
-        self.shapes = ShapeDataset(path, params.num_points, split=params.split, normalize=params.normalize,
+        # complete_rest cuts a 4x denser draw, so the far side (>= 30% of it) still holds num_points
+        load_points = params.num_points * (4 if params.task == "complete_rest" else 1)
+        self.shapes = ShapeDataset(path, load_points, split=params.split, normalize=params.normalize,
                                    augment=params.augment, rotate=params.rotate,
                                    scale_range=(params.scale_min, params.scale_max), pool_size=params.pool_size,
                                    cache_dir=params.cache_dir, seed=seed, label_column=params.label_column,
@@ -132,8 +147,8 @@ class ShapeTrainData(torch.utils.data.Dataset):
         self.passes, self.epoch = params.passes_per_epoch, 0
         if params.task not in SHAPE_TASKS:
             raise ValueError(f"data.params.task: unknown shapes task {params.task!r}; known: {SHAPE_TASKS}")
-        if params.task == "complete" and params.coarse_points:
-            raise ValueError("data.params: task 'complete' and coarse_points (the upsampler) both use cond['coarse']; "
+        if params.task != "generate" and params.coarse_points:
+            raise ValueError(f"data.params: task {params.task!r} and coarse_points (the upsampler) both use cond['coarse']; "
                              "set one of them")
         lo, hi = params.keep_range
         if not 0 < lo <= hi < 1:
@@ -160,9 +175,12 @@ class ShapeTrainData(torch.utils.data.Dataset):
         out = {"x": item["x"]}
         if "coarse" in item:
             out["coarse"] = item["coarse"]
-        if self.params.task == "complete":
+        if self.params.task != "generate":
             g = torch.Generator().manual_seed((self.seed * 7_000_003 + self.epoch) * 10_000_019 + index)
-            out["coarse"] = random_partial(item["x"], g, self.params.partial_points, self.params.keep_range)
+            kept, rest = random_cut(item["x"], g, self.params.keep_range)
+            out["coarse"] = resample_points(kept, g, self.params.partial_points)
+            if self.params.task == "complete_rest":  # generate only the far side of the cut (PVD's completion)
+                out["x"] = resample_points(rest, g, self.params.num_points)
         if self.spec.num_classes > 0:
             out["label"] = item["label"] if item["label"] >= 0 else self.spec.num_classes
         out["text"] = item["text"]

@@ -45,6 +45,28 @@ def complete(denoiser, partial: torch.Tensor, num_points: int, sigmas: torch.Ten
 
 
 @torch.no_grad()
+def complete_rest(denoiser, partial: torch.Tensor, num_points: int, sigmas: torch.Tensor, *, scan_points: int | None = None,
+                  method: str = "dpmpp_2m", cond: dict | None = None, seed: int = 0) -> torch.Tensor:
+    """Completion with a model trained on data.params.task=complete_rest (PVD's shape completion, Zhou
+    et al. 2021, Sec. 4.3): the partial clouds (batch, known_points, 3) condition it as tokens
+    (``scan_points`` of them, drawn without repeats when possible, seeded; None = all) and it generates
+    only the missing num_points - known_points points. Returns (batch, num_points, 3): the given
+    points verbatim, then the generated ones."""
+    b, k, c = partial.shape
+    if k >= num_points:
+        raise ValueError(f"the partial cloud has {k} points, num_points must be larger, got {num_points}")
+    scan = partial
+    if scan_points is not None and scan_points != k:
+        g = torch.Generator().manual_seed(seed)
+        picks = [torch.randperm(k, generator=g)[:scan_points] if k >= scan_points
+                 else torch.randint(0, k, (scan_points,), generator=g) for _ in range(b)]
+        scan = torch.stack([partial[i, idx.to(partial.device)] for i, idx in enumerate(picks)])
+    x, gens = initial_noise(b, (num_points - k, c), float(sigmas[0]), seed, partial.device)
+    rest = sample(denoiser, x, sigmas, method, cond={**(cond or {}), "coarse": scan}, generator=gens)
+    return torch.cat([partial, rest], dim=1)
+
+
+@torch.no_grad()
 def upsample(denoiser, coarse: torch.Tensor, num_points: int, sigmas: torch.Tensor, *, method: str = "dpmpp_2m",
              cond: dict | None = None, seed: int = 0) -> torch.Tensor:
     """Fine clouds (batch, num_points, 3) from coarse ones (batch, coarse_points, 3) with an upsampler

@@ -52,7 +52,15 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..nn import AdaLNZero, Attention, FourierFeatures, LabelEmbedding, NoiseLevelEmbedding, modulate
+from ..nn import (
+    AdaLNZero,
+    Attention,
+    FourierFeatures,
+    LabelEmbedding,
+    NoiseLevelEmbedding,
+    PooledContextEmbedding,
+    modulate,
+)
 
 
 class Mlp(nn.Module):
@@ -218,7 +226,8 @@ class PointCloudTransformer(ModelMixin, ConfigMixin):
     over each point's k nearest neighbours after every write (full mixer: after the last block);
     local_offset_scale multiplies the neighbour offsets. local_reference_points = n0 > 0 scales k
     with the point count (k n / n0 neighbours for n points), so that a model trained on n0 points
-    and sampled at more looks at the same surface area around each point.
+    and sampled at more looks at the same surface area around each point. pooled_context adds the
+    mean of cond["context"]'s real tokens to the noise-level embedding (multidiff.nn.PooledContextEmbedding).
     """
 
     _supports_gradient_checkpointing = True
@@ -229,7 +238,8 @@ class PointCloudTransformer(ModelMixin, ConfigMixin):
                  emb_dim: int | None = None, num_classes: int = 0, cross_attention_dim: int | None = None,
                  num_latents: int = 0, rounds: int = 1, coarse_channels: int = 0, dropout: float = 0.0,
                  attention_backend: str = "auto", point_dim: int | None = None, local_neighbors: int = 0,
-                 local_offset_scale: float = 10.0, local_reference_points: int = 0):
+                 local_offset_scale: float = 10.0, local_reference_points: int = 0,
+                 pooled_context: bool = False):
         super().__init__()
         if in_channels < 3:
             raise ValueError(f"PointCloudTransformer needs in_channels >= 3 (x, y, z first), got {in_channels}")
@@ -247,6 +257,9 @@ class PointCloudTransformer(ModelMixin, ConfigMixin):
         self.gradient_checkpointing = False
         self.noise_embed = NoiseLevelEmbedding(emb_dim)
         self.label_embed = LabelEmbedding(num_classes, emb_dim) if num_classes > 0 else None
+        if pooled_context and not cross_attention_dim:
+            raise ValueError("pooled_context needs cross_attention_dim (the width of cond['context'])")
+        self.context_embed = PooledContextEmbedding(cross_attention_dim, emb_dim) if pooled_context else None
         self.point_embed = PointEmbed(in_channels, pdim, fourier_features, fourier_scale, seed=0)
         if coarse_channels:
             self.coarse_embed = PointEmbed(coarse_channels, pdim, fourier_features, fourier_scale, seed=1)
@@ -277,13 +290,17 @@ class PointCloudTransformer(ModelMixin, ConfigMixin):
         return block(*args)
 
     def embed_conditions(self, x: torch.Tensor, noise_level: torch.Tensor, cond: Mapping[str, Any]) -> torch.Tensor:
-        """(batch, emb_dim): noise-level embedding plus the class embedding (null when no label)."""
+        """(batch, emb_dim): noise-level embedding plus the class embedding (null when no label), plus
+        the pooled context with ``pooled_context``."""
         emb = self.noise_embed(noise_level.reshape(-1).expand(x.shape[0]).to(x.device))
         if self.label_embed is not None:
             labels = cond.get("label")
             if labels is None:
                 labels = torch.full((x.shape[0],), -1, device=x.device, dtype=torch.long)
             emb = emb + self.label_embed(labels.reshape(-1).to(x.device))
+        context = cond.get("context")
+        if self.context_embed is not None and context is not None:
+            emb = emb + self.context_embed(context.to(emb.dtype), cond.get("context_mask"))
         return emb.to(x.dtype)
 
     def _coarse_tokens(self, x: torch.Tensor, cond: Mapping[str, Any]) -> torch.Tensor | None:

@@ -40,6 +40,7 @@ class UNet3DParams:
     patch_size: int | None = None
     temporal_attention_levels: list[int] | None = None
     stacked_frames: int | None = None
+    pooled_context: bool | None = None
 
 
 def build_unet3d(params: UNet3DParams, spec: DataSpec, *, gradient_checkpointing: bool = False):

@@ -31,7 +31,8 @@ Design (Ho et al. 2022, "Video Diffusion Models", Sec. 3 / Fig. 1; Singer et al.
 Conditioning mapping keys (all optional; missing means unconditional): ``label`` (batch,) long
 (-1 or num_classes = null label, for classifier-free guidance), ``context`` (batch, tokens,
 cross_attention_dim) with ``context_mask`` (batch, tokens) bool, ``concat`` (see above),
-``image_mode`` (batch,) bool.
+``image_mode`` (batch,) bool. With ``pooled_context`` the mean of the context's real tokens is
+also added to the noise-level embedding (multidiff.nn.PooledContextEmbedding), as a label is.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..nn import Attention, FiLM, LabelEmbedding, NoiseLevelEmbedding
+from ..nn import Attention, FiLM, LabelEmbedding, NoiseLevelEmbedding, PooledContextEmbedding
 from ..nn.attention import attention
 
 
@@ -218,7 +219,8 @@ class UNet3D(ModelMixin, ConfigMixin):
                  cross_attention_dim: int | None = None, extra_in_channels: int = 0, dropout: float = 0.0,
                  temporal_kernel: int = 3, attention_backend: str = "auto", skip_scale: float = 2 ** -0.5,
                  label_factors: Sequence[int] | None = None, patch_size: int = 1,
-                 temporal_attention_levels: Sequence[int] | None = None, stacked_frames: int = 0):
+                 temporal_attention_levels: Sequence[int] | None = None, stacked_frames: int = 0,
+                 pooled_context: bool = False):
         super().__init__()
         channels = list(channels)
         if stacked_frames < 0:
@@ -234,6 +236,9 @@ class UNet3D(ModelMixin, ConfigMixin):
         self.gradient_checkpointing = False
         self.noise_embed = NoiseLevelEmbedding(emb_dim)
         self.label_embed = LabelEmbedding(num_classes, emb_dim, label_factors) if num_classes > 0 else None
+        if pooled_context and not cross_attention_dim:
+            raise ValueError("pooled_context needs cross_attention_dim (the width of cond['context'])")
+        self.context_embed = PooledContextEmbedding(cross_attention_dim, emb_dim) if pooled_context else None
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
         if patch_size == 1:
@@ -304,6 +309,9 @@ class UNet3D(ModelMixin, ConfigMixin):
             if labels is None:
                 labels = torch.full((b,), -1, device=x.device, dtype=torch.long)
             emb = emb + self.label_embed(labels.to(x.device))
+        context, context_mask = cond.get("context"), cond.get("context_mask")
+        if self.context_embed is not None and context is not None:
+            emb = emb + self.context_embed(context.to(emb.dtype), context_mask)
         extra_ch = self.config.extra_in_channels
         if extra_ch:
             extra = cond.get("concat")
@@ -320,7 +328,6 @@ class UNet3D(ModelMixin, ConfigMixin):
         gate = cond.get("image_mode")
         if gate is not None:
             gate = 1 - gate.reshape(b).to(device=x.device, dtype=x.dtype)
-        context, context_mask = cond.get("context"), cond.get("context_mask")
         h = self.in_conv(rearrange(x, "b c f h w -> (b f) c h w"))
         args = (emb, frames, temporal, gate, context, context_mask)
         skips = []

@@ -13,6 +13,7 @@ notes within 50 cents of the pitch named in the prompt.
     python recipes/audio/text_accuracy.py runs/digits-text/checkpoints/latest --num 20 --guidance 1 2 4
     python recipes/audio/text_accuracy.py runs/notes-text/checkpoints/latest --task notes --num 12 --guidance 1 2 4
 
+Mel models (data set ``audio_mel``) are decoded to audio (multidiff.audio.spectrogram) before scoring.
 Prints a markdown table and writes metrics.json and a spectrogram sheet per scale under --out.
 """
 import argparse
@@ -23,6 +24,7 @@ import torch
 from multidiff.audio.builders import DIGITS, note_caption
 from multidiff.audio.io import spectrogram_sheet
 from multidiff.audio.metrics import classifier_scores, load_classifier, load_split, pitch_accuracy
+from multidiff.audio.spectrogram import decode_samples
 from multidiff.train.sweep import guidance_sweep, load_text_model, sweep_arguments, write_sweep
 
 VOICES = ("", "deep ", "high ", "slow ", "fast ")
@@ -66,9 +68,11 @@ def main(argv=None) -> int:
     model, config, spec, folder = load_text_model(a.checkpoint)
     manifest = Path(config.data.path)
     sample_rate = int(spec.meta.get("sample_rate", 16000))
+    mel = spec.modality == "audio_mel"
+    length = int(spec.meta["length"]) if mel else spec.sample_shape[-1]
     if a.task == "digits":
         classifier = load_classifier(manifest.parent / "classifier.safetensors")
-        real, _ = load_split(manifest, "test", classifier.sample_rate, spec.sample_shape[-1], limit=2000)
+        real, _ = load_split(manifest, "test", classifier.sample_rate, length, limit=2000)
         prompts, requested = prompts_for(a.num)
         picks = list(range(0, len(prompts), a.num))[:10]  # the first clip of every digit
 
@@ -89,7 +93,17 @@ def main(argv=None) -> int:
     def keep(scale, audio):
         spectrogram_sheet([audio[k] for k in picks], sample_rate, out / f"guidance-{scale:g}" / "spectrograms.png",
                           titles=[prompts[k] for k in picks])
-    rows = guidance_sweep(model, config, spec, prompts, a.guidance, steps=a.steps, seed=a.seed, score=score, keep=keep)
+    decoded = {}
+
+    def to_audio(samples):  # decode each scale's mels once, for the score and the sheet
+        if not mel:
+            return samples
+        if decoded.get("key") is not samples:
+            decoded.update(key=samples, audio=decode_samples(samples, spec))
+        return decoded["audio"]
+    rows = guidance_sweep(model, config, spec, prompts, a.guidance, steps=a.steps, seed=a.seed,
+                          score=lambda samples: score(to_audio(samples)),
+                          keep=lambda scale, samples: keep(scale, to_audio(samples)))
     write_sweep(out, {"checkpoint": str(folder), "task": a.task, "num": a.num, "steps": a.steps}, rows, columns)
     return 0
 

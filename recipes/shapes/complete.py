@@ -1,6 +1,8 @@
 """Shape completion from a partial cloud with any trained shapes checkpoint (masked sampling):
 held-out shapes are cut by a plane, the kept part is imposed while the rest is generated; a
-model trained with data.params.task=complete is instead conditioned on the cut (as tokens).
+model trained with data.params.task=complete is instead conditioned on the cut (as tokens) and
+generates the whole cloud; one trained with task=complete_rest is conditioned on the cut and
+generates only the missing points, which join the given ones.
 
     python recipes/shapes/complete.py runs/shapes-procedural/checkpoints/latest --num 16 --keep 0.5 --out outputs/complete
 
@@ -17,7 +19,7 @@ from multidiff.core import sample
 from multidiff.shapes.io import render_sheet, save_ply
 from multidiff.shapes.metrics import chamfer_distance
 from multidiff.shapes.registry import reference_clouds
-from multidiff.shapes.tasks import complete, initial_noise, partial_cloud, upsample
+from multidiff.shapes.tasks import complete, complete_rest, initial_noise, partial_cloud, upsample
 from multidiff.train.build import build_denoiser
 from multidiff.train.sampling import sampling_shape, sampling_sigmas
 from multidiff.train.trainer import load_for_sampling
@@ -45,8 +47,12 @@ def main(argv=None):
     denoiser = build_denoiser(model, config.objective)
     sigmas = sampling_sigmas(config.sampling, denoiser.schedule, a.steps)
     cond = {"label": ref_labels[: len(truth)].to(device)} if spec.num_classes else None
-    trained_to_complete = spec.meta.get("task") == "complete"
-    if trained_to_complete:  # a model trained on partial scans: they condition it as tokens, nothing is imposed
+    task = spec.meta.get("task", "generate")
+    trained_to_complete = task in ("complete", "complete_rest")
+    if task == "complete_rest":  # trained to generate the far side of a cut: the given points stay as they are
+        done = complete_rest(denoiser, partial, n_points, sigmas, scan_points=int(spec.meta["coarse_points"]),
+                             method=config.sampling.sampler, cond=cond, seed=a.seed)
+    elif trained_to_complete:  # a model trained on partial scans: they condition it as tokens, nothing is imposed
         g = torch.Generator().manual_seed(a.seed)
         want = int(spec.meta["coarse_points"])
         picks = [torch.randperm(partial.shape[1], generator=g)[:want] if partial.shape[1] >= want
@@ -64,7 +70,8 @@ def main(argv=None):
     render_sheet(sheet, out / "completion.png", cols=3,
                  titles=[t for k in range(min(len(truth), 6)) for t in (f"#{k} partial", "completion", "truth")])
     metrics = {"checkpoint": str(folder), "keep": a.keep, "n": len(truth),
-               "method": "partial-scan conditioning (trained)" if trained_to_complete else
+               "method": "masked training: the rest generated from the scan (trained)" if task == "complete_rest" else
+               "partial-scan conditioning (trained)" if trained_to_complete else
                ("RePaint" if a.resample > 1 else "replacement (masked sampling)"),
                "cd_completion_to_truth": float(chamfer_distance(done.cpu(), truth.cpu()).mean()),
                "cd_partial_to_truth": float(chamfer_distance(partial.cpu(), truth.cpu()).mean())}
