@@ -180,12 +180,13 @@ def test_completion_task_conditions_on_random_partial_scans(manifest, tmp_path):
     its points, on one side of a plane), new each epoch; the transformer gets coarse channels by
     itself; recipes/shapes/complete.py then conditions on the cut instead of imposing it."""
 
-    from multidiff.shapes.registry import random_partial
+    from multidiff.shapes.registry import random_cut
+    from multidiff.shapes.tasks import resample_points
     from multidiff.train.trainer import Trainer
 
     g = torch.Generator().manual_seed(0)
     cloud = torch.randn(200, 3)
-    part = random_partial(cloud, g, 50, keep_range=(0.4, 0.4))
+    part = resample_points(random_cut(cloud, g, keep_range=(0.4, 0.4))[0], g, 50)
     assert part.shape == (50, 3) and all(any(torch.equal(p, c) for c in cloud) for p in part)
     out = tmp_path / "c"
     extra = ["data.params.task=complete", "data.params.partial_points=16", "trainer.preview_every_samples=0"]

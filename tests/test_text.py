@@ -201,6 +201,14 @@ def test_captioned_training_then_sampling_with_prompts(captioned_tones, tmp_path
                           keep=lambda scale, x: kept.__setitem__(scale, x))
     assert torch.equal(kept[1.0], runs["high"]) and torch.equal(kept[3.0], runs["guided"])
     assert rows[0]["rms"] == pytest.approx(float(runs["high"].square().mean().sqrt()))
+    # prepare (a mel model's decoding) runs once per scale, and score and keep both see its output
+    calls, seen = [], {}
+    prepared = guidance_sweep(model, config, spec, ["high tone"] * 2, [1.0, 3.0], steps=3, seed=0,
+                              prepare=lambda x: calls.append(x) or 2 * x,
+                              score=lambda x: {"rms": float(x.square().mean().sqrt())},
+                              keep=lambda scale, x: seen.__setitem__(scale, x))
+    assert len(calls) == 2 and torch.equal(seen[3.0], 2 * runs["guided"])
+    assert prepared[0]["rms"] == pytest.approx(2 * rows[0]["rms"])
     write_sweep(tmp_path / "sweep", {"checkpoint": "x"}, rows, [("rms", "rms", ".4f")])
     assert [r["guidance"] for r in json.loads((tmp_path / "sweep" / "metrics.json").read_text())["rows"]] == [1.0, 3.0]
     assert f"| 3 | {rows[1]['rms']:.4f} |" in capsys.readouterr().out

@@ -133,9 +133,7 @@ class UNet1D(ModelMixin, ConfigMixin):
         self.gradient_checkpointing = False
         self.noise_embed = NoiseLevelEmbedding(emb_dim)
         self.label_embed = LabelEmbedding(num_classes, emb_dim, label_factors) if num_classes > 0 else None
-        if pooled_context and not cross_attention_dim:
-            raise ValueError("pooled_context needs cross_attention_dim (the width of cond['context'])")
-        self.context_embed = PooledContextEmbedding(cross_attention_dim, emb_dim) if pooled_context else None
+        self.context_embed = PooledContextEmbedding.if_enabled(pooled_context, cross_attention_dim, emb_dim)
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
         if patch_transform not in ("conv", "mdct"):

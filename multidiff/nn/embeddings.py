@@ -130,3 +130,13 @@ class PooledContextEmbedding(nn.Module):
             weights = mask.to(context.dtype)[..., None]
             pooled = (context * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         return self.proj(self.norm(pooled))
+
+    @classmethod
+    def if_enabled(cls, enabled: bool, context_dim: int | None, dim: int) -> PooledContextEmbedding | None:
+        """A backbone's ``pooled_context`` option: the embedding when enabled (which needs the
+        backbone's ``cross_attention_dim``), else None."""
+        if not enabled:
+            return None
+        if not context_dim:
+            raise ValueError("pooled_context needs cross_attention_dim (the width of cond['context'])")
+        return cls(context_dim, dim)

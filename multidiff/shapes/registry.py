@@ -12,6 +12,7 @@ import torch
 from ..train.registry import DataSpec, register_dataset, register_evaluator, register_model, register_preview
 from .data import ShapeDataset, read_manifest, scan_folder
 from .io import NORMALIZATIONS, Normalization, render_sheet, save_ply
+from .tasks import cut_order, resample_points
 from .transformer import POINT_PRESETS
 
 MODALITY = "shapes"
@@ -99,26 +100,15 @@ SHAPE_TASKS = ("generate", "complete", "complete_rest")
 
 def random_cut(cloud: torch.Tensor, g: torch.Generator, keep_range=(0.3, 0.7)) -> tuple[torch.Tensor, torch.Tensor]:
     """A planar cut of one cloud (points, C) in a random direction keeping a fraction uniform in
-    ``keep_range``: (kept points, the rest), as multidiff.shapes.tasks.partial_cloud cuts."""
+    ``keep_range`` (at least one point on each side): (kept points, the rest), ordered as
+    multidiff.shapes.tasks.partial_cloud cuts. A partial scan for completion training is
+    ``resample_points(kept, g, n)``."""
     u = torch.rand(2, generator=g)
     direction = torch.randn(3, generator=g)
     keep = float(keep_range[0] + (keep_range[1] - keep_range[0]) * u[0])
     k = max(1, min(len(cloud) - 1, int(round(keep * len(cloud)))))
-    order = (cloud[:, :3] @ (direction / direction.norm()).to(cloud.dtype)).argsort(descending=True)
+    order = cut_order(cloud[None], direction)[0]
     return cloud[order[:k]], cloud[order[k:]]
-
-
-def resample_points(points: torch.Tensor, g: torch.Generator, num_points: int) -> torch.Tensor:
-    """``num_points`` of ``points`` (n, C), without repeats unless there are too few."""
-    if len(points) >= num_points:
-        return points[torch.randperm(len(points), generator=g)[:num_points]]
-    return points[torch.randint(0, len(points), (num_points,), generator=g)]
-
-
-def random_partial(cloud: torch.Tensor, g: torch.Generator, num_points: int, keep_range=(0.3, 0.7)) -> torch.Tensor:
-    """A partial scan of one cloud (points, C) for completion training: the kept side of a
-    :func:`random_cut`, resampled to ``num_points``."""
-    return resample_points(random_cut(cloud, g, keep_range)[0], g, num_points)
 
 
 def _class_names(rows: list[dict], label_column: str) -> dict[int, str]:

@@ -10,14 +10,34 @@ from ..core import make_generators, sample
 from ..core.utils import randn_like
 
 
+def cut_order(cloud: torch.Tensor, direction=(1.0, 0.0, 0.0)) -> torch.Tensor:
+    """(batch, points) indices of a (batch, points, C) cloud's points, furthest along ``direction``
+    first: cutting by a plane normal to it keeps a prefix."""
+    d = torch.as_tensor(direction, dtype=cloud.dtype, device=cloud.device)
+    return (cloud[..., :3] @ (d / d.norm())).argsort(dim=1, descending=True)
+
+
 def partial_cloud(cloud: torch.Tensor, keep: float = 0.5, direction=(1.0, 0.0, 0.0)) -> torch.Tensor:
     """The ``keep`` fraction of a (batch, points, 3) cloud lying furthest along ``direction``
     (a planar cut, as in partial-scan completion benchmarks): (batch, round(keep * points), 3)."""
-    d = torch.as_tensor(direction, dtype=cloud.dtype, device=cloud.device)
-    d = d / d.norm()
     k = max(1, int(round(keep * cloud.shape[1])))
-    order = (cloud[..., :3] @ d).argsort(dim=1, descending=True)[:, :k]
+    order = cut_order(cloud, direction)[:, :k]
     return torch.gather(cloud, 1, order[..., None].expand(-1, -1, cloud.shape[-1]))
+
+
+def resample_points(points: torch.Tensor, g: torch.Generator, num_points: int) -> torch.Tensor:
+    """``num_points`` of ``points`` (n, C), drawn with ``g``, without repeats unless there are too few."""
+    if len(points) >= num_points:
+        pick = torch.randperm(len(points), generator=g)[:num_points]
+    else:
+        pick = torch.randint(0, len(points), (num_points,), generator=g)
+    return points[pick.to(points.device)]
+
+
+def resample_clouds(clouds: torch.Tensor, num_points: int, seed: int) -> torch.Tensor:
+    """(batch, n, C) -> (batch, num_points, C) by :func:`resample_points`, one seeded generator for the batch."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([resample_points(cloud, g, num_points) for cloud in clouds])
 
 
 def initial_noise(n: int, shape, sigma0: float, seed: int, device) -> tuple[torch.Tensor, list]:
@@ -55,12 +75,7 @@ def complete_rest(denoiser, partial: torch.Tensor, num_points: int, sigmas: torc
     b, k, c = partial.shape
     if k >= num_points:
         raise ValueError(f"the partial cloud has {k} points, num_points must be larger, got {num_points}")
-    scan = partial
-    if scan_points is not None and scan_points != k:
-        g = torch.Generator().manual_seed(seed)
-        picks = [torch.randperm(k, generator=g)[:scan_points] if k >= scan_points
-                 else torch.randint(0, k, (scan_points,), generator=g) for _ in range(b)]
-        scan = torch.stack([partial[i, idx.to(partial.device)] for i, idx in enumerate(picks)])
+    scan = partial if scan_points is None or scan_points == k else resample_clouds(partial, scan_points, seed)
     x, gens = initial_noise(b, (num_points - k, c), float(sigmas[0]), seed, partial.device)
     rest = sample(denoiser, x, sigmas, method, cond={**(cond or {}), "coarse": scan}, generator=gens)
     return torch.cat([partial, rest], dim=1)

@@ -257,9 +257,7 @@ class PointCloudTransformer(ModelMixin, ConfigMixin):
         self.gradient_checkpointing = False
         self.noise_embed = NoiseLevelEmbedding(emb_dim)
         self.label_embed = LabelEmbedding(num_classes, emb_dim) if num_classes > 0 else None
-        if pooled_context and not cross_attention_dim:
-            raise ValueError("pooled_context needs cross_attention_dim (the width of cond['context'])")
-        self.context_embed = PooledContextEmbedding(cross_attention_dim, emb_dim) if pooled_context else None
+        self.context_embed = PooledContextEmbedding.if_enabled(pooled_context, cross_attention_dim, emb_dim)
         self.point_embed = PointEmbed(in_channels, pdim, fourier_features, fourier_scale, seed=0)
         if coarse_channels:
             self.coarse_embed = PointEmbed(coarse_channels, pdim, fourier_features, fourier_scale, seed=1)

@@ -36,16 +36,20 @@ def load_text_model(checkpoint, *, allow_labels: bool = False):
 
 def guidance_sweep(model, config, spec, prompts: Sequence[str], scales: Sequence[float], *, steps: int, seed: int,
                    score: Callable[[torch.Tensor], dict], keep: Callable[[float, torch.Tensor], None] | None = None,
-                   batch_size: int | None = None, labels: torch.Tensor | None = None) -> list[dict]:
+                   batch_size: int | None = None, labels: torch.Tensor | None = None,
+                   prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[dict]:
     """For each guidance scale, one sample per prompt (same seeds at every scale), scored by
     ``score(samples) -> dict``; ``keep(scale, samples)`` writes pictures. Rows print as they come.
-    ``labels`` instead of prompts (``prompts`` then only counts the samples) sweeps a class model."""
+    ``labels`` instead of prompts (``prompts`` then only counts the samples) sweeps a class model.
+    ``prepare(samples)`` runs once per scale before both (e.g. decoding mel spectrograms to audio)."""
     rows = []
     for scale in scales:
         sampling = replace(config.sampling, guidance=scale, steps=steps, seed=seed, num_samples=len(prompts),
                            batch_size=batch_size or config.sampling.batch_size)
         samples = generate(model, config.objective, spec, sampling, prompts=None if labels is not None else list(prompts),
                            labels=labels)
+        if prepare is not None:
+            samples = prepare(samples)
         rows.append({"guidance": scale, **score(samples), "n": len(samples)})
         print(json.dumps(rows[-1]), flush=True)
         if keep is not None:

@@ -24,6 +24,7 @@ import torch
 from multidiff.audio.builders import DIGITS, note_caption
 from multidiff.audio.io import spectrogram_sheet
 from multidiff.audio.metrics import classifier_scores, load_classifier, load_split, pitch_accuracy
+from multidiff.audio.spectrogram import MODALITY as MEL_MODALITY
 from multidiff.audio.spectrogram import decode_samples
 from multidiff.train.sweep import guidance_sweep, load_text_model, sweep_arguments, write_sweep
 
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
     model, config, spec, folder = load_text_model(a.checkpoint)
     manifest = Path(config.data.path)
     sample_rate = int(spec.meta.get("sample_rate", 16000))
-    mel = spec.modality == "audio_mel"
+    mel = spec.modality == MEL_MODALITY
     length = int(spec.meta["length"]) if mel else spec.sample_shape[-1]
     if a.task == "digits":
         classifier = load_classifier(manifest.parent / "classifier.safetensors")
@@ -93,17 +94,8 @@ def main(argv=None) -> int:
     def keep(scale, audio):
         spectrogram_sheet([audio[k] for k in picks], sample_rate, out / f"guidance-{scale:g}" / "spectrograms.png",
                           titles=[prompts[k] for k in picks])
-    decoded = {}
-
-    def to_audio(samples):  # decode each scale's mels once, for the score and the sheet
-        if not mel:
-            return samples
-        if decoded.get("key") is not samples:
-            decoded.update(key=samples, audio=decode_samples(samples, spec))
-        return decoded["audio"]
-    rows = guidance_sweep(model, config, spec, prompts, a.guidance, steps=a.steps, seed=a.seed,
-                          score=lambda samples: score(to_audio(samples)),
-                          keep=lambda scale, samples: keep(scale, to_audio(samples)))
+    rows = guidance_sweep(model, config, spec, prompts, a.guidance, steps=a.steps, seed=a.seed, score=score, keep=keep,
+                          prepare=(lambda samples: decode_samples(samples, spec)) if mel else None)
     write_sweep(out, {"checkpoint": str(folder), "task": a.task, "num": a.num, "steps": a.steps}, rows, columns)
     return 0
 

@@ -19,7 +19,7 @@ from multidiff.core import sample
 from multidiff.shapes.io import render_sheet, save_ply
 from multidiff.shapes.metrics import chamfer_distance
 from multidiff.shapes.registry import reference_clouds
-from multidiff.shapes.tasks import complete, complete_rest, initial_noise, partial_cloud, upsample
+from multidiff.shapes.tasks import complete, complete_rest, initial_noise, partial_cloud, resample_clouds, upsample
 from multidiff.train.build import build_denoiser
 from multidiff.train.sampling import sampling_shape, sampling_sigmas
 from multidiff.train.trainer import load_for_sampling
@@ -53,11 +53,7 @@ def main(argv=None):
         done = complete_rest(denoiser, partial, n_points, sigmas, scan_points=int(spec.meta["coarse_points"]),
                              method=config.sampling.sampler, cond=cond, seed=a.seed)
     elif trained_to_complete:  # a model trained on partial scans: they condition it as tokens, nothing is imposed
-        g = torch.Generator().manual_seed(a.seed)
-        want = int(spec.meta["coarse_points"])
-        picks = [torch.randperm(partial.shape[1], generator=g)[:want] if partial.shape[1] >= want
-                 else torch.randint(0, partial.shape[1], (want,), generator=g) for _ in range(len(partial))]
-        scan = torch.stack([partial[k, idx.to(partial.device)] for k, idx in enumerate(picks)])
+        scan = resample_clouds(partial, int(spec.meta["coarse_points"]), a.seed)
         done = upsample(denoiser, scan, n_points, sigmas, method=config.sampling.sampler, cond=cond, seed=a.seed)
     else:
         done = complete(denoiser, partial, n_points, sigmas, method=config.sampling.sampler, cond=cond, seed=a.seed,
