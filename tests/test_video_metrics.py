@@ -9,11 +9,13 @@ import torch
 from multidiff.video.metrics import (
     VideoClassifier,
     classifier_frechet_distance,
+    constant_velocity_frames,
     frechet_distance,
     i3d_fvd,
     prediction_report,
     psnr,
     repeat_last_frame,
+    shift_frames,
     ssim,
 )
 
@@ -70,6 +72,30 @@ def test_repeat_last_frame_and_prediction_report():
     assert half["mse_improvement"] == pytest.approx(0.75, abs=1e-9)
     static = truth[:, :, :1].expand(-1, -1, 6, -1, -1)
     assert prediction_report(static, static, given=1)["baseline_mse"] == 0
+
+
+def test_shift_frames_moves_whole_pixels_and_fills():
+    frames = torch.arange(2 * 1 * 4 * 5, dtype=torch.float32).reshape(2, 1, 4, 5)
+    out = shift_frames(frames, torch.tensor([1, -2]), torch.tensor([0, 3]), fill=-1.0)
+    torch.testing.assert_close(out[0, 0, 1:], frames[0, 0, :3])  # down by one
+    assert (out[0, 0, 0] == -1).all()
+    torch.testing.assert_close(out[1, 0, :2, 3:], frames[1, 0, 2:, :2])  # up 2, right 3
+    assert (out[1, 0, 2:] == -1).all() and (out[1, 0, :, :3] == -1).all()
+
+
+def test_constant_velocity_frames_is_exact_for_whole_pixel_motion_without_bounces():
+    g = torch.Generator().manual_seed(0)
+    patch = torch.rand(1, 1, 5, 5, generator=g) * 2 - 1
+    video = torch.full((2, 1, 8, 24, 24), -1.0)
+    velocity = [(1, 2), (-2, 1)]
+    for b, (vy, vx) in enumerate(velocity):
+        for t in range(8):
+            y, x = 8 + vy * t if vy > 0 else 18 + vy * t, 2 + vx * t
+            video[b, :, t, y:y + 5, x:x + 5] = patch[0]
+    pred = constant_velocity_frames(video, given=3)
+    torch.testing.assert_close(pred, video)
+    with pytest.raises(ValueError, match="2 <= given"):
+        constant_velocity_frames(video, given=1)
 
 
 def test_frechet_distance_closed_form():

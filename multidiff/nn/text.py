@@ -18,6 +18,7 @@ Diffusion does).
 from __future__ import annotations
 
 import copy
+import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 BYTE_PAD, BYTE_NULL, BYTE_OFFSET = 0, 1, 2  # token 0 pads, 1 is the null caption, byte b is token b + 2
+POSITION_STD = 1.0
 
 
 def encode_bytes(captions: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,6 +50,34 @@ def encode_bytes(captions: Sequence[str], max_length: int) -> tuple[torch.Tensor
     return ids, ids != BYTE_PAD
 
 
+def _is_word_byte(b: int) -> bool:
+    return b >= 128 or chr(b).isalnum() or b in (ord("-"), ord("'"))
+
+
+def encode_word_buckets(captions: Sequence[str], max_length: int, buckets: int) -> torch.Tensor:
+    """Captions -> (batch, tokens) long, aligned with :func:`encode_bytes`: each byte's word (a run
+    of letters, digits, "-" and "'", lower-cased) hashed by CRC-32 into 1..buckets; 0 for
+    separators, padding and the null caption. The hash is stable across runs and machines."""
+    rows = []
+    for text in captions:
+        data = text.encode("utf-8")[:max_length]
+        row, start = [0] * len(data), None
+        for i in range(len(data) + 1):
+            inside = i < len(data) and _is_word_byte(data[i])
+            if inside and start is None:
+                start = i
+            elif not inside and start is not None:
+                bucket = 1 + zlib.crc32(data[start:i].lower()) % buckets
+                row[start:i] = [bucket] * (i - start)
+                start = None
+        rows.append(row or [0])
+    width = max((len(r) for r in rows), default=1)
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+    return ids
+
+
 class ByteTextEncoder(ModelMixin, ConfigMixin):
     """Byte-level caption encoder trained with the diffusion model.
 
@@ -55,16 +85,29 @@ class ByteTextEncoder(ModelMixin, ConfigMixin):
     Byte embeddings plus learned positions, ``depth`` pre-norm transformer layers (SDPA inside
     torch's TransformerEncoderLayer), a final LayerNorm. A diffusers ModelMixin, so pipelines
     save it with save_pretrained as their ``text_encoder`` component.
+
+    ``word_buckets`` > 0 adds to every byte the embedding of its whole word, hashed into that many
+    buckets (fastText's subword-and-word sum, Bojanowski et al. 2017, with the hashing trick):
+    still no vocabulary file, but "six" and "seven" start as unrelated vectors instead of letters
+    shared with the caption's other words, so a caption's mean differs by its words from the first
+    step (see ``tests/test_text.py``).
     """
 
     @register_to_config
-    def __init__(self, dim: int = 128, depth: int = 2, heads: int = 4, max_length: int = 64, dropout: float = 0.0):
+    def __init__(self, dim: int = 128, depth: int = 2, heads: int = 4, max_length: int = 64, dropout: float = 0.0,
+                 word_buckets: int = 0):
         super().__init__()
         if dim % heads:
             raise ValueError(f"text encoder dim {dim} is not divisible by heads {heads}")
         self.dim, self.max_length = dim, max_length
+        # bytes, positions (and words) all start at unit variance: with 0.02 positions beside
+        # unit bytes the encoder saw a bag of bytes (no word order: "six" and "en-gb-x-rp" share
+        # their rare letter), and with everything at 0.02 the layers' biases drowned the input
+        # and the trained encoder gave every caption the same output
         self.tokens = nn.Embedding(256 + BYTE_OFFSET, dim, padding_idx=BYTE_PAD)
-        self.positions = nn.Parameter(torch.randn(max_length, dim) * 0.02)
+        self.positions = nn.Parameter(torch.randn(max_length, dim) * POSITION_STD)
+        self.word_buckets = word_buckets
+        self.words = nn.Embedding(word_buckets + 1, dim, padding_idx=0) if word_buckets > 0 else None
         layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=4 * dim, dropout=dropout, activation="gelu",
                                            batch_first=True, norm_first=True)
         self.layers = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False) if depth > 0 else None
@@ -74,6 +117,8 @@ class ByteTextEncoder(ModelMixin, ConfigMixin):
         ids, mask = encode_bytes(captions, self.max_length)
         ids, mask = ids.to(self.positions.device), mask.to(self.positions.device)
         h = self.tokens(ids) + self.positions[:ids.shape[1]]
+        if self.words is not None:
+            h = h + self.words(encode_word_buckets(captions, self.max_length, self.word_buckets).to(ids.device))
         if self.layers is not None:
             h = self.layers(h, src_key_padding_mask=~mask)
         return self.norm(h), mask

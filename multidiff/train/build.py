@@ -49,7 +49,7 @@ def build_model(config: Config, spec: DataSpec) -> nn.Module:
     te = config.model.text_encoder
     if te.kind == "none":
         return backbone
-    encoder = (ByteTextEncoder(te.dim, te.depth, te.heads, te.max_length) if te.kind == "bytes"
+    encoder = (ByteTextEncoder(te.dim, te.depth, te.heads, te.max_length, word_buckets=te.word_buckets) if te.kind == "bytes"
                else PretrainedTextEncoder(te.path, te.max_length))
     width = config.model.params.get("cross_attention_dim")
     if width != encoder.dim:

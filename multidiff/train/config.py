@@ -41,7 +41,8 @@ class ConfigError(ValueError):
 class TextEncoderConfig:
     """``model.text_encoder``: kind none | bytes (multidiff.nn.ByteTextEncoder, trained with the
     model) | pretrained (a frozen transformers encoder from the local folder ``path``).
-    dim / depth / heads apply to the byte encoder; max_length (tokens) to both. The backbone's
+    dim / depth / heads / word_buckets (hashed whole-word embeddings added to the bytes; 0 = none)
+    apply to the byte encoder; max_length (tokens) to both. The backbone's
     ``cross_attention_dim`` param must equal the encoder's width."""
 
     kind: str = "none"
@@ -50,6 +51,7 @@ class TextEncoderConfig:
     depth: int = 2
     heads: int = 4
     max_length: int = 64
+    word_buckets: int = 0
 
 
 @dataclass
@@ -501,8 +503,8 @@ def validate(config: Config, *, validate_paths: bool = True) -> Config:
             raise ConfigError("model.text_encoder.path", "a local folder is required when kind is 'pretrained'")
         if validate_paths and not (Path(te.path).expanduser() / "config.json").is_file():
             raise ConfigError("model.text_encoder.path", f"no transformers model folder (config.json) at {te.path!r}")
-    for name in ("dim", "depth", "heads", "max_length"):
-        _positive(f"model.text_encoder.{name}", getattr(te, name), allow_zero=name == "depth")
+    for name in ("dim", "depth", "heads", "max_length", "word_buckets"):
+        _positive(f"model.text_encoder.{name}", getattr(te, name), allow_zero=name in ("depth", "word_buckets"))
     if te.kind != "none" and m.params.get("cross_attention_dim", -1) is None:
         raise ConfigError("model.params.cross_attention_dim",
                           f"a text encoder needs the backbone's cross-attention: set it to the encoder width "

@@ -87,6 +87,43 @@ def repeat_last_frame(video: torch.Tensor, given: int) -> torch.Tensor:
     return out
 
 
+def shift_frames(frames: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, fill: float = -1.0) -> torch.Tensor:
+    """Translate each clip's frames by whole pixels: frames (batch, channels, height, width), dy / dx
+    (batch,) long (positive = down / right); pixels shifted in from outside are ``fill``."""
+    b, _, h, w = frames.shape
+    rows = torch.arange(h, device=frames.device)[None, :] - dy[:, None]  # source row of each target row
+    cols = torch.arange(w, device=frames.device)[None, :] - dx[:, None]
+    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]  # (b, h, w)
+    idx = torch.arange(b, device=frames.device)[:, None, None]
+    out = frames[idx, :, rows.clamp(0, h - 1)[:, :, None], cols.clamp(0, w - 1)[:, None, :]]  # (b, h, w, c)
+    out = out.permute(0, 3, 1, 2)
+    return torch.where(inside[:, None], out, torch.full_like(out, fill))
+
+
+def constant_velocity_frames(video: torch.Tensor, given: int, max_shift: int = 4, fill: float = -1.0) -> torch.Tensor:
+    """A hand-made predictor for translating content (Moving MNIST): frames [given, T) are the last
+    given frame moved by round(k * v), v the mean of the whole-pixel shifts (each in
+    [-max_shift, max_shift], found by exhaustive search for the least MSE) between consecutive given
+    frames. No bounces. video (batch, channels, frames, height, width); needs given >= 2."""
+    if not 2 <= given <= video.shape[2]:
+        raise ValueError(f"constant-velocity prediction needs 2 <= given <= {video.shape[2]}, got {given}")
+    b = video.shape[0]
+    span = torch.arange(-max_shift, max_shift + 1, device=video.device)
+    candidates = torch.cartesian_prod(span, span)  # (K, 2) (dy, dx)
+    steps = []
+    for t in range(given - 1):
+        src, dst = video[:, :, t], video[:, :, t + 1]
+        errors = torch.stack([(shift_frames(src, c[0].expand(b), c[1].expand(b), fill) - dst).square().mean((1, 2, 3))
+                              for c in candidates], 1)  # (b, K)
+        steps.append(candidates[errors.argmin(1)].to(video.dtype))
+    velocity = torch.stack(steps).mean(0)  # (b, 2)
+    out = video.clone()
+    for k in range(1, video.shape[2] - given + 1):
+        d = torch.round(velocity * k).long()
+        out[:, :, given - 1 + k] = shift_frames(video[:, :, given - 1], d[:, 0], d[:, 1], fill)
+    return out
+
+
 def prediction_report(pred: torch.Tensor, truth: torch.Tensor, given: int, data_range: float = 2.0) -> dict:
     """Scores of predicted frames [given, T) against the truth, beside the repeat-last-frame baseline.
 

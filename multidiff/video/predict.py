@@ -24,7 +24,7 @@ import torch
 from ..core import make_generators, sample
 from ..core.utils import randn_like
 from .data import ClipArrayDataset, task_conditioning
-from .metrics import prediction_report
+from .metrics import constant_velocity_frames, prediction_report
 
 
 @torch.no_grad()
@@ -98,6 +98,9 @@ def evaluate_prediction(checkpoint, *, num: int = 256, steps: int | None = None,
     report = {"checkpoint": str(folder), "weights": weights.name, "task": task, "given_frames": given,
               "conditioning": "replacement" if generation_model else "masked training",
               "frames": frames, "num_clips": len(truth), "sampler": sampling.sampler, "steps": sampling.steps}
+    if given >= 2:  # the hand-made reference: the last frame moved at the given frames' mean velocity
+        extrapolated = constant_velocity_frames(truth, given)
+        report["constant_velocity"] = {"mse": prediction_report(extrapolated, truth, given)["mse"]}
     for method in methods:
         pred = predict_frames(model, config.objective, sampling, truth, given, task=task, method=method, seed=seed)
         report[method] = prediction_report(pred, truth, given)
@@ -128,6 +131,8 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"predict: {err}", file=sys.stderr)
         return 2
+    if "constant_velocity" in report:
+        print(f"constant-velocity extrapolation of the last given frame: mse {report['constant_velocity']['mse']:.5f}")
     for method in a.methods.split(","):
         r = report[method]
         print(f"{method:>6}: mse {r['mse']:.5f} (repeat-last {r['baseline_mse']:.5f}, improvement "
