@@ -29,7 +29,6 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 BYTE_PAD, BYTE_NULL, BYTE_OFFSET = 0, 1, 2  # token 0 pads, 1 is the null caption, byte b is token b + 2
-POSITION_STD = 1.0
 
 
 def encode_bytes(captions: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,11 +42,17 @@ def encode_bytes(captions: Sequence[str], max_length: int) -> tuple[torch.Tensor
             raise TypeError(f"caption must be a str, got {type(text).__name__}: {text!r}")
         data = text.encode("utf-8")[:max_length]
         rows.append([b + BYTE_OFFSET for b in data] if data else [BYTE_NULL])
+    ids = _pad_rows(rows, BYTE_PAD)
+    return ids, ids != BYTE_PAD
+
+
+def _pad_rows(rows: list[list[int]], fill: int) -> torch.Tensor:
+    """Ragged rows of token ids -> (len(rows), longest row) long, right-padded with ``fill``."""
     width = max((len(r) for r in rows), default=1)
-    ids = torch.full((len(rows), width), BYTE_PAD, dtype=torch.long)
+    ids = torch.full((len(rows), width), fill, dtype=torch.long)
     for i, r in enumerate(rows):
         ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-    return ids, ids != BYTE_PAD
+    return ids
 
 
 def _is_word_byte(b: int) -> bool:
@@ -71,11 +76,7 @@ def encode_word_buckets(captions: Sequence[str], max_length: int, buckets: int) 
                 row[start:i] = [bucket] * (i - start)
                 start = None
         rows.append(row or [0])
-    width = max((len(r) for r in rows), default=1)
-    ids = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-    return ids
+    return _pad_rows(rows, 0)
 
 
 class ByteTextEncoder(ModelMixin, ConfigMixin):
@@ -105,7 +106,7 @@ class ByteTextEncoder(ModelMixin, ConfigMixin):
         # their rare letter), and with everything at 0.02 the layers' biases drowned the input
         # and the trained encoder gave every caption the same output
         self.tokens = nn.Embedding(256 + BYTE_OFFSET, dim, padding_idx=BYTE_PAD)
-        self.positions = nn.Parameter(torch.randn(max_length, dim) * POSITION_STD)
+        self.positions = nn.Parameter(torch.randn(max_length, dim))
         self.word_buckets = word_buckets
         self.words = nn.Embedding(word_buckets + 1, dim, padding_idx=0) if word_buckets > 0 else None
         layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=4 * dim, dropout=dropout, activation="gelu",
