@@ -8,6 +8,7 @@ import torch
 
 from multidiff.video.metrics import (
     VideoClassifier,
+    best_shifts,
     classifier_frechet_distance,
     constant_velocity_frames,
     frechet_distance,
@@ -96,6 +97,32 @@ def test_constant_velocity_frames_is_exact_for_whole_pixel_motion_without_bounce
     torch.testing.assert_close(pred, video)
     with pytest.raises(ValueError, match="2 <= given"):
         constant_velocity_frames(video, given=1)
+
+
+@pytest.mark.parametrize("xs", [[8, 10, 11, 9, 7, 5], [6, 8, 10, 10, 8, 6]])
+def test_constant_velocity_frames_follows_a_bounce_inside_the_given_frames(xs):
+    """A reflection shortens the shift across it (+1 or 0 instead of +2) and flips the later ones;
+    the velocity is the largest shift with the sign of the last (or, after a 0, the opposite of
+    the one before), so the frames after the given four are exact where a mean of shifts is not."""
+    patch = torch.linspace(-0.5, 1.0, 12).reshape(3, 4)
+    video = torch.full((1, 1, 6, 10, 20), -1.0)
+    for t, x in enumerate(xs):
+        video[0, 0, t, 3:6, x:x + 4] = patch
+    torch.testing.assert_close(constant_velocity_frames(video, given=4), video)
+
+
+def test_best_shifts_agrees_with_an_exhaustive_search_and_finds_a_known_move():
+    g = torch.Generator().manual_seed(1)
+    src, dst = torch.rand(2, 12, 1, 9, 11, generator=g) * 2 - 1
+    span = torch.arange(-3, 4)
+    candidates = torch.cartesian_prod(span, span)  # (dy, dx) row-major, as best_shifts orders ties
+    errors = torch.stack([(shift_frames(src, c[0].expand(12), c[1].expand(12)) - dst).square().mean((1, 2, 3))
+                          for c in candidates], 1)
+    assert torch.equal(best_shifts(src, dst, max_shift=3), candidates[errors.argmin(1)])
+    moved = shift_frames(src, torch.full((12,), 2), torch.full((12,), -3))
+    assert best_shifts(src, moved, max_shift=3).tolist() == [[2, -3]] * 12
+    with pytest.raises(ValueError, match="one shape"):
+        best_shifts(src, dst[:, :, :8])
 
 
 def test_frechet_distance_closed_form():

@@ -128,6 +128,69 @@ def test_items_carry_the_task_channels_and_loss_mask(clips, tmp_path):
     torch.testing.assert_close(again["x"], item["x"])
 
 
+def test_extrapolated_conditioning_places_the_moving_content_in_the_frames_to_predict():
+    """extrapolate='constant_velocity': on whole-pixel motion without bounces the conditioning
+    channels of the frames to predict hold the truth itself; given frames and mask are unchanged,
+    an unconditional draw gives zeros, and bad settings are refused by name."""
+    from multidiff.video.data import task_conditioning
+
+    patch = torch.linspace(-0.5, 1.0, 9).reshape(3, 3)
+    x = torch.full((1, 6, 12, 12), -1.0)
+    for t in range(6):
+        x[0, t, 1 + t:4 + t, 2 + t:5 + t] = patch  # one pixel down and right per frame
+    plain = task_conditioning(x, "predict", 3)
+    moved = task_conditioning(x, "predict", 3, extrapolate="constant_velocity")
+    torch.testing.assert_close(moved["concat"][1], x[0])
+    assert torch.equal(moved["concat"][0], plain["concat"][0]) and torch.equal(moved["loss_mask"], plain["loss_mask"])
+    assert float(plain["concat"][1, 3:].abs().max()) == 0
+    g = torch.Generator().manual_seed(0)
+    unconditional = task_conditioning(x, "predict", 3, g, p_unconditional=1.0, extrapolate="constant_velocity")
+    assert float(unconditional["concat"].abs().max()) == 0
+    with pytest.raises(ValueError, match="unknown extrapolation 'flow'"):
+        task_conditioning(x, "predict", 3, extrapolate="flow")
+    with pytest.raises(ValueError, match="given_frames >= 2"):
+        task_conditioning(x, "predict", 1, extrapolate="constant_velocity")
+
+
+def test_extrapolated_prediction_trains_predicts_and_is_named_in_the_checkpoint(clips, tmp_path):
+    from multidiff.train.build import build_dataset
+    from multidiff.train.sampling import generate
+    from multidiff.train.trainer import load_for_sampling
+    from multidiff.video.predict import evaluate_prediction
+
+    with pytest.raises(ValueError, match="data.params.extrapolate 'constant_velocity' needs task 'predict'"):
+        build_dataset(load_config(RECIPE, overrides(clips, tmp_path / "i", "data.params.task=interpolate",
+                                                    "data.params.extrapolate=constant_velocity")))
+    with pytest.raises(ValueError, match="data.params.residual needs data.params.extrapolate"):
+        build_dataset(load_config(RECIPE, overrides(clips, tmp_path / "r", "data.params.residual=true")))
+    settings = ("data.params.extrapolate=constant_velocity", "data.params.residual=true", "data.params.p_unconditional=0")
+    data = build_dataset(load_config(RECIPE, overrides(clips, tmp_path / "d", *settings)))
+    item, plain = data[0], data.clips[0]["x"]
+    guess = item["concat"][1:, 2:]  # the extrapolated frames to predict
+    torch.testing.assert_close(item["x"][:, 2:], plain[:, 2:] - guess)  # the model diffuses the residual
+    torch.testing.assert_close(item["x"][:, :2], plain[:, :2])
+    out = tmp_path / "run"
+    assert main(["train", RECIPE, *overrides(clips, out, *settings[:2], "trainer.preview_every_samples=0")]) == 0
+    ckpt = out / "checkpoints" / "latest"
+    model, config, spec, *_ = load_for_sampling(ckpt, "cpu")
+    assert spec.meta["extrapolate"] == "constant_velocity" and spec.meta["residual"] is True
+    report = evaluate_prediction(ckpt, num=4, steps=2, device="cpu")
+    assert report["extrapolate"] == "constant_velocity" and report["residual"] is True
+    assert all(math.isfinite(report[m]["mse"]) for m in ("sample", "mean"))
+    from multidiff.video.data import ClipArrayDataset, task_conditioning
+    from multidiff.video.predict import predict_frames
+
+    truth = torch.stack([ClipArrayDataset(clips, 6, split="test", random_crop=False).clip(k) for k in range(3)])
+    kw = dict(method="mean", extrapolate="constant_velocity")
+    added = predict_frames(model, config.objective, config.sampling, truth, 2, residual=True, **kw)
+    bare = predict_frames(model, config.objective, config.sampling, truth, 2, residual=False, **kw)
+    guesses = torch.stack([task_conditioning(v, "predict", 2, extrapolate="constant_velocity")["guess"] for v in truth])
+    torch.testing.assert_close(added - bare, guesses)  # the guess is added back on the predicted frames only
+    known = torch.zeros(2, *spec.sample_shape)
+    with pytest.raises(ValueError, match="multidiff.video.predict"):
+        generate(model, config.objective, spec, config.sampling, num=2, known=known, mask=torch.ones(1, 1, 6, 1, 1))
+
+
 def test_class_conditional_generation_config(clips, tmp_path):
     from multidiff.train.build import build_dataset, build_model
 

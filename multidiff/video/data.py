@@ -7,7 +7,8 @@ Items are dicts:
   text     caption string ("" when none; folder / manifest data only)
 and, with a conditioning task (:func:`task_conditioning`), also
   concat     (1 + channels, frames, height, width): a mask channel (1 = given frame) and the given
-             frames (zeros elsewhere), for UNet3D's ``extra_in_channels``
+             frames (zeros elsewhere, or with ``extrapolate`` a guess at them), for UNet3D's
+             ``extra_in_channels``
   loss_mask  (1, frames, 1, 1): 1 on the frames to generate, so given frames do not count in the loss
 Random choices (clip start, task, given frames) come from a generator seeded by (seed, epoch,
 index), so an item does not depend on batch composition or worker layout.
@@ -26,6 +27,7 @@ from ..manifest import scan_folder as scan_files
 from .io import VIDEO_EXTENSIONS, VideoDecodeError, probe_video, read_video
 
 TASKS = ("generate", "predict", "interpolate", "mixed")
+EXTRAPOLATIONS = ("none", "constant_velocity")
 
 
 def scan_folder(root) -> list[dict]:
@@ -34,16 +36,26 @@ def scan_folder(root) -> list[dict]:
 
 
 def task_conditioning(x: torch.Tensor, task: str, given: int, g: torch.Generator | None = None,
-                      p_unconditional: float = 0.0) -> dict:
+                      p_unconditional: float = 0.0, extrapolate: str = "none") -> dict:
     """The concat channels and loss mask of a frame task for one clip x (C, T, H, W).
 
     task: "generate" (nothing given), "predict" (the first ``given`` frames given), "interpolate"
     (the first and last ``given // 2`` (at least 1) frames given) or "mixed" (predict or interpolate,
     at random). With probability ``p_unconditional`` nothing is given (so one model also generates).
-    Returns {"concat": (1 + C, T, H, W), "loss_mask": (1, T, 1, 1)}.
+    extrapolate: what the concat holds on the frames to generate of a predict task: "none" (zeros)
+    or "constant_velocity" (the last given frame moved at the given frames' whole-pixel velocity,
+    :func:`multidiff.video.metrics.constant_velocity_frames`; needs given >= 2). A motion-compensated
+    first guess, as flow-warped inputs in video prediction (e.g. Reda et al. 2018, SDC-Net): the
+    network then corrects a guess already in place (bounces, shape) instead of having to carry the
+    content across the frame itself, which a stack of convolutions does not express directly.
+    Returns {"concat": (1 + C, T, H, W), "loss_mask": (1, T, 1, 1)}, and with ``extrapolate`` also
+    "guess" (C, T, H, W): the guess on the frames to generate, zeros elsewhere (all zeros when
+    nothing is given), for a model of the residual x - guess (see TaskParams.residual).
     """
     if task not in TASKS:
         raise ValueError(f"unknown video task {task!r}; known: {TASKS}")
+    if extrapolate not in EXTRAPOLATIONS:
+        raise ValueError(f"unknown extrapolation {extrapolate!r}; known: {EXTRAPOLATIONS}")
     t = x.shape[1]
     mask = torch.zeros(t)
     u = float(torch.rand((), generator=g)) if (p_unconditional > 0 or task == "mixed") else 1.0
@@ -59,8 +71,21 @@ def task_conditioning(x: torch.Tensor, task: str, given: int, g: torch.Generator
             mask[:k] = 1
             mask[t - k:] = 1
     m = mask.reshape(1, t, 1, 1).to(x.dtype)
-    concat = torch.cat([m.expand(1, t, *x.shape[2:]), x * m], dim=0)
-    return {"concat": concat, "loss_mask": 1 - m}
+    frames, guess = x * m, None
+    if extrapolate != "none":
+        guess = torch.zeros_like(x)
+        if task == "predict" and mask[0] == 1:
+            if given < 2:
+                raise ValueError(f"extrapolate {extrapolate!r} needs given_frames >= 2 (a velocity), got {given}")
+            from .metrics import constant_velocity_frames
+
+            guess = constant_velocity_frames(x[None], given)[0] * (1 - m)
+            frames = frames + guess
+    concat = torch.cat([m.expand(1, t, *x.shape[2:]), frames], dim=0)
+    out = {"concat": concat, "loss_mask": 1 - m}
+    if guess is not None:
+        out["guess"] = guess
+    return out
 
 
 class VideoDataset(ManifestRows, Dataset):

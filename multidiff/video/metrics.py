@@ -100,23 +100,43 @@ def shift_frames(frames: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, fill:
     return torch.where(inside[:, None], out, torch.full_like(out, fill))
 
 
+def best_shifts(src: torch.Tensor, dst: torch.Tensor, max_shift: int = 4, fill: float = -1.0) -> torch.Tensor:
+    """The whole-pixel translation (dy, dx), each in [-max_shift, max_shift], that moves src closest
+    to dst in MSE, per frame pair: src / dst (batch, channels, height, width) -> (batch, 2) long.
+    All (2 max_shift + 1)^2 shifts are scored in one pass (windows of the fill-padded source); ties
+    go to the first in (dy, dx) row-major order."""
+    if src.shape != dst.shape or src.dim() != 4:
+        raise ValueError(f"best_shifts needs two (batch, channels, height, width) tensors of one shape, "
+                         f"got {tuple(src.shape)} and {tuple(dst.shape)}")
+    b, c, h, w = src.shape
+    m, side = max_shift, 2 * max_shift + 1
+    padded = F.pad(src, (m, m, m, m), value=fill)
+    # window (i, j) of the padded source is the source moved by (dy, dx) = (m - i, m - j)
+    windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # (b, c, side, side, h, w)
+    errors = (windows - dst[:, :, None, None]).square().mean((1, 4, 5)).flip(1, 2).reshape(b, side * side)
+    k = errors.argmin(1)
+    return torch.stack([k // side - m, k % side - m], 1)
+
+
 def constant_velocity_frames(video: torch.Tensor, given: int, max_shift: int = 4, fill: float = -1.0) -> torch.Tensor:
     """A hand-made predictor for translating content (Moving MNIST): frames [given, T) are the last
-    given frame moved by round(k * v), v the mean of the whole-pixel shifts (each in
-    [-max_shift, max_shift], found by exhaustive search for the least MSE) between consecutive given
-    frames. No bounces. video (batch, channels, frames, height, width); needs given >= 2."""
+    given frame moved by round(k * v). Per axis, |v| is the largest whole-pixel shift
+    (:func:`best_shifts`) between consecutive given frames and its sign that of the last shift (the
+    opposite of the one before when the last is 0): a reflection at a wall shortens the shift across
+    it and flips the later ones, so the mean of the shifts would be wrong after a bounce. No bounces
+    after the given frames. video (batch, channels, frames, height, width); needs given >= 2.
+    Returns the video with frames [given, T) replaced."""
     if not 2 <= given <= video.shape[2]:
         raise ValueError(f"constant-velocity prediction needs 2 <= given <= {video.shape[2]}, got {given}")
-    b = video.shape[0]
-    span = torch.arange(-max_shift, max_shift + 1, device=video.device)
-    candidates = torch.cartesian_prod(span, span)  # (K, 2) (dy, dx)
-    steps = []
-    for t in range(given - 1):
-        src, dst = video[:, :, t], video[:, :, t + 1]
-        errors = torch.stack([(shift_frames(src, c[0].expand(b), c[1].expand(b), fill) - dst).square().mean((1, 2, 3))
-                              for c in candidates], 1)  # (b, K)
-        steps.append(candidates[errors.argmin(1)].to(video.dtype))
-    velocity = torch.stack(steps).mean(0)  # (b, 2)
+    b, c, _, h, w = video.shape
+    pairs = given - 1
+    src = video[:, :, :pairs].transpose(1, 2).reshape(b * pairs, c, h, w)
+    dst = video[:, :, 1:given].transpose(1, 2).reshape(b * pairs, c, h, w)
+    shifts = best_shifts(src, dst, max_shift, fill).reshape(b, pairs, 2).to(video.dtype)
+    sign = torch.sign(shifts[:, -1])
+    if pairs > 1:
+        sign = torch.where(sign == 0, -torch.sign(shifts[:, -2]), sign)
+    velocity = sign * shifts.abs().amax(1)  # (b, 2)
     out = video.clone()
     for k in range(1, video.shape[2] - given + 1):
         d = torch.round(velocity * k).long()

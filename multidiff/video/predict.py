@@ -24,15 +24,19 @@ import torch
 from ..core import make_generators, sample
 from ..core.utils import randn_like
 from .data import ClipArrayDataset, task_conditioning
-from .metrics import constant_velocity_frames, mse_per_frame, prediction_report
+from .metrics import constant_velocity_frames, mse_per_frame, prediction_report, repeat_last_frame
 
 
 @torch.no_grad()
 def predict_frames(model, objective, sampling, truth: torch.Tensor, given: int, *, task: str = "predict",
-                   method: str = "sample", replace: bool = False, seed: int = 0, batch_size: int = 32) -> torch.Tensor:
+                   method: str = "sample", replace: bool = False, seed: int = 0, batch_size: int = 32,
+                   extrapolate: str = "none", residual: bool = False) -> torch.Tensor:
     """Fill in the frames of ``truth`` (N, C, T, H, W) that the task does not give.
 
     method: "sample" (the sampling config's sampler and steps) or "mean" (one denoiser call at sigma_max).
+    extrapolate: the first guess the model was trained with in its conditioning channels
+    (the data set's ``extrapolate``; see :func:`multidiff.video.data.task_conditioning`);
+    residual: the model generates x - guess (the data set's ``residual``), added back here.
     Returns (N, C, T, H, W) float32 on the CPU, with the given frames equal to the truth.
     """
     from ..train.build import build_denoiser
@@ -45,7 +49,7 @@ def predict_frames(model, objective, sampling, truth: torch.Tensor, given: int, 
     out = []
     for start in range(0, len(truth), batch_size):
         x0 = truth[start:start + batch_size].to(device)
-        conds = [task_conditioning(v, task, given) for v in x0]
+        conds = [task_conditioning(v, task, given, extrapolate=extrapolate) for v in x0]
         concat = torch.stack([c["concat"] for c in conds])
         mask = 1 - torch.stack([c["loss_mask"] for c in conds])  # (n, 1, T, 1, 1): 1 on given frames
         cond = {"concat": concat} if uses_concat else {}
@@ -64,6 +68,8 @@ def predict_frames(model, objective, sampling, truth: torch.Tensor, given: int, 
             pred = sample(denoiser, noise * sigmas[0], sigmas, sampling.sampler, cond=cond or None, generator=gens)
         else:
             raise ValueError(f"method must be 'sample' or 'mean', got {method!r}")
+        if residual:
+            pred = pred + torch.stack([c["guess"] for c in conds])
         out.append(torch.lerp(pred.float(), x0.float(), mask).cpu())
     return torch.cat(out)
 
@@ -97,12 +103,17 @@ def evaluate_prediction(checkpoint, *, num: int = 256, steps: int | None = None,
     sampling = replace(config.sampling, steps=steps or config.sampling.steps)
     report = {"checkpoint": str(folder), "weights": weights.name, "task": task, "given_frames": given,
               "conditioning": "replacement" if generation_model else "masked training",
+              "extrapolate": "none" if generation_model else spec.meta.get("extrapolate", "none"),
+              "residual": False if generation_model else bool(spec.meta.get("residual", False)),
               "frames": frames, "num_clips": len(truth), "sampler": sampling.sampler, "steps": sampling.steps}
     if given >= 2:  # the hand-made reference: the last frame moved at the given frames' mean velocity
         extrapolated = constant_velocity_frames(truth, given)
-        report["constant_velocity"] = {"mse": float(mse_per_frame(extrapolated[:, :, given:], truth[:, :, given:]).mean())}
+        mse = float(mse_per_frame(extrapolated[:, :, given:], truth[:, :, given:]).mean())
+        base = float(mse_per_frame(repeat_last_frame(truth, given)[:, :, given:], truth[:, :, given:]).mean())
+        report["constant_velocity"] = {"mse": mse, "mse_improvement": 1 - mse / max(base, 1e-20)}
     for method in methods:
-        pred = predict_frames(model, config.objective, sampling, truth, given, task=task, method=method, seed=seed)
+        pred = predict_frames(model, config.objective, sampling, truth, given, task=task, method=method, seed=seed,
+                              extrapolate=report["extrapolate"], residual=report["residual"])
         report[method] = prediction_report(pred, truth, given)
         if save is not None:
             from .io import frame_grid
@@ -132,7 +143,9 @@ def main(argv=None) -> int:
         print(f"predict: {err}", file=sys.stderr)
         return 2
     if "constant_velocity" in report:
-        print(f"constant-velocity extrapolation of the last given frame: mse {report['constant_velocity']['mse']:.5f}")
+        ref = report["constant_velocity"]
+        print(f"constant-velocity extrapolation of the last given frame: mse {ref['mse']:.5f} "
+              f"(improvement {100 * ref['mse_improvement']:.1f}%)")
     for method in a.methods.split(","):
         r = report[method]
         print(f"{method:>6}: mse {r['mse']:.5f} (repeat-last {r['baseline_mse']:.5f}, improvement "

@@ -11,7 +11,7 @@ import torch
 
 from ..train.registry import DataSpec, register_dataset, register_evaluator, register_model, register_preview
 from .autoencoder import FrameVAEParams, build_frame_vae_entry
-from .data import TASKS, ClipArrayDataset, VideoDataset, task_conditioning
+from .data import EXTRAPOLATIONS, TASKS, ClipArrayDataset, VideoDataset, task_conditioning
 from .io import frame_grid, write_gif
 from .unet3d import UNET3D_PRESETS
 
@@ -71,13 +71,20 @@ class TaskParams:
     task: generate | predict | interpolate | mixed; given_frames: frames given for predict
     (the first ones) or interpolate (half at each end); p_unconditional: probability that a
     clip is given no frames (so the model also generates from scratch, and previews, which
-    sample without given frames, show something meaningful); conditional: use class labels.
+    sample without given frames, show something meaningful); conditional: use class labels;
+    extrapolate: none | constant_velocity, a first guess at the frames to predict in the
+    conditioning channels (predict task only; see task_conditioning); residual: diffuse
+    x - guess instead of x (needs extrapolate), so the untrained model (zero output layer)
+    already predicts the guess and training learns its corrections, as residual video diffusion
+    (Yang, Srivastava & Mandt 2022) corrects a deterministic next-frame predictor.
     """
 
     task: str = "generate"
     given_frames: int = 0
     p_unconditional: float = 0.0
     conditional: bool = False
+    extrapolate: str = "none"
+    residual: bool = False
 
 
 @dataclass
@@ -117,6 +124,14 @@ class VideoTrainData(torch.utils.data.Dataset):
         if params.task != "generate" and not 0 < params.given_frames < frames:
             raise ValueError(f"data.params.given_frames: task {params.task!r} needs 0 < given_frames < {frames}, "
                              f"got {params.given_frames}")
+        if params.extrapolate not in EXTRAPOLATIONS:
+            raise ValueError(f"data.params.extrapolate: unknown extrapolation {params.extrapolate!r}; "
+                             f"known: {EXTRAPOLATIONS}")
+        if params.extrapolate != "none" and (params.task != "predict" or params.given_frames < 2):
+            raise ValueError(f"data.params.extrapolate {params.extrapolate!r} needs task 'predict' with "
+                             f"given_frames >= 2, got task {params.task!r} with {params.given_frames}")
+        if params.residual and params.extrapolate == "none":
+            raise ValueError("data.params.residual needs data.params.extrapolate (the guess the residual is taken from)")
         if not 0.0 <= params.p_unconditional <= 1.0:
             raise ValueError(f"data.params.p_unconditional must lie in [0, 1], got {params.p_unconditional}")
         self.clips, self.params, self.seed = clips, params, seed
@@ -127,7 +142,8 @@ class VideoTrainData(torch.utils.data.Dataset):
                 raise ValueError("data.params.conditional: the data set has no labels")
         concat = shape[0] + 1 if params.task != "generate" else 0
         meta = {"fps": float(fps or 8.0), "task": params.task, "given_frames": params.given_frames,
-                "concat_channels": concat}
+                "concat_channels": concat, "extrapolate": params.extrapolate,
+                "residual": bool(params.residual)}
         self.spec = DataSpec(tuple(int(s) for s in shape), int(classes), MODALITY, meta)
         self.epoch = 0
 
@@ -149,7 +165,10 @@ class VideoTrainData(torch.utils.data.Dataset):
             # a new draw each epoch, reproducible from (seed, epoch, index) whatever the batch or worker
             g = torch.Generator().manual_seed((self.seed * 7_000_003 + self.epoch) * 10_000_019 + index)
             out.update(task_conditioning(item["x"], self.params.task, self.params.given_frames, g,
-                                         self.params.p_unconditional))
+                                         self.params.p_unconditional, self.params.extrapolate))
+            guess = out.pop("guess", None)
+            if self.params.residual:
+                out["x"] = item["x"] - guess
         return out
 
 
