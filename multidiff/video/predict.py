@@ -106,7 +106,7 @@ def evaluate_prediction(checkpoint, *, num: int = 256, steps: int | None = None,
               "extrapolate": "none" if generation_model else spec.meta.get("extrapolate", "none"),
               "residual": False if generation_model else bool(spec.meta.get("residual", False)),
               "frames": frames, "num_clips": len(truth), "sampler": sampling.sampler, "steps": sampling.steps}
-    if given >= 2:  # the hand-made reference: the last frame moved at the given frames' mean velocity
+    if given >= 2:  # the hand-made reference: the last given frame moved at the given frames' velocity
         extrapolated = constant_velocity_frames(truth, given)
         mse = float(mse_per_frame(extrapolated[:, :, given:], truth[:, :, given:]).mean())
         base = float(mse_per_frame(repeat_last_frame(truth, given)[:, :, given:], truth[:, :, given:]).mean())
