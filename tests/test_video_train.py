@@ -191,6 +191,66 @@ def test_extrapolated_prediction_trains_predicts_and_is_named_in_the_checkpoint(
         generate(model, config.objective, spec, config.sampling, num=2, known=known, mask=torch.ones(1, 1, 6, 1, 1))
 
 
+def test_guided_and_averaged_predictions_have_their_closed_forms(clips, tmp_path):
+    """Guidance between the given frames and none is affine in the scale (D_u + w (D_c - D_u)),
+    scale 0 is the unconditional model (concat all zero); sample_mean of 1 draw is the sample and of
+    2 draws the mean of the sample and the draw seeded one stride on; a model that never saw
+    unconditional clips refuses guidance by name."""
+    from multidiff.train.build import build_denoiser
+    from multidiff.train.trainer import load_for_sampling
+    from multidiff.video.data import ClipArrayDataset
+    from multidiff.video.predict import _DRAW_SEED_STRIDE, evaluate_prediction, predict_frames
+
+    out = tmp_path / "run"
+    assert main(["train", RECIPE, *overrides(clips, out, "trainer.preview_every_samples=0")]) == 0
+    ckpt = out / "checkpoints" / "latest"
+    model, config, spec, *_ = load_for_sampling(ckpt, "cpu")
+    assert spec.meta["p_unconditional"] == pytest.approx(0.1)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # 4 steps leave the zero-initialised output near zero; the closed forms hold for any weights
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=g))
+    truth = torch.stack([ClipArrayDataset(clips, 6, split="test", random_crop=False).clip(k) for k in range(3)])
+
+    def predict(**kw):
+        return predict_frames(model, config.objective, config.sampling, truth, 2, seed=5, **kw)
+
+    means = {w: predict(method="mean", guidance=w) for w in (0.0, 1.0, 2.0)}
+    torch.testing.assert_close(means[2.0], 2 * means[1.0] - means[0.0], atol=1e-5, rtol=1e-5)
+    assert (means[1.0] - means[0.0]).abs().max() > 1e-2  # the given frames change the output
+    denoiser = build_denoiser(model, config.objective)
+    sigma = torch.full((3,), config.objective.schedule.sigma_max)
+    from multidiff.core import make_generators
+    from multidiff.core.utils import randn_like
+
+    noise = randn_like(truth, make_generators(5, 3, "cpu"))
+    concat = torch.zeros(3, truth.shape[1] + 1, *truth.shape[2:])
+    uncond = denoiser(noise * sigma[0], sigma, {"concat": concat})
+    torch.testing.assert_close(means[0.0][:, :, 2:], uncond[:, :, 2:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(means[0.0][:, :, :2], truth[:, :, :2])  # given frames are kept
+
+    single = predict(method="sample")
+    torch.testing.assert_close(predict(method="sample_mean", average=1), single)
+    second = predict_frames(model, config.objective, config.sampling, truth, 2, seed=5 + _DRAW_SEED_STRIDE)
+    torch.testing.assert_close(predict(method="sample_mean", average=2), (single + second) / 2)
+    with pytest.raises(ValueError, match="average must be at least 1"):
+        predict(method="sample_mean", average=0)
+    with pytest.raises(ValueError, match="'sample_mean'"):
+        predict(method="best")
+    report = evaluate_prediction(ckpt, num=3, steps=2, device="cpu", methods=("sample_mean",), guidance=1.5, average=2)
+    assert report["guidance"] == 1.5 and report["average"] == 2 and math.isfinite(report["sample_mean"]["mse"])
+    assert report["weights"] == "ema.safetensors"
+    raw = evaluate_prediction(ckpt, num=3, steps=2, device="cpu", methods=("mean",), use_ema=False)
+    ema = evaluate_prediction(ckpt, num=3, steps=2, device="cpu", methods=("mean",))
+    assert raw["weights"] == "model.safetensors" and raw["mean"]["mse"] != ema["mean"]["mse"]
+
+    always = tmp_path / "always"
+    assert main(["train", RECIPE, *overrides(clips, always, "data.params.p_unconditional=0",
+                                             "trainer.preview_every_samples=0")]) == 0
+    with pytest.raises(ValueError, match="p_unconditional=0"):
+        evaluate_prediction(always / "checkpoints" / "latest", num=2, steps=2, device="cpu", guidance=2.0)
+
+
 def test_class_conditional_generation_config(clips, tmp_path):
     from multidiff.train.build import build_dataset, build_model
 

@@ -9,8 +9,15 @@ frames are also re-imposed at every noise level by masked sampling (``cond["know
 channels (unconditional), as in Ho et al. 2022 (VDM) Sec. 3.1 "replacement".
 
 ``mean`` is the one-step estimate E[x0 | given frames]: the denoiser applied at sigma_max, the
-minimum-MSE prediction (blurry where the future is uncertain); samples are sharp but pay up to
-twice the variance in MSE. Both are scored against the truth beside the repeat-last-frame baseline.
+minimum-MSE prediction (blurry where the future is uncertain). ``sample`` is one draw of the
+sampler. A draw X' from the true posterior, independent of the truth X given the frames, has
+E|X' - X|^2 = 2 tr Cov[X | given] = 2 MMSE: a calibrated sample pays the posterior's spread twice,
+so on data whose future is uncertain no single sample can score as well as the mean.
+``sample_mean`` averages ``average`` draws (the Monte-Carlo posterior mean, MSE about
+MMSE (1 + 1/average)). ``guidance`` > 1 applies classifier-free guidance between the given frames
+and nothing given (a model trained with ``p_unconditional`` > 0), which narrows the draws towards
+what the given frames imply (Ho & Salimans 2022). All are scored against the truth beside the
+repeat-last-frame baseline.
 """
 from __future__ import annotations
 
@@ -22,18 +29,25 @@ from pathlib import Path
 import torch
 
 from ..core import make_generators, sample
+from ..core.guidance import cfg
 from ..core.utils import randn_like
 from .data import ClipArrayDataset, task_conditioning
 from .metrics import constant_velocity_frames, mse_per_frame, prediction_report, repeat_last_frame
+
+_DRAW_SEED_STRIDE = 1_000_003  # seeds of a clip's further draws: apart from every clip's first draw
 
 
 @torch.no_grad()
 def predict_frames(model, objective, sampling, truth: torch.Tensor, given: int, *, task: str = "predict",
                    method: str = "sample", replace: bool = False, seed: int = 0, batch_size: int = 32,
-                   extrapolate: str = "none", residual: bool = False) -> torch.Tensor:
+                   extrapolate: str = "none", residual: bool = False, guidance: float = 1.0,
+                   average: int = 8) -> torch.Tensor:
     """Fill in the frames of ``truth`` (N, C, T, H, W) that the task does not give.
 
-    method: "sample" (the sampling config's sampler and steps) or "mean" (one denoiser call at sigma_max).
+    method: "sample" (the sampling config's sampler and steps), "sample_mean" (the mean of
+    ``average`` samples, each clip's draws seeded apart from the single sample's) or "mean" (one
+    denoiser call at sigma_max).
+    guidance: classifier-free guidance scale between the given frames and none (1: the model alone).
     extrapolate: the first guess the model was trained with in its conditioning channels
     (the data set's ``extrapolate``; see :func:`multidiff.video.data.task_conditioning`);
     residual: the model generates x - guess (the data set's ``residual``), added back here.
@@ -46,6 +60,16 @@ def predict_frames(model, objective, sampling, truth: torch.Tensor, given: int, 
     denoiser = build_denoiser(model, objective)
     sigmas = sampling_sigmas(sampling, denoiser.schedule)
     uses_concat = getattr(getattr(model, "config", None), "extra_in_channels", 0) > 0
+    if method not in ("sample", "sample_mean", "mean"):
+        raise ValueError(f"method must be 'sample', 'sample_mean' or 'mean', got {method!r}")
+    if method == "sample_mean" and average < 1:
+        raise ValueError(f"average must be at least 1 sample, got {average}")
+    if guidance != 1.0:
+        if not uses_concat:
+            raise ValueError("guidance needs a model trained with given frames (concat channels) and "
+                             "p_unconditional > 0; a generation model has no unconditional branch to guide from")
+        # nothing given: mask and frames zero, as the data set's unconditional clips (task_conditioning)
+        denoiser = cfg(denoiser, guidance, lambda c: {**c, "concat": torch.zeros_like(c["concat"])})
     out = []
     for start in range(0, len(truth), batch_size):
         x0 = truth[start:start + batch_size].to(device)
@@ -62,12 +86,17 @@ def predict_frames(model, objective, sampling, truth: torch.Tensor, given: int, 
                 raise ValueError("method 'mean' needs a model trained with given frames (concat channels); "
                                  "a generation model predicts by replacement sampling only")
             pred = denoiser(noise * sigmas[0], sigmas[0].expand(len(x0)).to(device), cond or None)
-        elif method == "sample":
+        else:
             if replace or not uses_concat:
                 cond = {**cond, "known": x0, "mask": mask}
             pred = sample(denoiser, noise * sigmas[0], sigmas, sampling.sampler, cond=cond or None, generator=gens)
-        else:
-            raise ValueError(f"method must be 'sample' or 'mean', got {method!r}")
+            if method == "sample_mean":
+                for draw in range(1, average):
+                    gens = make_generators(seed + start + draw * _DRAW_SEED_STRIDE, len(x0), device)
+                    noise = randn_like(x0, gens)
+                    pred = pred + sample(denoiser, noise * sigmas[0], sigmas, sampling.sampler, cond=cond or None,
+                                         generator=gens)
+                pred = pred / average
         if residual:
             pred = pred + torch.stack([c["guess"] for c in conds])
         out.append(torch.lerp(pred.float(), x0.float(), mask).cpu())
@@ -76,14 +105,16 @@ def predict_frames(model, objective, sampling, truth: torch.Tensor, given: int, 
 
 def evaluate_prediction(checkpoint, *, num: int = 256, steps: int | None = None, split: str = "test",
                         methods=("sample", "mean"), seed: int = 0, device=None, save=None,
-                        given: int | None = None) -> dict:
+                        given: int | None = None, guidance: float = 1.0, average: int = 8,
+                        use_ema: bool = True) -> dict:
     """Score a checkpoint trained with a predict task on ``num`` clips of ``split``; ``given``
-    frames for a model trained to generate whole clips (then predicted by replacement sampling)."""
+    frames for a model trained to generate whole clips (then predicted by replacement sampling).
+    ``guidance`` and ``average``: see :func:`predict_frames`; ``use_ema``: the EMA weights when saved."""
     from dataclasses import replace
 
     from ..train.trainer import load_for_sampling
 
-    model, config, spec, _, folder, weights = load_for_sampling(checkpoint, device)
+    model, config, spec, _, folder, weights = load_for_sampling(checkpoint, device, use_ema=use_ema)
     task, trained_given = spec.meta.get("task", "predict"), int(spec.meta.get("given_frames", 0))
     generation_model = task == "generate" or trained_given <= 0
     if generation_model:
@@ -97,6 +128,9 @@ def evaluate_prediction(checkpoint, *, num: int = 256, steps: int | None = None,
         task = "predict"
     if task != "predict":
         raise ValueError(f"{folder}: scoring supports the predict task (repeat-last-frame baseline), not {task!r}")
+    if guidance != 1.0 and float(spec.meta.get("p_unconditional", 1.0)) <= 0.0:
+        raise ValueError(f"{folder} was trained with data.params.p_unconditional=0 (always given frames), so it has "
+                         f"no unconditional branch for guidance {guidance}")
     frames = spec.sample_shape[1]
     clips = ClipArrayDataset(config.data.path, frames, split=split, random_crop=False)
     truth = torch.stack([clips.clip(k) for k in range(min(num, len(clips)))])
@@ -105,7 +139,10 @@ def evaluate_prediction(checkpoint, *, num: int = 256, steps: int | None = None,
               "conditioning": "replacement" if generation_model else "masked training",
               "extrapolate": "none" if generation_model else spec.meta.get("extrapolate", "none"),
               "residual": False if generation_model else bool(spec.meta.get("residual", False)),
-              "frames": frames, "num_clips": len(truth), "sampler": sampling.sampler, "steps": sampling.steps}
+              "frames": frames, "num_clips": len(truth), "sampler": sampling.sampler, "steps": sampling.steps,
+              "guidance": float(guidance)}
+    if "sample_mean" in methods:
+        report["average"] = int(average)
     if given >= 2:  # the hand-made reference: the last given frame moved at the given frames' velocity
         extrapolated = constant_velocity_frames(truth, given)
         mse = float(mse_per_frame(extrapolated[:, :, given:], truth[:, :, given:]).mean())
@@ -113,7 +150,8 @@ def evaluate_prediction(checkpoint, *, num: int = 256, steps: int | None = None,
         report["constant_velocity"] = {"mse": mse, "mse_improvement": 1 - mse / max(base, 1e-20)}
     for method in methods:
         pred = predict_frames(model, config.objective, sampling, truth, given, task=task, method=method, seed=seed,
-                              extrapolate=report["extrapolate"], residual=report["residual"])
+                              extrapolate=report["extrapolate"], residual=report["residual"],
+                              guidance=guidance, average=average)
         report[method] = prediction_report(pred, truth, given)
         if save is not None:
             from .io import frame_grid
@@ -128,7 +166,13 @@ def main(argv=None) -> int:
     p.add_argument("--num", type=int, default=256)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--split", default="test")
-    p.add_argument("--methods", default="sample,mean")
+    p.add_argument("--methods", default="sample,mean",
+                   help="comma-separated: sample (one draw), sample_mean (the mean of --average draws), "
+                        "mean (one denoiser call at sigma_max)")
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance scale between the given frames and none (1: off)")
+    p.add_argument("--average", type=int, default=8, help="draws averaged by the sample_mean method")
+    p.add_argument("--no-ema", action="store_true", help="the raw weights instead of the EMA ones")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="write report.json and truth/prediction grids here")
@@ -138,7 +182,8 @@ def main(argv=None) -> int:
     try:
         report = evaluate_prediction(a.checkpoint, num=a.num, steps=a.steps, split=a.split,
                                      methods=a.methods.split(","), seed=a.seed, device=a.device, save=a.out,
-                                     given=a.given)
+                                     given=a.given, guidance=a.guidance, average=a.average,
+                                     use_ema=not a.no_ema)
     except (FileNotFoundError, ValueError) as err:
         print(f"predict: {err}", file=sys.stderr)
         return 2
@@ -148,7 +193,7 @@ def main(argv=None) -> int:
               f"(improvement {100 * ref['mse_improvement']:.1f}%)")
     for method in a.methods.split(","):
         r = report[method]
-        print(f"{method:>6}: mse {r['mse']:.5f} (repeat-last {r['baseline_mse']:.5f}, improvement "
+        print(f"{method:>11}: mse {r['mse']:.5f} (repeat-last {r['baseline_mse']:.5f}, improvement "
               f"{100 * r['mse_improvement']:.1f}%)  psnr {r['psnr']:.2f} dB (baseline {r['baseline_psnr']:.2f})"
               + (f"  ssim {r['ssim']:.4f} (baseline {r['baseline_ssim']:.4f})" if "ssim" in r else ""))
     if a.out:

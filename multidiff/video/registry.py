@@ -143,7 +143,7 @@ class VideoTrainData(torch.utils.data.Dataset):
         concat = shape[0] + 1 if params.task != "generate" else 0
         meta = {"fps": float(fps or 8.0), "task": params.task, "given_frames": params.given_frames,
                 "concat_channels": concat, "extrapolate": params.extrapolate,
-                "residual": bool(params.residual)}
+                "residual": bool(params.residual), "p_unconditional": float(params.p_unconditional)}
         self.spec = DataSpec(tuple(int(s) for s in shape), int(classes), MODALITY, meta)
         self.epoch = 0
 
