@@ -113,7 +113,9 @@ def test_spoken_digits_builder_is_deterministic_and_splits_by_voice(tmp_path):
     assert item["x"].shape == (1, 16000) and 0.5 < float(item["x"].abs().max()) <= 0.91
     differ = [r["path"] for r in rows if (m1.parent / r["path"]).read_bytes() != (m2.parent / r["path"]).read_bytes()]
     assert not differ, f"the two builds wrote different audio for {differ}"
-    assert torch.equal(item["x"], AudioDataset(m2, length=16000, random_crop=False)[0]["x"])
+    # byte-identical files; the decode resamples through a convolution whose last bits can depend on
+    # buffer alignment (seen once on a loaded CI host), so the decoded items agree to float precision
+    torch.testing.assert_close(item["x"], AudioDataset(m2, length=16000, random_crop=False)[0]["x"], rtol=0, atol=1e-6)
 
 
 def test_notes_builder_renders_the_requested_pitch(tmp_path):
