@@ -90,7 +90,7 @@ def test_missing_shape_path_is_a_config_error(tmp_path):
         load_config(RECIPE, [f"data.path={tmp_path / 'nope.csv'}"])
 
 
-@pytest.mark.parametrize("name", ["procedural", "furniture", "upsample"])
+@pytest.mark.parametrize("name", ["procedural", "furniture", "upsample", "procedural_text"])
 def test_every_shapes_recipe_is_a_valid_config(name):
     config = load_config(str(REPO / f"recipes/shapes/{name}.yaml"), validate_paths=False)
     assert config.model.name == "shapes_transformer" and config.data.name == "shapes"
