@@ -89,14 +89,15 @@ def predict_frames(model, objective, sampling, truth: torch.Tensor, given: int, 
         else:
             if replace or not uses_concat:
                 cond = {**cond, "known": x0, "mask": mask}
-            pred = sample(denoiser, noise * sigmas[0], sigmas, sampling.sampler, cond=cond or None, generator=gens)
-            if method == "sample_mean":
-                for draw in range(1, average):
+            draws = average if method == "sample_mean" else 1
+            pred = 0
+            for draw in range(draws):
+                if draw:  # draw 0 uses the clip's own seed, the single sample's
                     gens = make_generators(seed + start + draw * _DRAW_SEED_STRIDE, len(x0), device)
                     noise = randn_like(x0, gens)
-                    pred = pred + sample(denoiser, noise * sigmas[0], sigmas, sampling.sampler, cond=cond or None,
-                                         generator=gens)
-                pred = pred / average
+                pred = pred + sample(denoiser, noise * sigmas[0], sigmas, sampling.sampler, cond=cond or None,
+                                     generator=gens)
+            pred = pred / draws
         if residual:
             pred = pred + torch.stack([c["guess"] for c in conds])
         out.append(torch.lerp(pred.float(), x0.float(), mask).cpu())
