@@ -12,7 +12,10 @@ from multidiff.video.metrics import (
     classifier_frechet_distance,
     constant_velocity_frames,
     frechet_distance,
+    given_frame_mask,
     i3d_fvd,
+    linear_blend_frames,
+    nearest_given_frame,
     prediction_report,
     psnr,
     repeat_last_frame,
@@ -73,6 +76,42 @@ def test_repeat_last_frame_and_prediction_report():
     assert half["mse_improvement"] == pytest.approx(0.75, abs=1e-9)
     static = truth[:, :, :1].expand(-1, -1, 6, -1, -1)
     assert prediction_report(static, static, given=1)["baseline_mse"] == 0
+
+
+def test_interpolation_baselines_and_report_score_the_gap_only():
+    """given 4 of 8 frames for interpolation: frames 0, 1 and 6, 7; the gap 2..5 lies between frame 1
+    and frame 6, at fractions 1/5 .. 4/5 of the way."""
+    assert given_frame_mask(8, "interpolate", 4).tolist() == [True, True, False, False, False, False, True, True]
+    assert given_frame_mask(8, "predict", 3).tolist() == [True] * 3 + [False] * 5
+    assert given_frame_mask(6, "interpolate", 1).tolist() == [True, False, False, False, False, True]
+    with pytest.raises(ValueError, match="0 < given_frames < frames"):
+        given_frame_mask(6, "interpolate", 6)
+    with pytest.raises(ValueError, match="'predict' or 'interpolate'"):
+        given_frame_mask(6, "generate", 2)
+    g = torch.Generator().manual_seed(2)
+    truth = torch.rand(2, 1, 8, 12, 12, generator=g) * 2 - 1
+    a, b = truth[:, :, 1], truth[:, :, 6]
+    near = nearest_given_frame(truth, 4)
+    blend = linear_blend_frames(truth, 4)
+    for frame, w in zip(range(2, 6), (0.2, 0.4, 0.6, 0.8)):
+        torch.testing.assert_close(near[:, :, frame], a if w < 0.5 else b)
+        torch.testing.assert_close(blend[:, :, frame], (1 - w) * a + w * b)
+    for video in (near, blend):
+        torch.testing.assert_close(video[:, :, [0, 1, 6, 7]], truth[:, :, [0, 1, 6, 7]])
+    # a brightness ramp is exact for the cross-fade
+    ramp = torch.linspace(-1, 1, 8).reshape(1, 1, 8, 1, 1).expand(2, 1, 8, 12, 12)
+    torch.testing.assert_close(linear_blend_frames(ramp, 4), ramp)
+
+    report = prediction_report(near, truth, given=4, task="interpolate")
+    assert report["scored_frames"] == [2, 3, 4, 5] and report["baseline"] == "copy nearest given frame"
+    assert report["mse_improvement"] == pytest.approx(0.0) and len(report["psnr_per_frame"]) == 4
+    # errors outside the gap are not scored; halfway to the truth inside it scores 75%
+    off = 0.5 * (near + truth)
+    off[:, :, [0, 1, 6, 7]] += 1.0
+    half = prediction_report(off, truth, given=4, task="interpolate")
+    assert half["mse_improvement"] == pytest.approx(0.75, abs=1e-9)
+    expected = float((near[:, :, 2:6] - truth[:, :, 2:6]).square().mean())
+    assert half["baseline_mse"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_shift_frames_moves_whole_pixels_and_fills():

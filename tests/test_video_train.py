@@ -83,6 +83,37 @@ def test_stacked_layout_recipe_trains_and_predicts(clips, tmp_path):
         main(["train", recipe, *overrides(clips, tmp_path / "bad", "model.params.stacked_frames=4")])
 
 
+def test_interpolation_recipe_trains_and_is_scored_on_the_gap(clips, tmp_path, capsys):
+    """moving_mnist_interpolate.yaml (stacked layout) through the trainer and the scorer: the first
+    and last frame given of 6, the 4 between scored against copying the nearer given frame, with the
+    cross-fade beside it; the given frames come back exactly, and a predict scoring is refused."""
+    recipe = str(REPO / "recipes/video/moving_mnist_interpolate.yaml")
+    out = tmp_path / "run"
+    assert main(["train", recipe, *overrides(clips, out, "model.params.stacked_frames=6")]) == 0
+    from multidiff.train.trainer import load_for_sampling
+    from multidiff.video.data import ClipArrayDataset
+    from multidiff.video.predict import evaluate_prediction, predict_frames
+    from multidiff.video.predict import main as predict_main
+
+    ckpt = out / "checkpoints" / "latest"
+    report = evaluate_prediction(ckpt, num=4, steps=2, device="cpu", methods=("sample", "mean"))
+    assert report["task"] == "interpolate" and report["given_frames"] == 2
+    assert "linear_blend" in report and "constant_velocity" not in report
+    for method in ("sample", "mean"):
+        r = report[method]
+        assert r["scored_frames"] == [1, 2, 3, 4] and r["baseline"] == "copy nearest given frame"
+        assert math.isfinite(r["mse"]) and r["baseline_mse"] > 0
+    model, config, *_ = load_for_sampling(ckpt, "cpu")
+    truth = torch.stack([ClipArrayDataset(clips, 6, split="test", random_crop=False).clip(k) for k in range(3)])
+    pred = predict_frames(model, config.objective, config.sampling, truth, 2, task="interpolate")
+    torch.testing.assert_close(pred[:, :, [0, 5]], truth[:, :, [0, 5]])
+    assert float((pred[:, :, 1:5] - truth[:, :, 1:5]).abs().max()) > 0
+    with pytest.raises(ValueError, match="trained on the 'interpolate' task; it cannot be scored on 'predict'"):
+        evaluate_prediction(ckpt, num=2, steps=2, device="cpu", task="predict")
+    assert predict_main([str(ckpt), "--num", "2", "--steps", "2", "--methods", "mean"]) == 0
+    assert "cross-fade of the frames either side of the gap" in capsys.readouterr().out
+
+
 def test_a_caption_generation_model_predicts_by_replacement(clips, tmp_path):
     """A model trained on whole clips (with captions) predicts frames by replacement sampling when
     told how many are given; the given frames come back exactly and the mean method is refused."""

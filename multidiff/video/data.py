@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from ..manifest import ManifestRows, read_manifest, row_label
 from ..manifest import scan_folder as scan_files
 from .io import VIDEO_EXTENSIONS, VideoDecodeError, probe_video, read_video
+from .metrics import constant_velocity_frames, given_frame_mask
 
 TASKS = ("generate", "predict", "interpolate", "mixed")
 EXTRAPOLATIONS = ("none", "constant_velocity")
@@ -62,14 +63,7 @@ def task_conditioning(x: torch.Tensor, task: str, given: int, g: torch.Generator
     if task == "mixed":
         task = "predict" if float(torch.rand((), generator=g)) < 0.5 else "interpolate"
     if task != "generate" and not (p_unconditional > 0 and u < p_unconditional):
-        if not 0 < given < t:
-            raise ValueError(f"video task {task!r} needs 0 < given_frames < frames, got {given} of {t}")
-        if task == "predict":
-            mask[:given] = 1
-        else:
-            k = max(given // 2, 1)
-            mask[:k] = 1
-            mask[t - k:] = 1
+        mask = given_frame_mask(t, task, given).float()
     m = mask.reshape(1, t, 1, 1).to(x.dtype)
     frames, guess = x * m, None
     if extrapolate != "none":
@@ -77,8 +71,6 @@ def task_conditioning(x: torch.Tensor, task: str, given: int, g: torch.Generator
         if task == "predict" and mask[0] == 1:
             if given < 2:
                 raise ValueError(f"extrapolate {extrapolate!r} needs given_frames >= 2 (a velocity), got {given}")
-            from .metrics import constant_velocity_frames
-
             guess = constant_velocity_frames(x[None], given)[0] * (1 - m)
             frames = frames + guess
     concat = torch.cat([m.expand(1, t, *x.shape[2:]), frames], dim=0)

@@ -78,6 +78,58 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 2.0, sigm
     return s.mean(dim=(1, 2, 3)).reshape(b, t, c).mean(-1)
 
 
+def given_frame_mask(frames: int, task: str, given: int) -> torch.Tensor:
+    """Which of a clip's ``frames`` a frame task gives, (frames,) bool: "predict" gives the first
+    ``given``; "interpolate" the first and last ``given // 2`` (at least 1) each."""
+    if task not in ("predict", "interpolate"):
+        raise ValueError(f"frame task must be 'predict' or 'interpolate', got {task!r}")
+    if not 0 < given < frames:
+        raise ValueError(f"video task {task!r} needs 0 < given_frames < frames, got {given} of {frames}")
+    mask = torch.zeros(frames, dtype=torch.bool)
+    if task == "predict":
+        mask[:given] = True
+    else:
+        k = max(given // 2, 1)
+        mask[:k] = True
+        mask[frames - k:] = True
+    return mask
+
+
+def _interpolation_ends(video: torch.Tensor, given: int) -> tuple[int, int, torch.Tensor]:
+    """The last frame given before the gap, the first after it, and each gap frame's fraction of
+    the way between them (0 < w < 1)."""
+    t = video.shape[2]
+    mask = given_frame_mask(t, "interpolate", given)
+    before, after = max(given // 2, 1) - 1, t - max(given // 2, 1)
+    w = (torch.arange(t, dtype=video.dtype, device=video.device) - before) / (after - before)
+    return before, after, torch.where(mask.to(video.device), torch.zeros_like(w), w)
+
+
+def nearest_given_frame(video: torch.Tensor, given: int) -> torch.Tensor:
+    """The interpolation counterpart of repeat-last: each frame of the gap between the first and the
+    last ``given // 2`` frames is a copy of the nearer given frame (ties to the earlier).
+    video (batch, channels, frames, height, width)."""
+    before, after, w = _interpolation_ends(video, given)
+    out = video.clone()
+    gap = slice(before + 1, after)
+    out[:, :, gap] = torch.where((w[gap] > 0.5).reshape(1, 1, -1, 1, 1), video[:, :, after:after + 1],
+                                 video[:, :, before:before + 1])
+    return out
+
+
+def linear_blend_frames(video: torch.Tensor, given: int) -> torch.Tensor:
+    """A cross-fade across the gap of an interpolation task: frame t of the gap is
+    (1 - w) x_before + w x_after, w its fraction of the way. Exact for brightness that changes
+    linearly in time; for moving content it shows both ends faintly (ghosting), which lowers MSE
+    below copying either end when the motion is uncertain. video (batch, channels, frames, h, w)."""
+    before, after, w = _interpolation_ends(video, given)
+    out = video.clone()
+    gap = slice(before + 1, after)
+    wg = w[gap].reshape(1, 1, -1, 1, 1)
+    out[:, :, gap] = torch.lerp(video[:, :, before:before + 1], video[:, :, after:after + 1], wg)
+    return out
+
+
 def repeat_last_frame(video: torch.Tensor, given: int) -> torch.Tensor:
     """The baseline prediction: frames [given, T) are copies of frame given - 1."""
     if not 0 < given <= video.shape[2]:
@@ -144,28 +196,43 @@ def constant_velocity_frames(video: torch.Tensor, given: int, max_shift: int = 4
     return out
 
 
-def prediction_report(pred: torch.Tensor, truth: torch.Tensor, given: int, data_range: float = 2.0) -> dict:
-    """Scores of predicted frames [given, T) against the truth, beside the repeat-last-frame baseline.
+def prediction_report(pred: torch.Tensor, truth: torch.Tensor, given: int, data_range: float = 2.0,
+                      task: str = "predict") -> dict:
+    """Scores of the frames a task does not give against the truth, beside the task's copy baseline:
+    "predict" (frames [given, T)) against repeating the last given frame, "interpolate" (the gap
+    between the first and last ``given // 2`` frames) against copying the nearer given frame
+    (:func:`nearest_given_frame`).
 
     Returns floats: mse, psnr, ssim (model), baseline_mse, baseline_psnr, baseline_ssim,
     mse_improvement = 1 - mse / baseline_mse (0.3 = 30% lower MSE), and per-frame lists
     psnr_per_frame / baseline_psnr_per_frame / ssim_per_frame / baseline_ssim_per_frame
-    (averaged over clips, for frames given..T-1). PSNR is of the mean MSE per frame index.
+    (averaged over clips, for the scored frames in order), plus "baseline" (its name) and
+    "scored_frames" (their indices). PSNR is of the mean MSE per frame index.
     """
     _check_pair(pred, truth)
-    base = repeat_last_frame(truth, given)
-    out = {}
-    for name, video in (("", pred), ("baseline_", base)):
-        p, t = video[:, :, given:], truth[:, :, given:]
+    if task == "predict":
+        if not 0 < given <= truth.shape[2]:
+            raise ValueError(f"given must lie in [1, {truth.shape[2]}], got {given}")
+        scored = torch.arange(given, truth.shape[2])
+        base, name = repeat_last_frame(truth, given), "repeat last given frame"
+    else:
+        scored = (~given_frame_mask(truth.shape[2], task, given)).nonzero().squeeze(1)
+        base, name = nearest_given_frame(truth, given), "copy nearest given frame"
+    out = {"baseline": name, "scored_frames": [int(k) for k in scored]}
+    for prefix, video in (("", pred), ("baseline_", base)):
+        p, t = video[:, :, scored.to(video.device)], truth[:, :, scored.to(truth.device)]
+        if p.shape[2] == 0:  # every frame given: nothing to score, and nothing lost against the baseline
+            out[f"{prefix}mse"], out[f"{prefix}psnr"], out[f"{prefix}psnr_per_frame"] = 0.0, math.inf, []
+            continue
         mse = mse_per_frame(p, t)
-        out[f"{name}mse"] = float(mse.mean())
-        out[f"{name}psnr"] = float(10 * math.log10(data_range ** 2 / max(float(mse.mean()), 1e-20)))
-        out[f"{name}psnr_per_frame"] = [float(10 * math.log10(data_range ** 2 / max(float(m), 1e-20)))
-                                        for m in mse.mean(0)]
+        out[f"{prefix}mse"] = float(mse.mean())
+        out[f"{prefix}psnr"] = float(10 * math.log10(data_range ** 2 / max(float(mse.mean()), 1e-20)))
+        out[f"{prefix}psnr_per_frame"] = [float(10 * math.log10(data_range ** 2 / max(float(m), 1e-20)))
+                                          for m in mse.mean(0)]
         if min(p.shape[-2:]) >= 11:
             s = ssim(p, t, data_range)
-            out[f"{name}ssim"] = float(s.mean())
-            out[f"{name}ssim_per_frame"] = [float(v) for v in s.mean(0)]
+            out[f"{prefix}ssim"] = float(s.mean())
+            out[f"{prefix}ssim_per_frame"] = [float(v) for v in s.mean(0)]
     out["mse_improvement"] = 1 - out["mse"] / max(out["baseline_mse"], 1e-20)
     return out
 

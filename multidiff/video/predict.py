@@ -1,6 +1,7 @@
 """Frame prediction / interpolation with a trained video model, and its evaluation.
 
     python -m multidiff.video.predict runs/mmnist-predict/checkpoints/latest --num 256 --steps 16
+    python -m multidiff.video.predict runs/mmnist-interpolate/checkpoints/latest --num 256
 
 The model sees the given frames through its concatenated conditioning channels (a mask and the
 given frames, :func:`multidiff.video.data.task_conditioning`); optionally (``replace``) the given
@@ -16,8 +17,10 @@ so on data whose future is uncertain no single sample can score as well as the m
 ``sample_mean`` averages ``average`` draws (the Monte-Carlo posterior mean, MSE about
 MMSE (1 + 1/average)). ``guidance`` > 1 applies classifier-free guidance between the given frames
 and nothing given (a model trained with ``p_unconditional`` > 0), which narrows the draws towards
-what the given frames imply (Ho & Salimans 2022). All are scored against the truth beside the
-repeat-last-frame baseline.
+what the given frames imply (Ho & Salimans 2022). All are scored against the truth beside a copy
+baseline: repeating the last given frame (prediction) or copying the nearer given frame
+(interpolation), with a hand-made reference beside it: the last given frame moved at the given
+frames' velocity (prediction), or a cross-fade of the frames either side of the gap (interpolation).
 """
 from __future__ import annotations
 
@@ -32,7 +35,13 @@ from ..core import make_generators, sample
 from ..core.guidance import cfg
 from ..core.utils import randn_like
 from .data import ClipArrayDataset, task_conditioning
-from .metrics import constant_velocity_frames, mse_per_frame, prediction_report, repeat_last_frame
+from .metrics import (
+    constant_velocity_frames,
+    linear_blend_frames,
+    mse_per_frame,
+    prediction_report,
+    repeat_last_frame,
+)
 
 _DRAW_SEED_STRIDE = 1_000_003  # seeds of a clip's further draws: apart from every clip's first draw
 
@@ -107,28 +116,31 @@ def predict_frames(model, objective, sampling, truth: torch.Tensor, given: int, 
 def evaluate_prediction(checkpoint, *, num: int = 256, steps: int | None = None, split: str = "test",
                         methods=("sample", "mean"), seed: int = 0, device=None, save=None,
                         given: int | None = None, guidance: float = 1.0, average: int = 8,
-                        use_ema: bool = True) -> dict:
-    """Score a checkpoint trained with a predict task on ``num`` clips of ``split``; ``given``
-    frames for a model trained to generate whole clips (then predicted by replacement sampling).
-    ``guidance`` and ``average``: see :func:`predict_frames`; ``use_ema``: the EMA weights when saved."""
+                        use_ema: bool = True, task: str | None = None) -> dict:
+    """Score a checkpoint trained with a predict or interpolate task on ``num`` clips of ``split``;
+    ``given`` frames for a model trained to generate whole clips (then filled in by replacement
+    sampling). task: "predict" or "interpolate" (default: the training task's; "predict" for a
+    generation model or one trained on "mixed"). ``guidance`` and ``average``: see
+    :func:`predict_frames`; ``use_ema``: the EMA weights when saved."""
     from dataclasses import replace
 
     from ..train.trainer import load_for_sampling
 
     model, config, spec, _, folder, weights = load_for_sampling(checkpoint, device, use_ema=use_ema)
-    task, trained_given = spec.meta.get("task", "predict"), int(spec.meta.get("given_frames", 0))
-    generation_model = task == "generate" or trained_given <= 0
+    trained_task, trained_given = spec.meta.get("task", "predict"), int(spec.meta.get("given_frames", 0))
+    generation_model = trained_task == "generate" or trained_given <= 0
     if generation_model:
         if not given:
-            raise ValueError(f"{folder} was trained without given frames (task {task!r}); pass --given N to "
-                             f"predict by replacement sampling")
-        task = "predict"
+            raise ValueError(f"{folder} was trained without given frames (task {trained_task!r}); pass --given N to "
+                             f"fill frames in by replacement sampling")
     else:
         given = given or trained_given
-    if task == "mixed":
-        task = "predict"
-    if task != "predict":
-        raise ValueError(f"{folder}: scoring supports the predict task (repeat-last-frame baseline), not {task!r}")
+    if task is None:
+        task = trained_task if trained_task in ("predict", "interpolate") and not generation_model else "predict"
+    if task not in ("predict", "interpolate"):
+        raise ValueError(f"scoring supports the tasks 'predict' and 'interpolate', not {task!r}")
+    if not generation_model and trained_task not in (task, "mixed"):
+        raise ValueError(f"{folder} was trained on the {trained_task!r} task; it cannot be scored on {task!r}")
     if guidance != 1.0 and float(spec.meta.get("p_unconditional", 1.0)) <= 0.0:
         raise ValueError(f"{folder} was trained with data.params.p_unconditional=0 (always given frames), so it has "
                          f"no unconditional branch for guidance {guidance}")
@@ -144,16 +156,19 @@ def evaluate_prediction(checkpoint, *, num: int = 256, steps: int | None = None,
               "guidance": float(guidance)}
     if "sample_mean" in methods:
         report["average"] = int(average)
-    if given >= 2:  # the hand-made reference: the last given frame moved at the given frames' velocity
+    if task == "predict" and given >= 2:  # the hand-made reference: the last given frame moved at the given frames' velocity
         extrapolated = constant_velocity_frames(truth, given)
         mse = float(mse_per_frame(extrapolated[:, :, given:], truth[:, :, given:]).mean())
         base = float(mse_per_frame(repeat_last_frame(truth, given)[:, :, given:], truth[:, :, given:]).mean())
         report["constant_velocity"] = {"mse": mse, "mse_improvement": 1 - mse / max(base, 1e-20)}
+    if task == "interpolate":  # the hand-made reference: a cross-fade across the gap
+        blend = prediction_report(linear_blend_frames(truth, given), truth, given, task=task)
+        report["linear_blend"] = {"mse": blend["mse"], "mse_improvement": blend["mse_improvement"]}
     for method in methods:
         pred = predict_frames(model, config.objective, sampling, truth, given, task=task, method=method, seed=seed,
                               extrapolate=report["extrapolate"], residual=report["residual"],
                               guidance=guidance, average=average)
-        report[method] = prediction_report(pred, truth, given)
+        report[method] = prediction_report(pred, truth, given, task=task)
         if save is not None:
             from .io import frame_grid
 
@@ -177,6 +192,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="write report.json and truth/prediction grids here")
+    p.add_argument("--task", default=None, choices=("predict", "interpolate"),
+                   help="the frames to fill in (default: the training task's)")
     p.add_argument("--given", type=int, default=None,
                    help="frames given (default: the training task's); needed for a model trained to generate")
     a = p.parse_args(argv)
@@ -184,7 +201,7 @@ def main(argv=None) -> int:
         report = evaluate_prediction(a.checkpoint, num=a.num, steps=a.steps, split=a.split,
                                      methods=a.methods.split(","), seed=a.seed, device=a.device, save=a.out,
                                      given=a.given, guidance=a.guidance, average=a.average,
-                                     use_ema=not a.no_ema)
+                                     use_ema=not a.no_ema, task=a.task)
     except (FileNotFoundError, ValueError) as err:
         print(f"predict: {err}", file=sys.stderr)
         return 2
@@ -192,9 +209,15 @@ def main(argv=None) -> int:
         ref = report["constant_velocity"]
         print(f"constant-velocity extrapolation of the last given frame: mse {ref['mse']:.5f} "
               f"(improvement {100 * ref['mse_improvement']:.1f}%)")
+    if "linear_blend" in report:
+        ref = report["linear_blend"]
+        print(f"cross-fade of the frames either side of the gap: mse {ref['mse']:.5f} "
+              f"(improvement {100 * ref['mse_improvement']:.1f}%)")
+    print(f"task {report['task']}, {report['given_frames']} frames given; baseline: "
+          f"{report[a.methods.split(',')[0]]['baseline']}")
     for method in a.methods.split(","):
         r = report[method]
-        print(f"{method:>11}: mse {r['mse']:.5f} (repeat-last {r['baseline_mse']:.5f}, improvement "
+        print(f"{method:>11}: mse {r['mse']:.5f} (baseline {r['baseline_mse']:.5f}, improvement "
               f"{100 * r['mse_improvement']:.1f}%)  psnr {r['psnr']:.2f} dB (baseline {r['baseline_psnr']:.2f})"
               + (f"  ssim {r['ssim']:.4f} (baseline {r['baseline_ssim']:.4f})" if "ssim" in r else ""))
     if a.out:
