@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from multidiff.core import ClassifierFreeGuidance, cfg, rescale_guidance, sample, sigma_grid
+from multidiff.core import Autoguidance, ClassifierFreeGuidance, cfg, rescale_guidance, sample, sigma_grid
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -123,3 +123,39 @@ def test_guided_denoiser_drives_a_sampler(inputs, counter):
     out = sample(cfg(d, 3.0, uncond), x * 10.0, grid, "dpmpp_2m", cond=cond)
     assert out.shape == x.shape and torch.isfinite(out).all()
     assert [b for b, _, _ in d.calls] == [8] * 6
+
+
+def test_autoguidance_formula_scale_one_and_interval(inputs, counter):
+    """D_bad + w (D_good - D_bad) (Karras et al. 2024, Eq. 2), both called with the same cond; at
+    scale 1 the guiding model is not called; outside the interval the good model's output is kept."""
+    x, sigma, cond, _ = inputs
+
+    def bad(x, sigma, cond=None):
+        return 0.5 * cond_denoiser(x, sigma, cond) + 0.1 * x
+
+    g, b = counter(cond_denoiser), counter(bad)
+    torch.testing.assert_close(Autoguidance(g, b, 1.0)(x, sigma, cond), cond_denoiser(x, sigma, cond))
+    assert len(b.calls) == 0 and len(g.calls) == 1
+    d_g, d_b = cond_denoiser(x, sigma, cond), bad(x, sigma, cond)
+    torch.testing.assert_close(Autoguidance(cond_denoiser, bad, 2.5)(x, sigma, cond), d_b + 2.5 * (d_g - d_b))
+    out = Autoguidance(cond_denoiser, bad, 2.5, interval=(0.5, 2.0))(x, sigma, cond)
+    inside = torch.tensor([False, True, True, False])
+    torch.testing.assert_close(out[inside], (d_b + 2.5 * (d_g - d_b))[inside])
+    torch.testing.assert_close(out[~inside], d_g[~inside])
+
+
+def test_autoguidance_of_gaussians_has_its_closed_form(gaussian_denoiser):
+    """Good model N(0, 1), bad N(0, 1.5^2): the probability-flow ODE of the guided denoiser maps
+    x(sigma_max) to x(sigma_min) times prod_k ((s_k^2 + sigma_min^2) / (s_k^2 + sigma_max^2))^(w_k / 2)
+    with w_good = w, w_bad = 1 - w, so the samples' std is about 1.5^(1-w): w = 2 narrows them to 2/3."""
+    s_good, s_bad, w, lo, hi = 1.0, 1.5, 2.0, 0.002, 80.0
+    guided = Autoguidance(gaussian_denoiser(0.0, s_good), gaussian_denoiser(0.0, s_bad), w)
+    x = torch.linspace(-3, 3, 7, dtype=F64)[:, None] * hi
+    out = sample(guided, x, sigma_grid(400, lo, hi, "karras"), "heun")
+
+    def factor(s, weight):
+        return ((s**2 + lo**2) / (s**2 + hi**2)) ** (weight / 2)
+
+    expected = x * factor(s_good, w) * factor(s_bad, 1 - w)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-6)
+    assert float(out[-1, 0] / x[-1, 0] * hi) == pytest.approx(s_bad ** (1 - w), rel=1e-3)

@@ -3,7 +3,7 @@ sigma grids, guidance, masked sampling, diffusers interop. Imports no modality."
 from .denoiser import PREDICTIONS, Denoiser, edm_scalings
 from .diffusers_interop import sample_with_diffusers_scheduler, schedule_from_diffusers
 from .grids import SPACINGS, sigma_grid
-from .guidance import ClassifierFreeGuidance, cfg, rescale_guidance
+from .guidance import Autoguidance, ClassifierFreeGuidance, cfg, rescale_guidance
 from .masked import KnownValueDenoiser, sample_repaint
 from .objectives import (
                          WEIGHTINGS,
@@ -35,7 +35,7 @@ from .utils import append_dims, make_generators, randn_like
 
 __all__ = [
     "PREDICTIONS", "Denoiser", "edm_scalings", "sample_with_diffusers_scheduler", "schedule_from_diffusers",
-    "SPACINGS", "sigma_grid", "ClassifierFreeGuidance", "cfg", "rescale_guidance", "KnownValueDenoiser",
+    "SPACINGS", "sigma_grid", "ClassifierFreeGuidance", "Autoguidance", "cfg", "rescale_guidance", "KnownValueDenoiser",
     "sample_repaint", "WEIGHTINGS", "CosineInterpolated", "DiffusionLoss", "LogitNormal", "LogNormal",
     "NoiseDistribution", "UniformT", "masked_mean", "weighting", "optimize_sigmas", "ODE_ORDER", "SAMPLERS",
     "check_sigmas", "evaluations", "steps_for_evaluations", "get_sampler", "sample", "EDM", "SCHEDULES", "VE",

@@ -7,6 +7,10 @@ conditional and unconditional halves run in one batched forward. Options:
   interval   guidance only for sigma in (lo, hi] (Kynkaanniemi et al. 2024); outside it
              the conditional output is returned and the unconditional pass is skipped.
   negative   the unconditional branch is given the negative conditioning instead.
+Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself", Eq. 2):
+  D = D_bad + w (D_good - D_bad), the guiding model a weaker version of the same model (less
+  trained, smaller) with the same conditioning: it pushes samples away from where the weaker model
+  errs, which sharpens them without the loss of variety that CFG's push towards the condition brings.
 Whole outputs are blended; no backbone code is involved.
 """
 from __future__ import annotations
@@ -91,6 +95,26 @@ def rescale_guidance(x, sigma, guided, d_cond, rescale: float):
     ratio = eps_cond.std(dim=dims, keepdim=True) / eps_cfg.std(dim=dims, keepdim=True).clamp(min=1e-12)
     eps = rescale * eps_cfg * ratio + (1 - rescale) * eps_cfg
     return x - s * eps
+
+
+class Autoguidance(torch.nn.Module):
+    """D_w(x, sigma, cond) = D_bad(x, sigma, cond) + scale * (D_good(x, sigma, cond) - D_bad(x, sigma, cond))
+    (Karras et al. 2024, Eq. 2). Both denoisers take the same inputs; scale = 1 returns D_good exactly
+    and skips the guiding model. ``interval``: guide only for sigma in (lo, hi], as for CFG."""
+
+    def __init__(self, denoiser, guide, scale: float, *, interval: tuple[float, float] = (0.0, float("inf"))):
+        super().__init__()
+        self.denoiser, self.guide, self.scale, self.interval = denoiser, guide, float(scale), interval
+
+    def forward(self, x, sigma, cond=None):
+        d_good = self.denoiser(x, sigma, cond)
+        lo, hi = self.interval
+        active = (sigma > lo) & (sigma <= hi)
+        if self.scale == 1.0 or not bool(active.any()):
+            return d_good
+        d_bad = self.guide(x, sigma, cond)
+        guided = d_bad + (d_good - d_bad) * self.scale
+        return torch.where(append_dims(active, x.ndim), guided, d_good)
 
 
 def cfg(denoiser, scale: float, uncond, **kwargs) -> ClassifierFreeGuidance:

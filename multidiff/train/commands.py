@@ -90,6 +90,9 @@ def _sampling_arguments(parser: argparse.ArgumentParser, out_default: str) -> No
     parser.add_argument("--sampler", default=None, help="sampler name from multidiff.core.SAMPLERS")
     parser.add_argument("--spacing", default=None, help="sigma spacing from multidiff.core.SPACINGS")
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off)")
+    parser.add_argument("--guide-with", default=None, metavar="CHECKPOINT",
+                        help="autoguidance (Karras et al. 2024): guide with this weaker checkpoint of the same model "
+                             "(fewer samples seen, smaller) at scale --guidance, instead of classifier-free guidance")
     parser.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="apply guidance only for sigma in (LOW, HIGH] (default: sampling.guidance_interval)")
     parser.add_argument("--shape", type=int, nargs="+", default=None, metavar="N",
@@ -142,12 +145,23 @@ def _generate(args, verb: str):
         prompts = [args.prompt] * sampling.num_samples
     elif config.model.text_encoder.kind != "none":
         prompts = [""] * sampling.num_samples  # no caption: the model's unconditional branch
-    if sampling.guidance != 1.0 and spec.num_classes == 0 and prompts is None:
+    guide = None
+    if getattr(args, "guide_with", None):
+        guide_model, guide_config, guide_spec, _, guide_folder, _ = load_for_sampling(args.guide_with, args.device,
+                                                                                   not args.no_ema)
+        for name in ("modality", "num_classes"):  # not the sample shape: a point cloud model may train on fewer points
+            if getattr(guide_spec, name) != getattr(spec, name):
+                raise ValueError(f"--guide-with: {guide_folder} has {name} {getattr(guide_spec, name)!r}, the model "
+                                 f"{folder} {getattr(spec, name)!r}; autoguidance needs a weaker version of the same model")
+        if (guide_config.model.text_encoder.kind == "none") != (config.model.text_encoder.kind == "none"):
+            raise ValueError(f"--guide-with: {guide_folder} and {folder} must both have a text encoder or neither")
+        guide = (guide_model, guide_config.objective)
+    elif sampling.guidance != 1.0 and spec.num_classes == 0 and prompts is None:
         print(f"multidiff {verb}: note: the model is unconditional, --guidance {sampling.guidance} has no effect",
               file=sys.stderr)
     labels = default_labels(sampling.num_samples, spec, args.label)
     samples = generate(model, config.objective, spec, sampling, labels=labels, progress=sys.stderr.isatty(),
-                       prompts=prompts, negative_prompt=args.negative_prompt)
+                       prompts=prompts, negative_prompt=args.negative_prompt, guide=guide)
     return samples, labels, config, spec, folder, weights, sampling
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..core import ClassifierFreeGuidance, make_generators, sample, sigma_grid
+from ..core import Autoguidance, ClassifierFreeGuidance, make_generators, sample, sigma_grid
 from .build import build_denoiser
 from .config import ObjectiveConfig, SamplingConfig
 from .registry import DataSpec
@@ -45,7 +45,8 @@ def generate(model: nn.Module, objective: ObjectiveConfig, spec: DataSpec, sampl
              num: int | None = None, seed: int | None = None, labels: torch.Tensor | None = None,
              device=None, progress: bool = False, known: torch.Tensor | None = None,
              mask: torch.Tensor | None = None, resample: int = 1, prompts: list[str] | None = None,
-             negative_prompt: str = "", replace: bool = True, concat: torch.Tensor | None = None) -> torch.Tensor:
+             negative_prompt: str = "", replace: bool = True, concat: torch.Tensor | None = None,
+             guide: tuple[nn.Module, ObjectiveConfig] | None = None) -> torch.Tensor:
     """Draw ``num`` samples: returns (num, *shape) float32 on the CPU, shape being
     ``sampling.sample_shape`` when set, else that of ``known``, else ``spec.sample_shape``.
 
@@ -58,6 +59,9 @@ def generate(model: nn.Module, objective: ObjectiveConfig, spec: DataSpec, sampl
     then leaves the given part to the model instead of re-imposing it. ``concat`` (num, extra
     channels, ...) gives such channels directly (e.g. a vocoder's mel spectrogram). ``prompts`` (num captions) for models with a text encoder;
     guidance then contrasts them with ``negative_prompt`` ("" = the unconditional model).
+    ``guide`` (model, objective): a weaker version of the model (fewer samples seen, smaller) for
+    autoguidance (multidiff.core.Autoguidance) at scale ``sampling.guidance`` instead of CFG; it
+    gets the same labels, captions and signals.
     """
     if prompts is not None:
         if not hasattr(model, "text_encoder"):
@@ -78,6 +82,12 @@ def generate(model: nn.Module, objective: ObjectiveConfig, spec: DataSpec, sampl
     model.eval()
     denoiser = build_denoiser(model, objective)
     sigmas = sampling_sigmas(sampling, denoiser.schedule)
+    guide_denoiser = None
+    if guide is not None:
+        guide_model, guide_objective = guide
+        guide_was_training = guide_model.training
+        guide_model.eval()
+        guide_denoiser = build_denoiser(guide_model, guide_objective)
     if labels is None:
         labels = default_labels(num, spec)
     if prompts is not None and len(prompts) != num:
@@ -118,11 +128,15 @@ def generate(model: nn.Module, objective: ObjectiveConfig, spec: DataSpec, sampl
                     cond.update(known=given, mask=part)
             cond = cond or None
             d = denoiser
-            if (labels is not None or prompts is not None) and sampling.guidance != 1.0:
+            if guide_denoiser is not None:
+                d = Autoguidance(denoiser, guide_denoiser, sampling.guidance, interval=tuple(sampling.guidance_interval))
+            elif (labels is not None or prompts is not None) and sampling.guidance != 1.0:
                 d = ClassifierFreeGuidance(denoiser, sampling.guidance, uncond,
                                            interval=tuple(sampling.guidance_interval))
             out.append(sample(d, x, sigmas, sampling.sampler, cond=cond, generator=gens, progress=progress,
                               resample=resample).float().cpu())
     finally:
         model.train(was_training)
+        if guide is not None:
+            guide[0].train(guide_was_training)
     return torch.cat(out) if out else torch.empty(0, *shape)
