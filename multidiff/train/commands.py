@@ -146,7 +146,7 @@ def _generate(args, verb: str):
     elif config.model.text_encoder.kind != "none":
         prompts = [""] * sampling.num_samples  # no caption: the model's unconditional branch
     guide = None
-    if getattr(args, "guide_with", None):
+    if args.guide_with:
         guide_model, guide_config, guide_spec, _, guide_folder, _ = load_for_sampling(args.guide_with, args.device,
                                                                                    not args.no_ema)
         for name in ("modality", "num_classes"):  # not the sample shape: a point cloud model may train on fewer points

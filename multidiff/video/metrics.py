@@ -95,25 +95,23 @@ def given_frame_mask(frames: int, task: str, given: int) -> torch.Tensor:
     return mask
 
 
-def _interpolation_ends(video: torch.Tensor, given: int) -> tuple[int, int, torch.Tensor]:
-    """The last frame given before the gap, the first after it, and each gap frame's fraction of
-    the way between them (0 < w < 1)."""
-    t = video.shape[2]
-    mask = given_frame_mask(t, "interpolate", given)
-    before, after = max(given // 2, 1) - 1, t - max(given // 2, 1)
-    w = (torch.arange(t, dtype=video.dtype, device=video.device) - before) / (after - before)
-    return before, after, torch.where(mask.to(video.device), torch.zeros_like(w), w)
+def _interpolation_gap(video: torch.Tensor, given: int) -> tuple[int, int, torch.Tensor]:
+    """The last frame given before the gap, the first after it, and the gap frames' fractions of
+    the way between them (0 < w < 1), shaped (1, 1, gap, 1, 1) to broadcast over the video."""
+    given_frame_mask(video.shape[2], "interpolate", given)  # the same checks as the task's
+    k = max(given // 2, 1)
+    before, after = k - 1, video.shape[2] - k
+    w = torch.arange(1, after - before, dtype=video.dtype, device=video.device) / (after - before)
+    return before, after, w.reshape(1, 1, -1, 1, 1)
 
 
 def nearest_given_frame(video: torch.Tensor, given: int) -> torch.Tensor:
     """The interpolation counterpart of repeat-last: each frame of the gap between the first and the
     last ``given // 2`` frames is a copy of the nearer given frame (ties to the earlier).
     video (batch, channels, frames, height, width)."""
-    before, after, w = _interpolation_ends(video, given)
+    before, after, w = _interpolation_gap(video, given)
     out = video.clone()
-    gap = slice(before + 1, after)
-    out[:, :, gap] = torch.where((w[gap] > 0.5).reshape(1, 1, -1, 1, 1), video[:, :, after:after + 1],
-                                 video[:, :, before:before + 1])
+    out[:, :, before + 1:after] = torch.where(w > 0.5, video[:, :, after:after + 1], video[:, :, before:before + 1])
     return out
 
 
@@ -122,11 +120,9 @@ def linear_blend_frames(video: torch.Tensor, given: int) -> torch.Tensor:
     (1 - w) x_before + w x_after, w its fraction of the way. Exact for brightness that changes
     linearly in time; for moving content it shows both ends faintly (ghosting), which lowers MSE
     below copying either end when the motion is uncertain. video (batch, channels, frames, h, w)."""
-    before, after, w = _interpolation_ends(video, given)
+    before, after, w = _interpolation_gap(video, given)
     out = video.clone()
-    gap = slice(before + 1, after)
-    wg = w[gap].reshape(1, 1, -1, 1, 1)
-    out[:, :, gap] = torch.lerp(video[:, :, before:before + 1], video[:, :, after:after + 1], wg)
+    out[:, :, before + 1:after] = torch.lerp(video[:, :, before:before + 1], video[:, :, after:after + 1], w)
     return out
 
 
@@ -210,20 +206,14 @@ def prediction_report(pred: torch.Tensor, truth: torch.Tensor, given: int, data_
     "scored_frames" (their indices). PSNR is of the mean MSE per frame index.
     """
     _check_pair(pred, truth)
+    scored = (~given_frame_mask(truth.shape[2], task, given)).nonzero().squeeze(1).to(truth.device)
     if task == "predict":
-        if not 0 < given <= truth.shape[2]:
-            raise ValueError(f"given must lie in [1, {truth.shape[2]}], got {given}")
-        scored = torch.arange(given, truth.shape[2])
         base, name = repeat_last_frame(truth, given), "repeat last given frame"
     else:
-        scored = (~given_frame_mask(truth.shape[2], task, given)).nonzero().squeeze(1)
         base, name = nearest_given_frame(truth, given), "copy nearest given frame"
     out = {"baseline": name, "scored_frames": [int(k) for k in scored]}
     for prefix, video in (("", pred), ("baseline_", base)):
-        p, t = video[:, :, scored.to(video.device)], truth[:, :, scored.to(truth.device)]
-        if p.shape[2] == 0:  # every frame given: nothing to score, and nothing lost against the baseline
-            out[f"{prefix}mse"], out[f"{prefix}psnr"], out[f"{prefix}psnr_per_frame"] = 0.0, math.inf, []
-            continue
+        p, t = video[:, :, scored], truth[:, :, scored]
         mse = mse_per_frame(p, t)
         out[f"{prefix}mse"] = float(mse.mean())
         out[f"{prefix}psnr"] = float(10 * math.log10(data_range ** 2 / max(float(mse.mean()), 1e-20)))

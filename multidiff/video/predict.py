@@ -35,13 +35,7 @@ from ..core import make_generators, sample
 from ..core.guidance import cfg
 from ..core.utils import randn_like
 from .data import ClipArrayDataset, task_conditioning
-from .metrics import (
-    constant_velocity_frames,
-    linear_blend_frames,
-    mse_per_frame,
-    prediction_report,
-    repeat_last_frame,
-)
+from .metrics import constant_velocity_frames, linear_blend_frames, prediction_report
 
 _DRAW_SEED_STRIDE = 1_000_003  # seeds of a clip's further draws: apart from every clip's first draw
 
@@ -156,14 +150,13 @@ def evaluate_prediction(checkpoint, *, num: int = 256, steps: int | None = None,
               "guidance": float(guidance)}
     if "sample_mean" in methods:
         report["average"] = int(average)
-    if task == "predict" and given >= 2:  # the hand-made reference: the last given frame moved at the given frames' velocity
-        extrapolated = constant_velocity_frames(truth, given)
-        mse = float(mse_per_frame(extrapolated[:, :, given:], truth[:, :, given:]).mean())
-        base = float(mse_per_frame(repeat_last_frame(truth, given)[:, :, given:], truth[:, :, given:]).mean())
-        report["constant_velocity"] = {"mse": mse, "mse_improvement": 1 - mse / max(base, 1e-20)}
-    if task == "interpolate":  # the hand-made reference: a cross-fade across the gap
-        blend = prediction_report(linear_blend_frames(truth, given), truth, given, task=task)
-        report["linear_blend"] = {"mse": blend["mse"], "mse_improvement": blend["mse_improvement"]}
+    # the hand-made reference: the last given frame moved at the given frames' velocity (prediction,
+    # needs two given frames), or a cross-fade across the gap (interpolation)
+    references = {"predict": {"constant_velocity": constant_velocity_frames} if given >= 2 else {},
+                  "interpolate": {"linear_blend": linear_blend_frames}}[task]
+    for name, make in references.items():
+        scores = prediction_report(make(truth, given), truth, given, task=task)
+        report[name] = {"mse": scores["mse"], "mse_improvement": scores["mse_improvement"]}
     for method in methods:
         pred = predict_frames(model, config.objective, sampling, truth, given, task=task, method=method, seed=seed,
                               extrapolate=report["extrapolate"], residual=report["residual"],
@@ -205,14 +198,10 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"predict: {err}", file=sys.stderr)
         return 2
-    if "constant_velocity" in report:
-        ref = report["constant_velocity"]
-        print(f"constant-velocity extrapolation of the last given frame: mse {ref['mse']:.5f} "
-              f"(improvement {100 * ref['mse_improvement']:.1f}%)")
-    if "linear_blend" in report:
-        ref = report["linear_blend"]
-        print(f"cross-fade of the frames either side of the gap: mse {ref['mse']:.5f} "
-              f"(improvement {100 * ref['mse_improvement']:.1f}%)")
+    for key, label in (("constant_velocity", "constant-velocity extrapolation of the last given frame"),
+                       ("linear_blend", "cross-fade of the frames either side of the gap")):
+        if key in report:
+            print(f"{label}: mse {report[key]['mse']:.5f} (improvement {100 * report[key]['mse_improvement']:.1f}%)")
     print(f"task {report['task']}, {report['given_frames']} frames given; baseline: "
           f"{report[a.methods.split(',')[0]]['baseline']}")
     for method in a.methods.split(","):
