@@ -3,6 +3,10 @@ attention backend, through the real trainer step (loss, backward, clipping, Adam
 
     python benchmarks/train_throughput.py                      # all of multidiff.train.registry.MODELS
     python benchmarks/train_throughput.py --models toy_mlp --steps 50 --json out.json
+    python benchmarks/train_throughput.py --models shapes_transformer --device cpu --precisions fp32,bf16 \
+        --compile off,on --set "data.params.shape=[1024,3]" model.params.dim=192 model.params.depth=3 \
+        model.params.num_latents=128 model.params.point_dim=64 model.params.mlp_ratio=2.0 \
+        model.params.fourier_features=32 model.params.heads=4 model.params.rounds=1   # recipes/shapes/procedural.yaml's model: bf16 / compile vs fp32
 
 Each (backbone, precision, attention) runs in its own process: accelerate fixes the precision
 once per process, and a crash or out-of-memory in one does not stop the table. A backbone's
@@ -35,8 +39,9 @@ def attention_field(entry) -> str | None:
     return next((n for n in ATTENTION_FIELDS if n in names), None)
 
 
-def run_one(name: str, precision: str, attention: str, steps: int, warmup: int, device: str) -> dict:
-    """Time ``steps`` trainer steps after ``warmup``; returns one table row."""
+def run_one(name: str, precision: str, attention: str, steps: int, warmup: int, device: str,
+            compiled: bool = False, extra: list[str] | None = None) -> dict:
+    """Time ``steps`` trainer steps after ``warmup`` (which also pays for compiling); returns one row."""
     import torch
 
     from multidiff.train.config import load_config
@@ -50,13 +55,15 @@ def run_one(name: str, precision: str, attention: str, steps: int, warmup: int, 
                  f"data.params.num_classes={classes}", "data.params.size=1024", f"trainer.batch_size={batch}",
                  f"trainer.device={device}", f"trainer.mixed_precision={precision}",
                  "trainer.tracker=none", "trainer.progress=false", "trainer.resume=null",
-                 "trainer.noise_generators=per_process", f"trainer.out_dir={tempfile.mkdtemp()}"]
+                 "trainer.noise_generators=per_process", f"trainer.out_dir={tempfile.mkdtemp()}",
+                 f"trainer.compile={str(compiled).lower()}"]
     if entry.kind == "autoencoder":  # the latent-diffusion autoencoders train with their own objective
         overrides.append("objective.kind=autoencoder")
     field = attention_field(entry)
     if field and attention != "n/a":
         overrides.append(f"model.params.{field}={attention}")
-    trainer = Trainer(load_config(None, overrides))
+    trainer = Trainer(load_config(None, overrides + list(extra or [])))
+    shape = list(trainer.config.data.params["shape"])  # --set may change it
     dev = trainer.accelerator.device
     data = {"x": 0.5 * torch.randn(batch, *shape, device=dev), "position": torch.arange(batch)}
     if classes:
@@ -77,13 +84,15 @@ def run_one(name: str, precision: str, attention: str, steps: int, warmup: int, 
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
-    return {"model": name, "precision": precision, "attention": attention, "batch": batch, "shape": shape,
+    return {"model": name, "precision": precision, "attention": attention, "compile": compiled,
+            "batch": batch, "shape": shape,
             "params_m": trainer.num_parameters / 1e6, "samples_per_sec": steps * batch / dt,
             "step_ms": 1e3 * dt / steps, "peak_gib": peak, "device": str(dev),
             "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"}
 
 
-def combos(models: list[str] | None, device: str, precisions: list[str]) -> list[tuple[str, str, str]]:
+def combos(models: list[str] | None, device: str, precisions: list[str],
+           compiles: tuple[bool, ...] = (False,)) -> list[tuple[str, str, str, bool]]:
     from multidiff.train.registry import MODELS, load_plugins
 
     load_plugins()
@@ -94,7 +103,7 @@ def combos(models: list[str] | None, device: str, precisions: list[str]) -> list
         if name not in MODELS:
             raise SystemExit(f"unknown model {name!r}; registered: {', '.join(sorted(MODELS))}")
         backends = (["sdpa"] + (["xformers"] if xformers else [])) if attention_field(MODELS[name]) else ["n/a"]
-        out += [(name, p, a) for p in precisions for a in backends]
+        out += [(name, p, a, c) for p in precisions for a in backends for c in compiles]
     return out
 
 
@@ -103,28 +112,39 @@ def main() -> int:
     parser.add_argument("--models", nargs="*", default=None, help="registry names (default: all registered)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--precisions", default=None, help="comma list of fp32,bf16,fp16 (default: fp32,bf16 on cuda)")
+    parser.add_argument("--compile", default="off", help="comma list of off,on: torch.compile (inductor) the step")
+    parser.add_argument("--set", nargs="*", default=[], metavar="key.sub=value",
+                        help="config overrides after the registry's example (e.g. a recipe's model.params)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--timeout", type=int, default=180, help="seconds per configuration")
     parser.add_argument("--json", default=None, help="also write the rows here")
-    parser.add_argument("--one", nargs=3, metavar=("MODEL", "PRECISION", "ATTENTION"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=4, metavar=("MODEL", "PRECISION", "ATTENTION", "COMPILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.one:
-        print(json.dumps(run_one(*args.one, args.steps, args.warmup, device)))
+        name, precision, attention, compiled = args.one
+        print(json.dumps(run_one(name, precision, attention, args.steps, args.warmup, device, compiled == "on",
+                                 args.set)))
         return 0
     precisions = (args.precisions or ("fp32,bf16" if device == "cuda" else "fp32")).split(",")
+    bad = sorted(set(args.compile.split(",")) - {"off", "on"})
+    if bad:
+        raise SystemExit(f"--compile: expected off and/or on, got {', '.join(bad)}")
+    compiles = tuple(c == "on" for c in args.compile.split(","))
     rows = []
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    header = f"{'model':<16} {'precision':<9} {'attention':<9} {'batch':>6} {'params(M)':>9} {'samples/s':>12} {'step ms':>9} {'peak GiB':>9}"
+    header = f"{'model':<18} {'precision':<9} {'attention':<9} {'compile':<7} {'batch':>6} {'params(M)':>9} {'samples/s':>12} {'step ms':>9} {'peak GiB':>9} {'vs first':>10}"
     print(header)
     print("-" * len(header), flush=True)
-    for name, precision, attention in combos(args.models, device, precisions):
-        cmd = [sys.executable, __file__, "--one", name, precision, attention, "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--device", device]
+    base = None
+    for name, precision, attention, compiled in combos(args.models, device, precisions, compiles):
+        on = "on" if compiled else "off"
+        cmd = [sys.executable, __file__, "--one", name, precision, attention, on, "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--device", device, "--set", *args.set]
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
             row = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
@@ -132,12 +152,17 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             row, error = None, f"timed out after {args.timeout} s"
         if row:
+            if base is None or base["model"] != name:
+                base = row  # ratios against the first configuration of each model
+            row["vs_first"] = row["samples_per_sec"] / base["samples_per_sec"]
             rows.append(row)
-            print(f"{name:<16} {precision:<9} {attention:<9} {row['batch']:>6} {row['params_m']:>9.2f} "
-                  f"{row['samples_per_sec']:>12.1f} {row['step_ms']:>9.2f} {row['peak_gib']:>9.3f}", flush=True)
+            print(f"{name:<18} {precision:<9} {attention:<9} {on:<7} {row['batch']:>6} {row['params_m']:>9.2f} "
+                  f"{row['samples_per_sec']:>12.1f} {row['step_ms']:>9.2f} {row['peak_gib']:>9.3f} "
+                  f"{row['vs_first']:>9.2f}x", flush=True)
         else:
-            rows.append({"model": name, "precision": precision, "attention": attention, "error": error})
-            print(f"{name:<16} {precision:<9} {attention:<9} FAILED: {error}", flush=True)
+            rows.append({"model": name, "precision": precision, "attention": attention, "compile": compiled,
+                         "error": error})
+            print(f"{name:<18} {precision:<9} {attention:<9} {on:<7} FAILED: {error}", flush=True)
     if rows and "gpu" in rows[0]:
         print(f"device: {rows[0]['gpu']}")
     if args.json:

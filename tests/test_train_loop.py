@@ -232,3 +232,16 @@ def test_one_process_may_change_device_and_precision_between_trainers(tmp_path):
     assert math.isfinite(float(read_csv(result.csv)[-1]["loss"]))
     third = Trainer(tiny_config(tmp_path / "c", steps=1))
     assert third.accelerator.device.type == device_under_test() and third.accelerator.mixed_precision == "no"
+
+
+def test_one_process_may_turn_compile_on_between_trainers(tmp_path):
+    """accelerate also keeps the first trainer's compile backend for the whole process, and a later
+    trainer.compile=true was silently trained eager: each trainer now gets the backend it asks for."""
+    import torch._dynamo
+
+    first = Trainer(tiny_config(tmp_path / "a", steps=1))
+    assert not isinstance(first.model, torch._dynamo.eval_frame.OptimizedModule)
+    second = Trainer(tiny_config(tmp_path / "b", "trainer.compile=true", steps=1))
+    assert isinstance(second.model, torch._dynamo.eval_frame.OptimizedModule)  # wrapped (compiles lazily)
+    third = Trainer(tiny_config(tmp_path / "c", steps=1))
+    assert not isinstance(third.model, torch._dynamo.eval_frame.OptimizedModule)

@@ -3,7 +3,7 @@
     multidiff train RECIPE.yaml [key.sub=value ...]        train (or resume: trainer.resume=PATH|auto)
     multidiff train CHECKPOINT [key.sub=value ...]         continue a run from its own saved config
     multidiff sample CHECKPOINT --num N --steps S --sampler NAME --guidance W --seed K --out DIR
-    multidiff eval CHECKPOINT [--samples FILE] ...         the modality's metrics, written to DIR/metrics.json
+    multidiff eval CHECKPOINT [--samples FILE] [--reference MANIFEST] ...   the modality's metrics, written to DIR/metrics.json
     multidiff info CHECKPOINT [--json] [--config]
 
 Each prints where it wrote its outputs. Exit codes: 0 success (also after a clean stop on
@@ -201,6 +201,11 @@ def evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     _sampling_arguments(parser, "outputs/eval")
     parser.add_argument("--samples", default=None,
                         help="evaluate this samples.safetensors (from multidiff sample) instead of sampling anew")
+    parser.add_argument("--reference", default=None, metavar="MANIFEST",
+                        help="compare with the held-out split of this manifest instead of the training data's "
+                             "(in the training data's normalisation; audio and video read the classifier beside "
+                             "it): e.g. a validation set to choose a guidance scale on, keeping the test split "
+                             "for the final number")
 
 
 def evaluate_run(args: argparse.Namespace) -> int:
@@ -222,6 +227,13 @@ def evaluate_run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, KeyError) as e:
         _err("eval", str(e))
         return 2
+    if args.reference:
+        if not Path(args.reference).is_file():
+            _err("eval", f"--reference: no such manifest: {args.reference}")
+            return 2
+        from dataclasses import replace
+
+        config = replace(config, data=replace(config.data, path=str(args.reference)))
     fn = EVALUATORS.get(spec.modality)
     if fn is None:
         _err("eval", f"no evaluator is registered for modality {spec.modality!r}")
@@ -229,7 +241,8 @@ def evaluate_run(args: argparse.Namespace) -> int:
     metrics = fn(samples, config, labels=labels, spec=spec)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"checkpoint": str(folder), "num_samples": len(samples), "metrics": metrics}
+    report = {"checkpoint": str(folder), "num_samples": len(samples), "reference": config.data.path,
+              "metrics": metrics}
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     width = max((len(k) for k in metrics), default=0)
     for k, v in metrics.items():

@@ -73,15 +73,18 @@ def crossed(before: int, after: int, every: int) -> bool:
     return every > 0 and before // every != after // every
 
 
-def release_single_process_state(cpu: bool, mixed_precision: str) -> None:
-    """accelerate keeps one device and precision per process and refuses another. One process that
-    is not a distributed launch (a notebook training on cuda, then sampling on cpu) gets fresh state."""
+def release_single_process_state(cpu: bool, mixed_precision: str, dynamo_backend: str = "no") -> None:
+    """accelerate keeps one device, precision and compile backend per process and refuses another
+    (or, for the backend, silently keeps the first). One process that is not a distributed launch
+    (a notebook training on cuda, then sampling on cpu; a second run with compile on) gets fresh state."""
     from accelerate.state import AcceleratorState
 
     if not AcceleratorState._shared_state or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return
     state = AcceleratorState()
-    if (state.device.type == "cpu") != cpu or state._mixed_precision != mixed_precision:
+    plugin = getattr(state, "dynamo_plugin", None)
+    backend = str(getattr(getattr(plugin, "backend", None), "value", "no")).lower()
+    if (state.device.type == "cpu") != cpu or state._mixed_precision != mixed_precision or backend != dynamo_backend:
         AcceleratorState._reset_state(reset_partial_state=True)
 
 
@@ -97,13 +100,14 @@ def make_accelerator(config: Config):
     # its own instead of as one multi-CPU (gloo) job
     cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
     mixed_precision = "no" if t.mixed_precision == "fp32" else t.mixed_precision
-    release_single_process_state(cpu, mixed_precision)
+    dynamo_backend = "inductor" if t.compile else "no"
+    release_single_process_state(cpu, mixed_precision, dynamo_backend)
     accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=mixed_precision,
         log_with="tensorboard" if t.tracker == "tensorboard" else None,
         project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")),
-        dynamo_backend="inductor" if t.compile else "no",
+        dynamo_backend=dynamo_backend,
         step_scheduler_with_optimizer=False,
     )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
