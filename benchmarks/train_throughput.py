@@ -8,10 +8,10 @@ attention backend, through the real trainer step (loss, backward, clipping, Adam
         model.params.num_latents=128 model.params.point_dim=64 model.params.mlp_ratio=2.0 \
         model.params.fourier_features=32 model.params.heads=4 model.params.rounds=1   # recipes/shapes/procedural.yaml's model: bf16 / compile vs fp32
 
-Each (backbone, precision, attention) runs in its own process: accelerate fixes the precision
-once per process, and a crash or out-of-memory in one does not stop the table. A backbone's
-example input shape and batch come from its registry entry (``example_shape``,
-``example_batch``); backbones whose params have an ``attention_backend`` (or ``attention``)
+Each (backbone, precision, attention, compile) runs in its own process: accelerate fixes the
+precision and compile backend once per process, and a crash or out-of-memory in one does not
+stop the table. A backbone's example input shape and batch come from its registry entry
+(``example_shape``, ``example_batch``; ``--set`` overrides them and the model's params); backbones whose params have an ``attention_backend`` (or ``attention``)
 field are measured with SDPA and, where importable on CUDA, xformers. The batch is made once on
 the device, so data loading is not measured. Noise uses one generator per process.
 """

@@ -94,10 +94,10 @@ def test_recipe_settings_bf16_and_compile_train_like_eager(manifest, tmp_path):
                                                "trainer.duration_samples=48", "trainer.log_every_samples=8",
                                                "trainer.preview_every_samples=0"]))
         assert isinstance(trainer.model, torch._dynamo.eval_frame.OptimizedModule) == compiled
-        frames_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         trainer.fit()
         if compiled:  # dynamo really captured and compiled graphs (no silent eager fallback)
-            assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > frames_before
+            assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs_before
         assert trainer.accelerator.mixed_precision == "bf16"
         curves[compiled] = [float(r["loss"]) for r in csv.DictReader(open(out / "losses.csv"))]
     assert len(curves[True]) == len(curves[False]) == 6

@@ -215,6 +215,9 @@ def evaluate_run(args: argparse.Namespace) -> int:
     from .config import config_from_json
     from .registry import EVALUATORS, DataSpec
 
+    if args.reference and not Path(args.reference).is_file():  # before minutes of sampling, not after
+        _err("eval", f"--reference: no such manifest: {args.reference}")
+        return 2
     try:
         if args.samples:
             folder = ckpt.resolve(args.checkpoint)
@@ -228,9 +231,6 @@ def evaluate_run(args: argparse.Namespace) -> int:
         _err("eval", str(e))
         return 2
     if args.reference:
-        if not Path(args.reference).is_file():
-            _err("eval", f"--reference: no such manifest: {args.reference}")
-            return 2
         from dataclasses import replace
 
         config = replace(config, data=replace(config.data, path=str(args.reference)))
