@@ -1,13 +1,16 @@
 """The ``multidiff`` command line: ``multidiff train | sample | eval | info | export | encode | complete | demo``.
 
 Each verb lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int``;
-this file only wires them together, importing a verb's module when it is chosen.
+this file only wires them together, importing a verb's module when it is chosen. Bad input
+(multidiff.errors.InputError, a missing file) ends any verb with one line and exit code 2.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+
+from .errors import InputError, one_line
 
 VERBS = {
     "train": ("multidiff.train.commands", "train", "train a model from a YAML recipe with key=value overrides"),
@@ -44,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     verb_parser = argparse.ArgumentParser(prog=f"multidiff {argv[0]}", description=help_text)
     getattr(module, f"{prefix}_arguments")(verb_parser)
     args = verb_parser.parse_intermixed_args(argv[1:])  # options may follow key=value overrides
-    return int(getattr(module, f"{prefix}_run")(args) or 0)
+    try:
+        return int(getattr(module, f"{prefix}_run")(args) or 0)
+    except (InputError, FileNotFoundError) as err:  # bad input: one line naming the file or key, no traceback
+        print(f"multidiff {argv[0]}: {one_line(err)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

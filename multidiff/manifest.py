@@ -7,6 +7,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from .errors import DataError
+
 
 def read_manifest(path) -> list[dict]:
     """Rows of a CSV or JSONL manifest (a ``path`` column, and optionally label, text, split, ...);
@@ -14,20 +16,23 @@ def read_manifest(path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist")
-    if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{n}: invalid JSON ({err})") from None
-    else:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+    try:
+        if path.suffix == ".jsonl":
+            rows = []
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as err:
+                        raise DataError(f"{path}:{n}: invalid JSON ({err})") from None
+        else:
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not a text manifest ({err})") from None
     for n, row in enumerate(rows, 1):
-        if not row.get("path"):
-            raise ValueError(f"{path}: row {n} has no 'path' column/value")
+        if not isinstance(row, dict) or not row.get("path"):
+            raise DataError(f"{path}: row {n} has no 'path' column/value")
         if not os.path.isabs(row["path"]):
             row["path"] = str(path.parent / row["path"])
     return rows
@@ -48,7 +53,32 @@ def scan_folder(root, extensions: Iterable[str]) -> list[dict]:
 def row_label(row: dict, column: str) -> int:
     """The integer label in ``column`` of a manifest row; -1 (none) when missing or empty."""
     value = row.get(column, "")
-    return int(value) if value not in (None, "") else -1
+    if value in (None, ""):
+        return -1
+    try:
+        number = float(value) if isinstance(value, str) else value
+        if isinstance(number, bool) or not float(number).is_integer():
+            raise ValueError
+        return int(number)
+    except (TypeError, ValueError):
+        raise DataError(f"{row.get('path')}: column {column!r} holds {value!r}, not an integer class label") from None
+
+
+def no_split_hint(source, split) -> str:
+    """What to do when a split filter left nothing: a folder has no split column at all."""
+    if split and Path(source).is_dir():
+        return " (a folder has no 'split' column: set data.params.split=null, or use a manifest with one)"
+    return ""
+
+
+def check_labels(rows: list[dict], column: str, source) -> None:
+    """DataError naming the manifest, its row and column at the first label that is not an integer."""
+    for n, row in enumerate(rows, 1):
+        try:
+            row_label(row, column)
+        except DataError:
+            raise DataError(f"{source}: row {n} ({row.get('path')}): column {column!r} holds "
+                            f"{row.get(column)!r}, not an integer class label") from None
 
 
 class ManifestRows:

@@ -151,3 +151,15 @@ def test_autoguidance_with_a_weaker_checkpoint(run, tmp_path, capsys):
                  "--out", str(tmp_path / "bad"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "--guide-with" in err and "num_classes" in err and str(other) in err
+
+
+def test_seeds_share_no_samples(run, tmp_path):
+    """Sample k of seed s comes from a hash of (s, k): seeds 7 and 8 share no draw (with seed + k they
+    were the same samples shifted by one)."""
+    draws = {}
+    for seed in (7, 8):
+        out = tmp_path / str(seed)
+        assert main(["sample", str(run), "--num", "6", "--steps", "4", "--seed", str(seed), "--out", str(out),
+                     "--device", "cpu"]) == 0
+        draws[seed] = load_file(out / "samples.safetensors")["samples"]
+    assert float(torch.cdist(draws[7], draws[8]).min()) > 1e-4

@@ -185,7 +185,7 @@ def test_per_sample_generators_make_loss_independent_of_batch(dist_name):
     x0 = torch.randn(5, 6, generator=torch.Generator().manual_seed(8), dtype=F64)
     batch = loss(denoiser, x0, generator=make_generators(100, 5))
     for k in range(5):
-        alone = loss(denoiser, x0[k:k + 1], generator=[torch.Generator().manual_seed(100 + k)])
+        alone = loss(denoiser, x0[k:k + 1], generator=make_generators(100, 1, start=k))
         torch.testing.assert_close(alone, batch[k:k + 1], rtol=1e-6, atol=0)
     # a plain generator still gives (batch,) and differs per sample
     shared = loss(denoiser, x0, generator=torch.Generator().manual_seed(100))

@@ -51,7 +51,7 @@ def test_per_sample_generators_make_samples_independent_of_batch(name, gm, grid)
     x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0), dtype=F64) * 80.0
     batch = SAMPLERS[method](gm, x, grid, generator=make_generators(50, 6), **opts)
     for k in (0, 3, 5):
-        alone = SAMPLERS[method](gm, x[k:k + 1], grid, generator=[torch.Generator().manual_seed(50 + k)], **opts)
+        alone = SAMPLERS[method](gm, x[k:k + 1], grid, generator=make_generators(50, 1, start=k), **opts)
         torch.testing.assert_close(alone, batch[k:k + 1], rtol=1e-12, atol=1e-12)
     # the noise is really used: other seeds move the samples
     other = SAMPLERS[method](gm, x, grid, generator=make_generators(60, 6), **opts)

@@ -85,8 +85,9 @@ def _public(config) -> dict:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
-def _samples(pipe, seed=7, labels=(0, 2), **kw):
-    return pipe(class_labels=list(labels), generator=make_generators(seed, len(labels)), return_dict=False, **kw)[0]
+def _samples(pipe, seed=7, labels=(0, 2), start=0, **kw):
+    return pipe(class_labels=list(labels), generator=make_generators(seed, len(labels), start=start),
+                return_dict=False, **kw)[0]
 
 
 # ----------------------------------------------------------------------------- round trips
@@ -116,7 +117,7 @@ def test_per_sample_generators_make_samples_independent_of_the_batch():
     pipe = audio_pipe()
     for sampler in ("dpmpp_2m", "euler_ancestral"):
         batch = _samples(pipe, seed=3, labels=(0, 1, 2), sampler=sampler)
-        alone = _samples(pipe, seed=4, labels=(1,), sampler=sampler)
+        alone = _samples(pipe, seed=3, labels=(1,), start=1, sampler=sampler)  # sample 1 of seed 3
         torch.testing.assert_close(alone[0], batch[1], rtol=1e-5, atol=1e-6)
     # one generator for the whole batch: reproducible, and labels by name
     a = pipe(class_labels="high", num_samples=2, generator=torch.Generator().manual_seed(1), return_dict=False)[0]

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..manifest import ManifestRows, read_manifest
+from ..errors import DataError
+from ..manifest import ManifestRows, check_labels, no_split_hint, read_manifest, row_label
 from ..manifest import scan_folder as scan_files
 from .io import AUDIO_EXTENSIONS, AudioDecodeError, load_audio
 
@@ -80,7 +81,8 @@ class AudioDataset(ManifestRows, Dataset):
         if split is not None:
             rows = [r for r in rows if r.get("split") == split]
         if not rows:
-            raise ValueError(f"{source}: no audio files" + (f" in split {split!r}" if split else ""))
+            raise DataError(f"{source}: no audio files" + (f" in split {split!r}" if split else "") + no_split_hint(source, split))
+        check_labels(rows, label_column, source)
         if normalize not in (None, "peak", "rms"):
             raise ValueError(f"normalize must be None, 'peak' or 'rms', got {normalize!r}")
         self.rows, self.source = rows, source
@@ -142,7 +144,8 @@ class AudioDataset(ManifestRows, Dataset):
                               f"({len(self.bad_files)} skipped so far)", stacklevel=2)
                 continue
             return self._make_item(wave, row, index)
-        raise RuntimeError(f"{self.source}: every audio file failed to decode ({len(self.bad_files)} files)")
+        raise DataError(f"{self.source}: every audio file failed to decode ({len(self.bad_files)} files; the first: "
+                        f"{next(iter(self.bad_files.values()), '')})")
 
     def _make_item(self, wave: torch.Tensor, row: dict, index: int) -> dict:
         g = self._rng(index)
@@ -163,6 +166,5 @@ class AudioDataset(ManifestRows, Dataset):
             wave = (wave * (self.target_rms / rms)).clamp(-1, 1)
         if self.polarity_flip > 0 and float(torch.rand((), generator=g)) < self.polarity_flip:
             wave = -wave
-        label = row.get(self.label_column, -1)
         return {"x": wave.float().contiguous(), "loss_mask": mask,
-                "label": int(label) if label not in (None, "") else -1, "text": str(row.get("text", "") or "")}
+                "label": row_label(row, self.label_column), "text": str(row.get("text", "") or "")}

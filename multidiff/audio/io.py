@@ -13,11 +13,39 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import DataError
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".aac", ".aiff", ".aif", ".webm")
 
 
-class AudioDecodeError(ValueError):
+class AudioDecodeError(DataError):
     """A file could not be decoded as audio; the message names the file and the cause."""
+
+
+def check_wav_payload(path: str) -> None:
+    """AudioDecodeError when a RIFF/WAVE file's data chunk is shorter than its header declares (a
+    copy or download cut short): libsndfile would read the part that is there without a word."""
+    import struct
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return
+        offset = 12
+        for _ in range(64):  # a WAV has a handful of chunks before its data
+            f.seek(offset)
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return
+            name, declared = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if name == b"data":
+                available = size - offset - 8
+                if declared not in (0, 0xFFFFFFFF) and declared > available:  # 0 / ~0: streamed, length unknown
+                    raise AudioDecodeError(f"{path}: truncated WAV: the header declares {declared} bytes of audio, "
+                                           f"the file holds {max(available, 0)}")
+                return
+            offset += 8 + declared + (declared & 1)
 
 
 def _read_soundfile(path: str):
@@ -57,6 +85,8 @@ def load_audio(path, sample_rate: int | None = None, channels: int | None = None
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise AudioDecodeError(f"{path}: no such file")
+    if path.lower().endswith((".wav", ".wave")):
+        check_wav_payload(path)
     try:
         try:
             wave, sr = _read_soundfile(path)

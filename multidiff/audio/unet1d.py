@@ -37,12 +37,13 @@ from typing import Any
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (diffusers' pipeline loader looks it up here)
 from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..nn import Attention, FiLM, LabelEmbedding, NoiseLevelEmbedding, PooledContextEmbedding
+from ..nn.modeling import SafetensorsModelMixin
 from .mdct import imdct, mdct, mdct_basis
 
 
@@ -103,7 +104,7 @@ class AttentionBlock1d(nn.Module):
         return rearrange(h, "b l c -> b c l")
 
 
-class UNet1D(ModelMixin, ConfigMixin):
+class UNet1D(SafetensorsModelMixin, ConfigMixin):
     """Waveform U-Net: forward(x (batch, in_channels, length), noise_level (batch,), cond) -> (batch, out_channels, length).
 
     channels[i] is the width at level i; factors[i] down-samples level i to level i + 1

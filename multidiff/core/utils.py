@@ -54,6 +54,19 @@ def rand_per_sample(batch: int, generator: Generator = None, device=None, dtype=
     return torch.cat([draw((1,), generator=g, device=device, dtype=dtype) for g in generators])
 
 
-def make_generators(seed: int, batch: int, device="cpu") -> list:
-    """One generator per sample, seeded seed, seed+1, ...: sample k is the same in any batch."""
-    return [torch.Generator(device).manual_seed(seed + k) for k in range(batch)]
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(seed: int, index: int) -> int:
+    """A well-spread 63-bit generator seed for (seed, index) (splitmix64's finaliser): nearby seeds
+    and indices give unrelated streams, so (7, k + 1) and (8, k) share nothing."""
+    z = (int(seed) * 0x9E3779B97F4A7C15 + int(index) + 0x632BE59BD9B4E019) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) & ((1 << 63) - 1)
+
+
+def make_generators(seed: int, batch: int, device="cpu", *, start: int = 0) -> list:
+    """One generator per sample, sample k (counted from ``start``) seeded by ``mix_seed(seed, k)``:
+    sample k is the same in any batch or chunk size, and two seeds share no sample."""
+    return [torch.Generator(device).manual_seed(mix_seed(seed, start + k)) for k in range(batch)]

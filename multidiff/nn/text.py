@@ -25,8 +25,10 @@ from pathlib import Path
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (diffusers' pipeline loader looks it up here)
 from torch import nn
+
+from .modeling import SafetensorsModelMixin
 
 BYTE_PAD, BYTE_NULL, BYTE_OFFSET = 0, 1, 2  # token 0 pads, 1 is the null caption, byte b is token b + 2
 
@@ -79,7 +81,7 @@ def encode_word_buckets(captions: Sequence[str], max_length: int, buckets: int) 
     return _pad_rows(rows, 0)
 
 
-class ByteTextEncoder(ModelMixin, ConfigMixin):
+class ByteTextEncoder(SafetensorsModelMixin, ConfigMixin):
     """Byte-level caption encoder trained with the diffusion model.
 
     captions (batch,) -> (context (batch, tokens, dim), mask (batch, tokens) bool, True = real token).

@@ -244,6 +244,9 @@ class MultidiffPipeline(DiffusionPipeline):
         target = PIPELINES.get(name) if isinstance(name, str) else None
         if target is None or not issubclass(target, cls):
             raise ValueError(f"{folder} holds a {name!r} pipeline, not a {cls.__name__}")
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("multidiff pipelines load safetensors only (use_safetensors=False would unpickle .bin files)")
+        kwargs["use_safetensors"] = True  # a .bin placed in the folder is never unpickled
         return super(MultidiffPipeline, target).from_pretrained(str(folder), **kwargs)
 
     @classmethod
@@ -331,8 +334,8 @@ class MultidiffPipeline(DiffusionPipeline):
         the conditional model exactly) default to the scheduler config's. scheduler: any
         diffusers scheduler instance to step instead of ``sampler``. generator: a
         torch.Generator for the whole batch, or a list with one per sample (sample k then
-        equals ``multidiff sample --seed s`` sample k for generators seeded s + k, see
-        multidiff.core.make_generators; stochastic samplers draw from them too, so on a GPU give
+        equals ``multidiff sample --seed s`` sample k for the generators of
+        ``multidiff.core.make_generators(s, n)``; stochastic samplers draw from them too, so on a GPU give
         generators on its device). prompt / negative_prompt: need a text_encoder.
         output_type: "pt" (float32 CPU tensors) or "np". ``**shape``: the subclass's
         ``shape_arguments`` (length, num_frames, num_points ...), see ``sample_shape``.

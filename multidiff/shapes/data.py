@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..manifest import ManifestRows, read_manifest, row_label
+from ..errors import DataError
+from ..manifest import ManifestRows, check_labels, no_split_hint, read_manifest, row_label
 from ..manifest import scan_folder as scan_files
 from .io import (
     MESH_EXTENSIONS,
@@ -69,7 +70,8 @@ class ShapeDataset(ManifestRows, Dataset):
         if split is not None:
             rows = [r for r in rows if r.get("split") == split]
         if not rows:
-            raise ValueError(f"{source}: no mesh files" + (f" in split {split!r}" if split else ""))
+            raise DataError(f"{source}: no mesh files" + (f" in split {split!r}" if split else "") + no_split_hint(source, split))
+        check_labels(rows, label_column, source)
         self.rows, self.source, self.num_points = rows, source, int(num_points)
         self.coarse_points = int(coarse_points)
         self.pool_size = int(pool_size or 4 * (num_points + self.coarse_points))
@@ -85,7 +87,11 @@ class ShapeDataset(ManifestRows, Dataset):
         self.stats = stats
         fit_normalization(torch.zeros(2, 3), normalize, stats or Normalization(torch.zeros(3), torch.ones(1)))  # check mode
         if normalize == "global" and stats is None:
-            self.stats = global_statistics(list(self._pools(progress)))
+            pools = list(self._pools(progress))
+            if not pools:
+                raise DataError(f"{source}: no usable mesh ({len(self.bad_files)} skipped; the first: "
+                                f"{next(iter(self.bad_files.values()), '')})")
+            self.stats = global_statistics(pools)
 
     # properties the trainer and recipes read
 
@@ -168,7 +174,7 @@ class ShapeDataset(ManifestRows, Dataset):
                 self._skip(path, err)
                 continue
             return self._make_item(pool, k, index, epoch)
-        raise RuntimeError(f"{self.source}: no usable mesh ({len(self.bad_files)} skipped: "
+        raise DataError(f"{self.source}: no usable mesh ({len(self.bad_files)} skipped: "
                            f"{', '.join(list(self.bad_files)[:5])}{' ...' if len(self.bad_files) > 5 else ''})")
 
     def _make_item(self, pool: torch.Tensor, k: int, index: int, epoch: int) -> dict:

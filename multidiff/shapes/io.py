@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import DataError
+
 MESH_EXTENSIONS = (".obj", ".stl", ".ply", ".off", ".glb", ".gltf")
 NORMALIZATIONS = ("none", "global", "unit_sphere", "bbox")
 
 
-class MeshLoadError(ValueError):
+class MeshLoadError(DataError):
     """A mesh file that cannot give surface points (unreadable, empty or degenerate); names the file."""
 
 

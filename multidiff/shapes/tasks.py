@@ -41,7 +41,7 @@ def resample_clouds(clouds: torch.Tensor, num_points: int, seed: int) -> torch.T
 
 
 def initial_noise(n: int, shape, sigma0: float, seed: int, device) -> tuple[torch.Tensor, list]:
-    """sigma0 x standard normal (n, *shape) with one generator per sample (seeds seed .. seed + n - 1)."""
+    """sigma0 x standard normal (n, *shape) with one generator per sample (multidiff.core.make_generators)."""
     gens = make_generators(seed, n, device)
     return randn_like(torch.empty(n, *shape, device=device), gens) * sigma0, gens
 

@@ -48,7 +48,7 @@ from typing import Any
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (diffusers' pipeline loader looks it up here)
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -61,6 +61,7 @@ from ..nn import (
     PooledContextEmbedding,
     modulate,
 )
+from ..nn.modeling import SafetensorsModelMixin
 
 
 class Mlp(nn.Module):
@@ -208,7 +209,7 @@ def _heads(dim: int, heads: int) -> int:
     return max(h for h in range(1, heads + 1) if dim % h == 0)
 
 
-class PointCloudTransformer(ModelMixin, ConfigMixin):
+class PointCloudTransformer(SafetensorsModelMixin, ConfigMixin):
     """Diffusion backbone on point clouds: forward(x (batch, points, in_channels), noise_level (batch,), cond)
     -> (batch, points, out_channels).
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import DataError
 from ..train.registry import DataSpec, register_dataset, register_evaluator, register_preview
 from .gmm import GaussianMixture, two_d_mixture
 
@@ -42,25 +43,31 @@ def draw(mixture: GaussianMixture, n: int, generator: torch.Generator) -> tuple[
 
 
 def read_points(path: str) -> torch.Tensor:
+    """An (N, dim) float array from .npy (no pickled objects), .csv or .safetensors; DataError naming the file."""
+    import numpy as np
+
     p = Path(path).expanduser()
-    if p.suffix == ".npy":
-        import numpy as np
+    if p.suffix not in (".npy", ".csv", ".safetensors"):
+        raise DataError(f"{p}: toy_gmm reads .npy, .csv or .safetensors point files")
+    try:
+        if p.suffix == ".npy":
+            array = np.load(p, allow_pickle=False)
+        elif p.suffix == ".csv":
+            array = np.loadtxt(p, delimiter=",", ndmin=2)
+        else:
+            from safetensors.numpy import load_file
 
-        pts = torch.from_numpy(np.load(p))
-    elif p.suffix == ".csv":
-        import numpy as np
-
-        pts = torch.from_numpy(np.loadtxt(p, delimiter=",", ndmin=2))
-    elif p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(p))
-        pts = tensors.get("points", next(iter(tensors.values())))
-    else:
-        raise ValueError(f"toy_gmm reads .npy, .csv or .safetensors point files, got {p.name}")
-    if pts.ndim != 2:
-        raise ValueError(f"{p}: expected an (N, dim) array, got shape {tuple(pts.shape)}")
-    return pts.float()
+            arrays = load_file(str(p))
+            if not arrays:
+                raise ValueError("no tensors in the file")
+            array = arrays.get("points", next(iter(arrays.values())))
+    except Exception as err:  # numpy / safetensors name no file in their messages
+        raise DataError(f"{p}: cannot read points ({type(err).__name__}: {err})") from None
+    if array.dtype.kind not in "fiu" or array.ndim != 2 or not len(array):
+        raise DataError(f"{p}: expected a non-empty numeric (N, dim) array, got {array.dtype} of shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise DataError(f"{p}: contains NaN or inf values")
+    return torch.from_numpy(np.ascontiguousarray(array)).float()
 
 
 class ToyGMMDataset(torch.utils.data.Dataset):

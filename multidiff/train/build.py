@@ -17,6 +17,7 @@ from ..core import (
     UniformT,
     weighting,
 )
+from ..errors import DataError, InputError
 from ..nn.text import ByteTextEncoder, PretrainedTextEncoder, TextConditioned
 from . import registry
 from .autoencoder import AutoencoderLoss, attach_discriminator
@@ -27,7 +28,13 @@ from .registry import DataSpec
 def build_dataset(config: Config):
     """The data set of ``config.data``; it carries a ``spec`` (:class:`DataSpec`)."""
     entry = registry.DATASETS[config.data.name]
-    dataset = entry.factory(data_params(config), config.data.path, config.trainer.seed)
+    try:
+        dataset = entry.factory(data_params(config), config.data.path, config.trainer.seed)
+    except InputError:
+        raise
+    except ValueError as err:  # a data set refusing its params or files: name the section and the source
+        raise DataError(f"data set {config.data.name!r}"
+                        + (f" at {config.data.path}" if config.data.path else "") + f": {err}") from None
     spec = getattr(dataset, "spec", None)
     if not isinstance(spec, DataSpec):
         raise TypeError(f"data set {config.data.name!r} has no DataSpec in its .spec attribute")
@@ -38,7 +45,12 @@ def build_model(config: Config, spec: DataSpec) -> nn.Module:
     """The backbone of ``config.model`` for data described by ``spec``; with ``model.text_encoder``
     set, wrapped in :class:`multidiff.nn.TextConditioned` so ``cond['text']`` (captions) works."""
     entry = registry.MODELS[config.model.name]
-    backbone = entry.factory(model_params(config), spec, gradient_checkpointing=config.model.gradient_checkpointing)
+    try:
+        backbone = entry.factory(model_params(config), spec, gradient_checkpointing=config.model.gradient_checkpointing)
+    except InputError:
+        raise
+    except ValueError as err:  # a backbone refusing its params (sizes that do not fit together)
+        raise ConfigError("model.params", f"{config.model.name}: {err}") from None
     a = config.objective.autoencoder
     if config.objective.kind == "autoencoder" and a.adversarial_weight > 0:
         if spec.modality != "audio" or len(spec.sample_shape) != 2:

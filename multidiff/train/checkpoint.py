@@ -11,10 +11,16 @@ Layout of ``<out_dir>/checkpoints``::
         rng-<rank>.json         each process's python / numpy / torch / CUDA RNG states
     latest -> ckpt-000000065536 a symbolic link, replaced atomically
     .tmp-ckpt-.../              a checkpoint being written (ignored; removed by the next save)
+    .trash-ckpt-.../            a checkpoint being deleted (ignored; removed by the next save)
+    superseded-<time>/          checkpoints of an earlier run that were ahead of this run's start
 
 A save writes into ``.tmp-<name>``, flushes every file to disk, then renames the folder to
 its final name and only then moves ``latest``: a crash at any point leaves the previous
-checkpoint intact and ``latest`` pointing at a complete one. No pickle is involved.
+checkpoint intact and ``latest`` pointing at a complete one. A folder of the same name (a run
+rolled back to an earlier checkpoint and trained again) is replaced, never kept in place of
+what this run computed. Deleting renames first, so a half-deleted folder never keeps a
+checkpoint's name; ``state.json`` lists every file, and a folder missing one is not a
+checkpoint (:func:`list_checkpoints` skips it and says so). No pickle is involved.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +37,15 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..errors import CheckpointError
+
 LATEST = "latest"
 NAME_RE = re.compile(r"^ckpt-(\d{12})$")
 REQUIRED = ("config.json", "state.json", "model.safetensors")
+#: checkpoints written before state.json listed its files: these besides REQUIRED
+LEGACY_FILES = ("optimizer.safetensors", "optimizer.json")
+#: what a warm start (model.init_from) reads
+WEIGHTS = ("model.safetensors",)
 
 
 def checkpoint_name(samples_seen: int) -> str:
@@ -86,15 +99,36 @@ def _fsync(path: Path) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    with open(path, "w") as f:
+    """Write JSON through a temporary file and a rename: a kill leaves the old file or the new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
         json.dump(data, f, indent=2)
         f.flush()
         os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    """A JSON file; CheckpointError naming the file when it is missing, empty or corrupt."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err}); the file is truncated or corrupt") from None
+
+
+def read_tensors(path: Path, device="cpu") -> dict[str, torch.Tensor]:
+    """A safetensors file; CheckpointError naming the file when it is missing, empty or corrupt."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as err:  # safetensors raises its own error type (header too small, truncated data)
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err}); the file is truncated "
+                              f"or corrupt") from None
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -111,8 +145,13 @@ def write_state(folder: Path, stem: str, state: Any) -> None:
 
 
 def read_state(folder: Path, stem: str, device="cpu") -> Any:
-    tensors = load_file(str(folder / f"{stem}.safetensors"), device=str(device))
-    return join_tensors(read_json(folder / f"{stem}.json"), tensors)
+    tensors = read_tensors(folder / f"{stem}.safetensors", device)
+    skeleton = read_json(folder / f"{stem}.json")
+    try:
+        return join_tensors(skeleton, tensors)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{folder / (stem + '.json')} does not match {stem}.safetensors beside it "
+                              f"({type(err).__name__}: {err})") from None
 
 
 def write_module(path: Path, module: torch.nn.Module) -> None:
@@ -134,7 +173,7 @@ def write_module(path: Path, module: torch.nn.Module) -> None:
 def read_module_state(path: Path, device="cpu") -> dict[str, torch.Tensor]:
     from safetensors import safe_open
 
-    state = load_file(str(path), device=str(device))
+    state = read_tensors(path, device)
     with safe_open(str(path), framework="pt") as f:
         aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
     for key, target in aliases.items():
@@ -146,10 +185,17 @@ def load_module(module: torch.nn.Module, path: Path) -> None:
     """Load weights written by :func:`write_module`; names every missing or unexpected key."""
     device = next(iter(module.state_dict().values()), torch.empty(0)).device
     state = read_module_state(path, device)
-    result = module.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise RuntimeError(f"{path}: weights do not match the model: missing {result.missing_keys}, "
-                           f"unexpected {result.unexpected_keys}")
+    own = module.state_dict()
+    reshaped = [f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})" for k, v in state.items()
+                if k in own and v.shape != own[k].shape]
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if reshaped or missing or unexpected:
+        def first(names):
+            return ", ".join(names[:4]) + (f", ... ({len(names) - 4} more)" if len(names) > 4 else "")
+        problems = [f"{label}: {first(names)}" for label, names in
+                    (("other shapes", reshaped), ("missing", missing), ("unexpected", unexpected)) if names]
+        raise CheckpointError(f"{path}: the weights do not fit the model the config builds ({'; '.join(problems)})")
+    module.load_state_dict(state, strict=False)
 
 
 @dataclass
@@ -222,7 +268,7 @@ def warm_start(module: torch.nn.Module, path: str | Path) -> WarmStart:
     model starts as the source's unconditional model. Everything else keeps its fresh
     initialisation and is listed. Raises ValueError naming the checkpoint when no tensor matches at all.
     """
-    folder = resolve(path)
+    folder = resolve(path, need=WEIGHTS)
     weights = folder / "ema.safetensors"
     if not weights.exists():
         weights = folder / "model.safetensors"
@@ -303,28 +349,36 @@ def set_rng_state(state: dict) -> None:
 
 
 # ----------------------------------------------------------------------- atomic folders
+def _discard(folder: Path) -> None:
+    """Delete a folder so that no crash leaves it half-deleted under its name: rename, then remove."""
+    trash = folder.parent / f".trash-{folder.name}-{os.getpid()}"
+    os.rename(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def begin(root: Path, name: str) -> Path:
     """Create an empty ``.tmp-<name>`` folder to write a checkpoint into (main process)."""
     root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp-*"):  # debris of an interrupted save
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in [*root.glob(".tmp-*"), *root.glob(".trash-*")]:  # debris of an interrupted save or delete
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-{name}"
     tmp.mkdir()
     return tmp
 
 
 def commit(root: Path, name: str, keep: int) -> Path:
-    """Publish ``.tmp-<name>`` as ``<name>``, point ``latest`` at it, keep the newest ``keep``."""
+    """Publish ``.tmp-<name>`` as ``<name>`` (replacing a folder of that name), point ``latest`` at
+    it, keep the newest ``keep``."""
     tmp, final = root / f".tmp-{name}", root / name
-    missing = [f for f in REQUIRED if not (tmp / f).is_file()]
+    missing = missing_files(tmp)
     if missing:
         raise RuntimeError(f"checkpoint {tmp} is incomplete (missing {missing}); not publishing it")
     _fsync(tmp)
-    if final.exists():  # the same position was saved before: that copy is kept as it is
-        shutil.rmtree(tmp)
-    else:
-        os.rename(tmp, final)
-        _fsync(root)
+    if final.exists():  # an earlier run's checkpoint at this position: this run's replaces it
+        _discard(final)
+    os.rename(tmp, final)
+    _fsync(root)
     link_tmp = root / f".tmp-{LATEST}"
     if link_tmp.is_symlink() or link_tmp.exists():
         link_tmp.unlink()
@@ -335,12 +389,43 @@ def commit(root: Path, name: str, keep: int) -> Path:
     return final
 
 
-def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints under ``root``, oldest first."""
+def missing_files(folder: Path) -> list[str]:
+    """The files a checkpoint folder lacks: those its state.json lists (REQUIRED and the legacy set
+    for older checkpoints, or when state.json itself is missing or unreadable)."""
+    listed = list(REQUIRED)
+    try:
+        with open(folder / "state.json") as f:
+            listed += json.load(f).get("files", LEGACY_FILES)
+    except (OSError, ValueError, AttributeError):
+        listed += LEGACY_FILES
+    return sorted({f for f in listed if not (folder / f).is_file()})
+
+
+def _numbered(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if NAME_RE.match(p.name) and p.is_dir() and not p.is_symlink()]
-    return sorted(found, key=lambda p: int(NAME_RE.match(p.name).group(1)))
+    return sorted(found, key=position)
+
+
+def position(folder: Path) -> int:
+    """Samples seen at a checkpoint, from its folder name."""
+    return int(NAME_RE.match(Path(folder).name).group(1))
+
+
+def list_checkpoints(root: Path, *, report: bool = False) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first. Folders named like a checkpoint but
+    missing files (a copy cut short, a deletion by another tool) are skipped; with ``report``
+    each is named on stderr."""
+    complete = []
+    for folder in _numbered(root):
+        missing = missing_files(folder)
+        if not missing:
+            complete.append(folder)
+        elif report:
+            print(f"note: ignoring incomplete checkpoint folder {folder} (missing {', '.join(missing)})",
+                  file=sys.stderr)
+    return complete
 
 
 def prune(root: Path, keep: int) -> None:
@@ -348,23 +433,52 @@ def prune(root: Path, keep: int) -> None:
     ckpts = list_checkpoints(root)
     for old in ckpts[: max(len(ckpts) - keep, 0)]:
         if latest is None or old.resolve() != latest:
-            shutil.rmtree(old, ignore_errors=True)
+            _discard(old)
 
 
-def resolve(path: str | Path) -> Path:
-    """A checkpoint folder from a checkpoint folder, a ``latest`` link, a checkpoints folder
-    or a run's out_dir. Raises FileNotFoundError with what was looked for."""
+def set_aside(root: Path, start: int, keep: Path | None = None) -> tuple[Path, list[str]] | None:
+    """Move the checkpoints at or beyond ``start`` samples seen (an earlier run's, ahead of a run that
+    starts at ``start``), but ``keep``, into ``superseded-<time>/``: a run never mixes another run's
+    later checkpoints into its own, and nothing is deleted. Returns (that folder, the names moved)."""
+    import time
+
+    keep = keep.resolve() if keep is not None else None
+    ahead = [p for p in _numbered(root) if position(p) >= start and p.resolve() != keep]
+    if not ahead:
+        return None
+    target = root / f"superseded-{time.strftime('%Y%m%d-%H%M%S')}"
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = root / f"superseded-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"
+    target.mkdir()
+    for p in ahead:
+        os.rename(p, target / p.name)
+    link = root / LATEST
+    if link.is_symlink() and not link.exists():  # it pointed at a folder moved aside
+        link.unlink()
+    _fsync(root)
+    return target, [p.name for p in ahead]
+
+
+def resolve(path: str | Path, *, need: tuple[str, ...] | None = None) -> Path:
+    """A checkpoint folder from a checkpoint folder, a ``latest`` link, a checkpoints folder or a
+    run's out_dir (then the newest complete checkpoint, whatever ``latest`` says). ``need``: the
+    files a folder given directly must hold (default: all, as for resuming; weights for a warm
+    start). Raises FileNotFoundError with what was looked for, CheckpointError for an incomplete
+    checkpoint."""
     path = Path(path).expanduser()
-    candidates = [path, path / LATEST, path / "checkpoints" / LATEST]
-    for cand in candidates:
-        if cand.is_dir() and (cand / "state.json").is_file():
-            return cand.resolve()
+    if path.is_dir() and (NAME_RE.match(path.resolve().name) or (path / "state.json").exists()):
+        missing = missing_files(path) if need is None else [f for f in need if not (path / f).is_file()]
+        if missing:
+            raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
+        return path.resolve()
     for root in (path, path / "checkpoints"):
-        ckpts = list_checkpoints(root)
+        ckpts = list_checkpoints(root, report=True)
         if ckpts:
             return ckpts[-1].resolve()
-    raise FileNotFoundError(f"no checkpoint at {str(path)!r} (looked for a folder with state.json, "
-                            f"{LATEST!r} links and ckpt-* folders)")
+    raise FileNotFoundError(f"no checkpoint at {str(path)!r} (looked for a folder with state.json and "
+                            f"complete ckpt-* folders)")
 
 
 def find_latest(out_dir: str | Path) -> Path | None:

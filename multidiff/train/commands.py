@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
+from ..errors import InputError, finite_float, one_line
+
 
 def _err(verb: str, message: str) -> None:
-    print(f"multidiff {verb}: {message}", file=sys.stderr)
+    print(f"multidiff {verb}: {one_line(message)}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------- train
@@ -38,6 +41,8 @@ def resolve_train_config(recipe: str, overrides: list[str]):
     if path.is_dir():
         folder = ckpt.resolve(path)
         raw = ckpt.read_json(folder / "config.json")
+        if not isinstance(raw, dict):
+            raise ckpt.CheckpointError(f"{folder / 'config.json'}: not a config (a JSON mapping of sections)")
         raw.setdefault("trainer", {})["resume"] = str(folder)
         return load_config(raw, overrides)
     return load_config(path, overrides)
@@ -46,11 +51,11 @@ def resolve_train_config(recipe: str, overrides: list[str]):
 def train_run(args: argparse.Namespace) -> int:
     import yaml
 
-    from .config import ConfigError
+    from ..errors import InputError
 
     try:
         config = resolve_train_config(args.recipe, args.overrides)
-    except (ConfigError, FileNotFoundError) as e:
+    except (InputError, FileNotFoundError) as e:
         _err("train", str(e))
         return 2
     if args.print_config:
@@ -61,7 +66,7 @@ def train_run(args: argparse.Namespace) -> int:
     try:
         trainer = Trainer(config)
         result = trainer.fit()
-    except ConfigError as e:
+    except (InputError, FileNotFoundError) as e:
         _err("train", str(e))
         return 2
     except NonFiniteLossError as e:
@@ -89,7 +94,7 @@ def _sampling_arguments(parser: argparse.ArgumentParser, out_default: str) -> No
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: sampling.steps)")
     parser.add_argument("--sampler", default=None, help="sampler name from multidiff.core.SAMPLERS")
     parser.add_argument("--spacing", default=None, help="sigma spacing from multidiff.core.SPACINGS")
-    parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off)")
+    parser.add_argument("--guidance", type=finite_float, default=None, help="classifier-free guidance scale (1 = off)")
     parser.add_argument("--guide-with", default=None, metavar="CHECKPOINT",
                         help="autoguidance (Karras et al. 2024): guide with this weaker checkpoint of the same model "
                              "(fewer samples seen, smaller) at scale --guidance, instead of classifier-free guidance")
@@ -101,7 +106,8 @@ def _sampling_arguments(parser: argparse.ArgumentParser, out_default: str) -> No
     parser.add_argument("--label", type=int, default=None, help="class label for all samples (conditional models)")
     parser.add_argument("--prompt", default=None, help="caption for all samples (models with a text encoder)")
     parser.add_argument("--negative-prompt", default="", help="caption guidance steers away from (default: '')")
-    parser.add_argument("--seed", type=int, default=None, help="sample k uses the generator seeded seed + k")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="sample k uses a generator seeded by a hash of (seed, k): seeds share no sample")
     parser.add_argument("--batch-size", type=int, default=None, help="samples per forward batch")
     parser.add_argument("--no-ema", action="store_true", help="use the trained weights instead of the EMA")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -122,26 +128,38 @@ def _sampling_config(config, args):
                                   }.items() if v is not None}
     s = replace(s, **changes)
     if s.sampler not in SAMPLERS:
-        raise ValueError(f"--sampler: unknown sampler {s.sampler!r}; known: {', '.join(sorted(SAMPLERS))}")
+        raise InputError(f"--sampler: unknown sampler {s.sampler!r}; known: {', '.join(sorted(SAMPLERS))}")
     if s.spacing not in SPACINGS:
-        raise ValueError(f"--spacing: unknown spacing {s.spacing!r}; known: {', '.join(SPACINGS)}")
+        raise InputError(f"--spacing: unknown spacing {s.spacing!r}; known: {', '.join(SPACINGS)}")
     for name in ("num_samples", "steps", "batch_size"):
         if getattr(s, name) < 1:
-            raise ValueError(f"--{name.replace('_samples', '').replace('_', '-')} must be >= 1")
+            raise InputError(f"--{name.replace('_samples', '').replace('_', '-')} must be >= 1")
+    lo, hi = s.guidance_interval
+    if not (math.isfinite(lo) and 0 <= lo < hi) or math.isnan(hi):
+        raise InputError(f"--guidance-interval: needs 0 <= LOW < HIGH (HIGH may be inf), got {lo} {hi}")
+    if args.shape and any(n < 1 for n in args.shape):
+        raise InputError(f"--shape: every size must be >= 1, got {' '.join(map(str, args.shape))}")
     return s
 
 
 def _generate(args, verb: str):
     """(samples, labels, config, spec, folder, weights) for sample / eval."""
+    import torch
+
     from .sampling import default_labels, generate
     from .trainer import load_for_sampling
 
     model, config, spec, state, folder, weights = load_for_sampling(args.checkpoint, args.device, not args.no_ema)
     sampling = _sampling_config(config, args)
     prompts = None
+    if sampling.sample_shape and len(sampling.sample_shape) != len(spec.sample_shape):
+        raise InputError(f"--shape (sampling.sample_shape): {' '.join(map(str, sampling.sample_shape))} has {len(sampling.sample_shape)} "
+                         f"sizes; the model of {folder} makes samples of shape {' '.join(map(str, spec.sample_shape))}")
+    if args.label is not None and spec.num_classes == 0:
+        raise InputError(f"--label: the model of {folder} is unconditional (no class labels); drop --label")
     if args.prompt is not None:
         if config.model.text_encoder.kind == "none":
-            raise ValueError(f"--prompt: the model of {folder} has no text encoder (model.text_encoder.kind is none)")
+            raise InputError(f"--prompt: the model of {folder} has no text encoder (model.text_encoder.kind is none)")
         prompts = [args.prompt] * sampling.num_samples
     elif config.model.text_encoder.kind != "none":
         prompts = [""] * sampling.num_samples  # no caption: the model's unconditional branch
@@ -151,10 +169,10 @@ def _generate(args, verb: str):
                                                                                    not args.no_ema)
         for name in ("modality", "num_classes"):  # not the sample shape: a point cloud model may train on fewer points
             if getattr(guide_spec, name) != getattr(spec, name):
-                raise ValueError(f"--guide-with: {guide_folder} has {name} {getattr(guide_spec, name)!r}, the model "
+                raise InputError(f"--guide-with: {guide_folder} has {name} {getattr(guide_spec, name)!r}, the model "
                                  f"{folder} {getattr(spec, name)!r}; autoguidance needs a weaker version of the same model")
         if (guide_config.model.text_encoder.kind == "none") != (config.model.text_encoder.kind == "none"):
-            raise ValueError(f"--guide-with: {guide_folder} and {folder} must both have a text encoder or neither")
+            raise InputError(f"--guide-with: {guide_folder} and {folder} must both have a text encoder or neither")
         guide = (guide_model, guide_config.objective)
     elif sampling.guidance != 1.0 and spec.num_classes == 0 and prompts is None:
         print(f"multidiff {verb}: note: the model is unconditional, --guidance {sampling.guidance} has no effect",
@@ -162,7 +180,16 @@ def _generate(args, verb: str):
     labels = default_labels(sampling.num_samples, spec, args.label)
     samples = generate(model, config.objective, spec, sampling, labels=labels, progress=sys.stderr.isatty(),
                        prompts=prompts, negative_prompt=args.negative_prompt, guide=guide)
+    bad = int((~torch.isfinite(samples.flatten(1))).any(1).sum())
+    if bad:
+        raise NonFiniteSamplesError(f"{bad} of {len(samples)} samples from {folder} contain NaN or inf "
+                                    f"(sampler {sampling.sampler}, {sampling.steps} steps, guidance "
+                                    f"{sampling.guidance}); nothing written")
     return samples, labels, config, spec, folder, weights, sampling
+
+
+class NonFiniteSamplesError(RuntimeError):
+    """The model produced NaN / inf samples: a failure (exit 1), never written to disk."""
 
 
 def sample_arguments(parser: argparse.ArgumentParser) -> None:
@@ -176,9 +203,12 @@ def sample_run(args: argparse.Namespace) -> int:
 
     try:
         samples, labels, config, spec, folder, weights, sampling = _generate(args, "sample")
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, InputError) as e:
         _err("sample", str(e))
         return 2
+    except NonFiniteSamplesError as e:
+        _err("sample", str(e))
+        return 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {"samples": samples.contiguous()}
@@ -209,27 +239,36 @@ def evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def evaluate_run(args: argparse.Namespace) -> int:
-    from safetensors.torch import load_file
+    import torch
 
     from . import checkpoint as ckpt
-    from .config import config_from_json
-    from .registry import EVALUATORS, DataSpec
+    from .registry import EVALUATORS
+    from .trainer import read_checkpoint
 
     if args.reference and not Path(args.reference).is_file():  # before minutes of sampling, not after
         _err("eval", f"--reference: no such manifest: {args.reference}")
         return 2
     try:
         if args.samples:
-            folder = ckpt.resolve(args.checkpoint)
-            config = config_from_json(ckpt.read_json(folder / "config.json"))
-            spec = DataSpec.from_json(ckpt.read_json(folder / "state.json")["spec"])
-            loaded = load_file(args.samples)
+            folder, config, _, spec = read_checkpoint(args.checkpoint)
+            loaded = ckpt.read_tensors(Path(args.samples))
+            if "samples" not in loaded:
+                raise InputError(f"--samples: {args.samples} holds no 'samples' tensor (keys: {sorted(loaded)}); "
+                                 f"write one with multidiff sample")
             samples, labels = loaded["samples"], loaded.get("labels")
+            if samples.ndim - 1 != len(spec.sample_shape):  # sizes may differ (more points, longer clips)
+                raise InputError(f"--samples: {args.samples} holds samples of shape {tuple(samples.shape[1:])}, the "
+                                 f"model of {folder} makes {tuple(spec.sample_shape)}")
+            if not torch.isfinite(samples).all():
+                raise InputError(f"--samples: {args.samples} contains NaN or inf values")
         else:
             samples, labels, config, spec, folder, _, _ = _generate(args, "eval")
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    except (FileNotFoundError, InputError) as e:
         _err("eval", str(e))
         return 2
+    except NonFiniteSamplesError as e:
+        _err("eval", str(e))
+        return 1
     if args.reference:
         from dataclasses import replace
 
@@ -239,11 +278,14 @@ def evaluate_run(args: argparse.Namespace) -> int:
         _err("eval", f"no evaluator is registered for modality {spec.modality!r}")
         return 2
     metrics = fn(samples, config, labels=labels, spec=spec)
+    undefined = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
+    if undefined:  # e.g. no voiced frame to measure a pitch on: JSON null, and said so
+        _err("eval", f"warning: {', '.join(undefined)} undefined for these samples (NaN or inf): written as null")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"checkpoint": str(folder), "num_samples": len(samples), "reference": config.data.path,
-              "metrics": metrics}
-    (out / "metrics.json").write_text(json.dumps(report, indent=2))
+              "metrics": {k: None if k in undefined else v for k, v in metrics.items()}}
+    (out / "metrics.json").write_text(json.dumps(report, indent=2, allow_nan=False))
     width = max((len(k) for k in metrics), default=0)
     for k, v in metrics.items():
         print(f"{k:<{width}}  {v:.6g}")
@@ -262,14 +304,16 @@ def info_run(args: argparse.Namespace) -> int:
     import yaml
 
     from . import checkpoint as ckpt
+    from .trainer import read_checkpoint
 
     try:
-        folder = ckpt.resolve(args.checkpoint)
-    except FileNotFoundError as e:
+        folder, _, state, _ = read_checkpoint(args.checkpoint)
+        config = ckpt.read_json(folder / "config.json")
+        if "train" not in state:
+            raise ckpt.CheckpointError(f"{folder / 'state.json'}: not a checkpoint state (no 'train' section)")
+    except (FileNotFoundError, InputError) as e:
         _err("info", str(e))
         return 2
-    state = ckpt.read_json(folder / "state.json")
-    config = ckpt.read_json(folder / "config.json")
     if args.json:
         print(json.dumps(state, indent=2))
         return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import re
 import types
 import typing
@@ -25,10 +26,11 @@ from typing import Any, Union
 import yaml
 
 from ..core.schedules import ScheduleConfig
+from ..errors import InputError
 from . import registry
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration problem, with the dotted key it concerns in ``key``."""
 
     def __init__(self, key: str, message: str):
@@ -274,6 +276,8 @@ class Config:
 # ------------------------------------------------------------------------ typed parsing
 _UNIONS = (Union, types.UnionType)  # Optional[X] and X | None
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^[-+]?(inf|nan)$", re.IGNORECASE)
+#: the float fields that may be infinite (an open upper end); every other float must be finite, and none NaN
+INFINITE_OK = {"sampling.guidance_interval[1]"}
 
 
 def _type_name(tp) -> str:
@@ -328,10 +332,14 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(key, f"expected int, got {_describe(value)}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):  # YAML 1.1 reads "1e-3" as a string
-            return float(value)
-        raise ConfigError(key, f"expected float, got {_describe(value)}")
+            number = float(value)
+        elif isinstance(value, str) and _FLOAT_RE.match(value.strip()):  # YAML 1.1 reads "1e-3" as a string
+            number = float(value)
+        else:
+            raise ConfigError(key, f"expected float, got {_describe(value)}")
+        if math.isnan(number) or (math.isinf(number) and key not in INFINITE_OK):
+            raise ConfigError(key, f"must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -509,13 +517,14 @@ def validate(config: Config, *, validate_paths: bool = True) -> Config:
         raise ConfigError("model.params.cross_attention_dim",
                           f"a text encoder needs the backbone's cross-attention: set it to the encoder width "
                           f"({te.dim if te.kind == 'bytes' else 'the pretrained hidden size'})")
-    if m.init_from and validate_paths:
-        from .checkpoint import resolve
+    for key, source in (("model.init_from", m.init_from), ("trainer.resume", config.trainer.resume)):
+        if source and source != "auto" and validate_paths:
+            from .checkpoint import WEIGHTS, resolve
 
-        try:
-            resolve(m.init_from)
-        except FileNotFoundError as err:
-            raise ConfigError("model.init_from", str(err)) from None
+            try:
+                resolve(source, need=WEIGHTS if key == "model.init_from" else None)
+            except (FileNotFoundError, InputError) as err:
+                raise ConfigError(key, str(err)) from None
     d.params = to_plain(data_params(config))
     entry = registry.DATASETS[d.name]
     if validate_paths:

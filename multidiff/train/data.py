@@ -16,15 +16,9 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-_MASK64 = (1 << 64) - 1
+from ..core.utils import mix_seed
 
-
-def mix_seed(seed: int, position: int) -> int:
-    """A well-spread 63-bit generator seed for (seed, position) (splitmix64 finaliser)."""
-    z = (int(seed) * 0x9E3779B97F4A7C15 + int(position) + 0x632BE59BD9B4E019) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return (z ^ (z >> 31)) & ((1 << 63) - 1)
+__all__ = ["mix_seed", "sample_generators", "PositionDataset", "RankBatchSampler", "make_loader", "collate"]
 
 
 def sample_generators(seed: int, positions: torch.Tensor, device) -> list[torch.Generator]:

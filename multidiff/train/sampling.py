@@ -1,9 +1,9 @@
 """Generation from a trained backbone, shared by training previews and ``multidiff sample``.
 
-Sample k starts from noise drawn by its own generator seeded ``seed + k``
+Sample k starts from noise drawn by its own generator, seeded by a hash of (seed, k)
 (multidiff.core.make_generators), and stochastic samplers draw through the same
 generator, so sample k does not depend on how many samples are asked for or on the
-chunk size.
+chunk size, and different seeds share no sample.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..core import Autoguidance, ClassifierFreeGuidance, make_generators, sample, sigma_grid
+from ..errors import InputError
 from .build import build_denoiser
 from .config import ObjectiveConfig, SamplingConfig
 from .registry import DataSpec
@@ -29,7 +30,8 @@ def default_labels(num: int, spec: DataSpec, label: int | None = None) -> torch.
         return None
     if label is not None:
         if not 0 <= label < spec.num_classes:
-            raise ValueError(f"label {label} out of range for {spec.num_classes} classes")
+            raise InputError(f"--label: label {label} out of range for {spec.num_classes} classes (0 to "
+                             f"{spec.num_classes - 1})")
         return torch.full((num,), int(label), dtype=torch.long)
     return torch.arange(num) % spec.num_classes
 
@@ -110,7 +112,7 @@ def generate(model: nn.Module, objective: ObjectiveConfig, spec: DataSpec, sampl
     try:
         for start in range(0, num, sampling.batch_size):
             n = min(sampling.batch_size, num - start)
-            gens = make_generators(seed + start, n, device)
+            gens = make_generators(seed, n, device, start=start)
             x = torch.stack([torch.randn(shape, generator=g, device=device) for g in gens])
             x = x * float(sigmas[0])
             cond = {} if labels is None else {"label": labels[start:start + n].to(device)}

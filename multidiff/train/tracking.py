@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +17,20 @@ class CSVLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() and resume_samples is not None:
-            rows = read_csv(self.path)
+            rows = read_csv(self.path, complete_lines_only=True)  # a kill may have cut the last line
             self._write_all([r for r in rows if int(r["samples_seen"]) <= resume_samples])
         elif not self.path.exists() or resume_samples is None:
             self._write_all([])
 
     def _write_all(self, rows: list[dict]) -> None:
-        with open(self.path, "w", newline="") as f:
+        """Replace the file atomically: a kill during the rewrite keeps the old one."""
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=COLUMNS)
             w.writeheader()
             for r in rows:
                 w.writerow({k: r.get(k, "") for k in COLUMNS})
+        os.replace(tmp, self.path)
 
     def append(self, row: dict[str, Any]) -> None:
         with open(self.path, "a", newline="") as f:
@@ -41,9 +45,14 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
+def read_csv(path: Path, complete_lines_only: bool = False) -> list[dict[str, str]]:
+    """The rows of a CSV log; ``complete_lines_only`` drops a last line without its newline."""
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        text = f.read()
+    lines = text.splitlines(keepends=True)
+    if complete_lines_only and lines and not lines[-1].endswith("\n"):
+        lines = lines[:-1]
+    return list(csv.DictReader(lines))
 
 
 def flat_hparams(d: dict, prefix: str = "") -> dict[str, Any]:

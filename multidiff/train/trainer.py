@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import CheckpointError
 from . import checkpoint as ckpt
 from .build import LRSchedule, build_dataset, build_denoiser, build_loss, build_model, build_optimizer, count_parameters
 from .config import Config, ConfigError, config_from_json
@@ -181,6 +182,8 @@ class Trainer:
         self._lr = self.lr_schedule.lr(0)
         self._last_preview: int | None = None
         self._rate_from = (time.perf_counter(), 0)  # (time, samples seen) of the last log
+        self._loaded_at: tuple[int, int] | None = None  # (step, samples seen) of the checkpoint resumed from
+        self.resume_changes: list[str] = []  # settings that differ from the resumed checkpoint's, as lines
 
         source = t.resume if resume == "config" else resume
         self.resumed_from: Path | None = None
@@ -326,7 +329,8 @@ class Trainer:
         for p in self.unwrapped().parameters():
             if not torch.isfinite(p).all():
                 raise NonFiniteLossError("the weights contain NaN/inf; refusing to write a checkpoint")
-        if final.exists():
+        if (final.exists() and self.resumed_from is not None and final.resolve() == self.resumed_from.resolve()
+                and self._unchanged_since_load()):  # e.g. a signal right after resuming: nothing new to write
             acc.wait_for_everyone()
             return final
         if self.is_main:
@@ -356,30 +360,65 @@ class Trainer:
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             }
             ckpt.write_json(tmp / "config.json", self.config.to_dict())
+            state["files"] = sorted(p.name for p in tmp.iterdir())  # what a complete copy holds
             ckpt.write_json(tmp / "state.json", state)
             ckpt.commit(self.ckpt_root, name, self.config.trainer.keep_checkpoints)
         acc.wait_for_everyone()
         return final
 
     def load(self, path: Path) -> None:
-        """Restore weights, EMA, optimizer, scaler, loop state and RNG states from a checkpoint."""
+        """Restore weights, EMA, optimizer, scaler, loop state and RNG states from a checkpoint.
+
+        Raises CheckpointError, naming the file or the setting, when a file is unreadable or the
+        checkpoint belongs to another model, data set or optimizer than the config's."""
         path = Path(path)
         state = ckpt.read_json(path / "state.json")
-        saved_spec = DataSpec.from_json(state["spec"])
+        try:
+            saved_spec = DataSpec.from_json(state["spec"])
+            train_state = TrainState(**state["train"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{path / 'state.json'}: not a checkpoint state ({type(err).__name__}: {err})") from None
         if saved_spec.sample_shape != self.spec.sample_shape or saved_spec.num_classes != self.spec.num_classes:
-            raise ValueError(f"checkpoint {path} was trained on {saved_spec}, the data now gives {self.spec}")
+            raise CheckpointError(f"checkpoint {path} was trained on {saved_spec}, the data now gives {self.spec}; "
+                                  f"train into a new trainer.out_dir, or start from its weights with model.init_from")
+        saved_config = ckpt.read_json(path / "config.json")
+        conflicts = resume_conflicts(saved_config, self.config.to_dict())
+        if conflicts:
+            raise CheckpointError(f"cannot resume from {path}: it was trained with {'; '.join(conflicts)}. Train into "
+                                  f"a new trainer.out_dir, set trainer.resume=null to start afresh here, or start "
+                                  f"from its weights with model.init_from")
         ckpt.load_module(self.unwrapped(), path / "model.safetensors")
         if self.ema is not None:
             ema_file = path / "ema.safetensors"
             ckpt.load_module(self.ema.module, ema_file if ema_file.exists() else path / "model.safetensors")
-        self.optimizer.load_state_dict(ckpt.read_state(path, "optimizer"))
+        optimizer_state = ckpt.read_state(path, "optimizer")
+        try:
+            self.optimizer.load_state_dict(optimizer_state)
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"{path / 'optimizer.safetensors'}: the optimizer state does not fit optimizer "
+                                  f"{self.config.optimizer.name!r} ({type(err).__name__}: {err})") from None
         if state.get("scaler") and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
-        self.state = TrainState(**state["train"])
+        self.state = train_state
+        self._loaded_at = (train_state.step, train_state.samples_seen)
         self._lr = state.get("lr", self._lr)
         rng_file = path / f"rng-{self.rank}.json"
         if rng_file.exists():
             ckpt.set_rng_state(ckpt.read_json(rng_file))
+        self.resume_changes = changed_settings(saved_config, self.config.to_dict())
+        saved_horizon = (state.get("lr_schedule") or {}).get("duration_samples")
+        if (self.config.optimizer.schedule in ("cosine", "linear") and saved_horizon is not None
+                and saved_horizon != self.lr_schedule.duration_samples):
+            old = LRSchedule(config_from_json(saved_config).optimizer, saved_horizon)
+            s = train_state.samples_seen
+            self.resume_changes.append(
+                f"warning: the {self.config.optimizer.schedule} learning-rate schedule now ends at "
+                f"{self.lr_schedule.duration_samples:,} samples instead of {saved_horizon:,} "
+                f"(trainer.duration_samples): at {s:,} samples seen the lr moves from {old.lr(s):.4g} to "
+                f"{self.lr_schedule.lr(s):.4g}")
+
+    def _unchanged_since_load(self) -> bool:
+        return self._loaded_at == (self.state.step, self.state.samples_seen)
 
     # ------------------------------------------------------------------ previews and logs
     def preview(self) -> list:
@@ -476,6 +515,9 @@ class Trainer:
         from tqdm.auto import tqdm
 
         acc, t, s = self.accelerator, self.config.trainer, self.state
+        # the first batch before anything is written: a data set with no usable file stops here, by name
+        batches = self.batches()
+        first_batch = next(batches) if s.samples_seen < t.duration_samples else None
         csv = None
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -493,6 +535,14 @@ class Trainer:
                 ckpt.write_json(self.out_dir / "warm_start.json", vars(self.warm_start))
         if self.resumed_from is not None:
             acc.print(f"resuming from {self.resumed_from} at {s.samples_seen} samples seen (step {s.step})")
+            for line in self.resume_changes:
+                acc.print(f"  {line}")
+        if self.is_main:  # an earlier run's checkpoints ahead of this start would pass for this run's
+            moved = ckpt.set_aside(self.ckpt_root, s.samples_seen, keep=self.resumed_from)
+            if moved is not None:
+                acc.print(f"moved {len(moved[1])} checkpoint(s) of an earlier run at or beyond {s.samples_seen} "
+                          f"samples seen ({', '.join(moved[1])}) to {moved[0]}: this run starts at {s.samples_seen}")
+        acc.wait_for_everyone()
 
         bar = tqdm(total=t.duration_samples, initial=min(s.samples_seen, t.duration_samples), unit="sample",
                    unit_scale=True, dynamic_ncols=True, disable=not (t.progress and self.is_main), desc="train")
@@ -506,11 +556,11 @@ class Trainer:
             cleanup.callback(bar.close)
             if t.tracker != "none":
                 cleanup.callback(acc.end_training)
-            batches = self.batches()
             while s.samples_seen < t.duration_samples:
                 step_t0 = time.perf_counter()
                 before = s.samples_seen
-                loss = self.forward_backward(next(batches))
+                batch, first_batch = (first_batch if first_batch is not None else next(batches)), None
+                loss = self.forward_backward(batch)
                 self.apply_update(loss)
                 s.elapsed_s += time.perf_counter() - step_t0
                 if math.isfinite(loss):
@@ -538,6 +588,91 @@ class Trainer:
                          self.out_dir / "losses.csv", previews)
 
 
+#: settings a run cannot change on resume: they decide the weights' and the optimizer state's layout, or
+#: what the data stream's position refers to
+RESUME_FIXED = ("model.name", "model.params", "model.text_encoder", "data.name", "data.path", "objective.kind",
+                "objective.prediction", "objective.schedule.name", "optimizer.name")
+#: settings that never change a run's numbers, left out of the printed differences
+_RESUME_SILENT = ("trainer.resume", "trainer.progress", "trainer.out_dir", "model.params.attention_backend")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _differences(saved: dict, current: dict, keys) -> list[str]:
+    a, b = _flatten(saved), _flatten(current)
+    lines = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == k or key.startswith(k + ".") for k in keys) and a.get(key) != b.get(key):
+            if key.endswith("attention_backend"):
+                continue
+            lines.append(f"{key} {a.get(key)!r} (now {b.get(key)!r})")
+    return lines
+
+
+def resume_conflicts(saved: dict, current: dict) -> list[str]:
+    """The settings (RESUME_FIXED) in which a checkpoint's config and the current one differ, as
+    "key old (now new)"; a data path counts as the same when both name the same file."""
+    lines = _differences(saved, current, RESUME_FIXED)
+    old_path, new_path = (c.get("data", {}).get("path") for c in (saved, current))
+    if old_path and new_path and old_path != new_path:
+        try:
+            if Path(old_path).expanduser().resolve() == Path(new_path).expanduser().resolve():
+                lines = [ln for ln in lines if not ln.startswith("data.path ")]
+        except OSError:
+            pass
+    return lines
+
+
+def changed_settings(saved: dict, current: dict) -> list[str]:
+    """Every other setting that differs from the resumed checkpoint's, as printed lines."""
+    sections = [k for k in current if k not in ("model", "data")] + ["model", "data"]
+    lines = _differences(saved, current, sections)
+    return [f"changed since the checkpoint: {ln}" for ln in lines
+            if not any(ln.startswith(k + " ") or ln.startswith(k + ".") for k in _RESUME_SILENT + RESUME_FIXED)]
+
+
+def parse_device(name: str | None) -> torch.device:
+    """A torch device from a command-line name (None: cuda when available, else cpu); InputError for
+    a name torch does not know or a device this machine lacks."""
+    from ..errors import InputError
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise InputError(f"--device: unknown device {name!r} (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device: {name!r} was asked for but torch.cuda.is_available() is False")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"--device: {name!r} is not supported (use cpu, cuda or cuda:N)")
+    return device
+
+
+def read_checkpoint(path: str | Path):
+    """(folder, config, state, spec) of a checkpoint; CheckpointError naming the file when one is unreadable."""
+    folder = ckpt.resolve(path)
+    try:
+        config = config_from_json(ckpt.read_json(folder / "config.json"))
+    except ConfigError as err:
+        raise CheckpointError(f"{folder / 'config.json'}: {err}") from None
+    state = ckpt.read_json(folder / "state.json")
+    try:
+        spec = DataSpec.from_json(state["spec"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{folder / 'state.json'}: not a checkpoint state ({type(err).__name__}: {err})") from None
+    return folder, config, state, spec
+
+
 def load_for_sampling(path: str | Path, device=None, use_ema: bool = True):
     """(model, config, spec, state, folder, weights file) of a checkpoint; the model in eval mode on ``device``.
 
@@ -545,15 +680,12 @@ def load_for_sampling(path: str | Path, device=None, use_ema: bool = True):
     """
     from .build import build_model
 
-    folder = ckpt.resolve(path)
-    config = config_from_json(ckpt.read_json(folder / "config.json"))
-    state = ckpt.read_json(folder / "state.json")
-    spec = DataSpec.from_json(state["spec"])
+    device = parse_device(device) if not isinstance(device, torch.device) else device
+    folder, config, state, spec = read_checkpoint(path)
     model = build_model(config, spec)
     weights = folder / "ema.safetensors"
     if not (use_ema and weights.exists()):
         weights = folder / "model.safetensors"
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     ckpt.load_module(model, weights)
     model.eval().requires_grad_(False)

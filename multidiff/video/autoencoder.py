@@ -13,8 +13,10 @@ from dataclasses import dataclass
 import torch
 from diffusers import AutoencoderKL
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (diffusers' pipeline loader looks it up here)
 from einops import rearrange
+
+from ..nn.modeling import SafetensorsModelMixin
 
 VAE_PRESETS = {
     # name: (block_out_channels, latent_channels, layers_per_block)
@@ -51,7 +53,7 @@ class _Decoded:
     sample: torch.Tensor
 
 
-class FrameVAE(ModelMixin, ConfigMixin):
+class FrameVAE(SafetensorsModelMixin, ConfigMixin):
     """AutoencoderKL on every frame: encode(x).latent_dist / decode(z).sample as diffusers' autoencoders."""
 
     @register_to_config

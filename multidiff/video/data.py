@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..manifest import ManifestRows, read_manifest, row_label
+from ..errors import DataError
+from ..manifest import ManifestRows, check_labels, no_split_hint, read_manifest, row_label
 from ..manifest import scan_folder as scan_files
 from .io import VIDEO_EXTENSIONS, VideoDecodeError, probe_video, read_video
 from .metrics import constant_velocity_frames, given_frame_mask
@@ -99,6 +100,7 @@ class VideoDataset(ManifestRows, Dataset):
         rows = read_manifest(source) if source.is_file() else scan_folder(source)
         if split is not None:
             rows = [r for r in rows if r.get("split") == split]
+        check_labels(rows, label_column, source)
         self.source, self.num_frames, self.size, self.fps, self.channels = source, num_frames, size, fps, channels
         self.random_crop, self.seed, self.label_column = random_crop, seed, label_column
         self.epoch = 0
@@ -124,8 +126,9 @@ class VideoDataset(ManifestRows, Dataset):
             warnings.warn(f"{source}: skipped {len(self.bad_files)} unreadable or too-short video files: {names}",
                           stacklevel=2)
         if not kept:
-            raise ValueError(f"{source}: no usable video files" + (f" in split {split!r}" if split else "")
-                             + (f" ({len(self.bad_files)} skipped)" if self.bad_files else ""))
+            raise DataError(f"{source}: no usable video files" + (f" in split {split!r}" if split else "")
+                            + (f" ({len(self.bad_files)} skipped; the first: {next(iter(self.bad_files.values()))})"
+                               if self.bad_files else no_split_hint(source, split)))
         self.rows = kept
 
 
@@ -151,7 +154,8 @@ class VideoDataset(ManifestRows, Dataset):
                               f"({len(self.bad_files)} skipped so far)", stacklevel=2)
                 continue
             return {"x": x, "label": row_label(row, self.label_column), "text": str(row.get("text", "") or "")}
-        raise RuntimeError(f"{self.source}: every video file failed to decode ({len(self.bad_files)} files)")
+        raise DataError(f"{self.source}: every video file failed to decode ({len(self.bad_files)} files; the first: "
+                        f"{next(iter(self.bad_files.values()), '')})")
 
 
 def digits_caption(digits) -> str:

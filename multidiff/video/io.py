@@ -19,12 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import DataError
+
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".gif")
 #: H.264 encoders tried in order by write_mp4 (codec="auto"); mpeg4 (Part 2) is the last resort
 MP4_ENCODERS = ("libx264", "h264", "libopenh264", "mpeg4")
 
 
-class VideoDecodeError(ValueError):
+class VideoDecodeError(DataError):
     """A file could not be decoded as video (or holds too few frames); the message names the file."""
 
 

@@ -33,11 +33,9 @@ import torch
 
 from ..core import make_generators, sample
 from ..core.guidance import cfg
-from ..core.utils import randn_like
+from ..core.utils import mix_seed, randn_like
 from .data import ClipArrayDataset, task_conditioning
 from .metrics import constant_velocity_frames, linear_blend_frames, prediction_report
-
-_DRAW_SEED_STRIDE = 1_000_003  # seeds of a clip's further draws: apart from every clip's first draw
 
 
 @torch.no_grad()
@@ -82,7 +80,7 @@ def predict_frames(model, objective, sampling, truth: torch.Tensor, given: int, 
         cond = {"concat": concat} if uses_concat else {}
         if hasattr(model, "text_encoder"):  # a caption model's unconditional branch is the empty caption
             cond["text"] = [""] * len(x0)
-        gens = make_generators(seed + start, len(x0), device)
+        gens = make_generators(seed, len(x0), device, start=start)
         noise = randn_like(x0, gens)
         if method == "mean":
             if not uses_concat:
@@ -96,7 +94,7 @@ def predict_frames(model, objective, sampling, truth: torch.Tensor, given: int, 
             pred = 0
             for draw in range(draws):
                 if draw:  # draw 0 uses the clip's own seed, the single sample's
-                    gens = make_generators(seed + start + draw * _DRAW_SEED_STRIDE, len(x0), device)
+                    gens = make_generators(mix_seed(seed, -draw), len(x0), device, start=start)
                     noise = randn_like(x0, gens)
                 pred = pred + sample(denoiser, noise * sigmas[0], sigmas, sampling.sampler, cond=cond or None,
                                      generator=gens)

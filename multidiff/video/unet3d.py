@@ -43,13 +43,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (diffusers' pipeline loader looks it up here)
 from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..nn import Attention, FiLM, LabelEmbedding, NoiseLevelEmbedding, PooledContextEmbedding
 from ..nn.attention import attention
+from ..nn.modeling import SafetensorsModelMixin
 
 
 def _groups(channels: int, preferred: int = 32) -> int:
@@ -191,7 +192,7 @@ class TemporalAttention(nn.Module):
         return h + _gate(delta, gate, frames)
 
 
-class UNet3D(ModelMixin, ConfigMixin):
+class UNet3D(SafetensorsModelMixin, ConfigMixin):
     """Video U-Net: forward(x (batch, in_channels, frames, height, width), noise_level (batch,), cond,
     image_mode=False) -> (batch, out_channels, frames, height, width).
 
