@@ -1,4 +1,4 @@
-"""The ``multidiff`` command line: ``multidiff train | sample | eval | info | export | encode | complete | demo``.
+"""The ``multidiff`` command line: ``multidiff train | sample | eval | info | export | encode | complete | results | demo``.
 
 Each verb lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int``;
 this file only wires them together, importing a verb's module when it is chosen. Bad input
@@ -20,6 +20,7 @@ VERBS = {
     "export": ("multidiff.pipelines.export", "export", "write a checkpoint as a diffusers pipeline folder (save_pretrained)"),
     "encode": ("multidiff.train.latents", "encode", "cache an autoencoder's latents of its data set (latent diffusion)"),
     "complete": ("multidiff.audio.complete", "complete", "audio continuation / inpainting of held-out clips, scored against the truth"),
+    "results": ("multidiff.results", "results", "write the README results tables from result files (--check: verify)"),
     "demo": ("multidiff.toy.demo", "demo", "the demo: every sampler on a 2-D mixture (PNG grid), then train + sample an audio model (WAVs)"),
 }
 
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     verb_parser = argparse.ArgumentParser(prog=f"multidiff {argv[0]}", description=help_text)
     getattr(module, f"{prefix}_arguments")(verb_parser)
     args = verb_parser.parse_intermixed_args(argv[1:])  # options may follow key=value overrides
+    args.argv = list(argv[1:])  # the command as typed, for result records
     try:
         return int(getattr(module, f"{prefix}_run")(args) or 0)
     except (InputError, FileNotFoundError) as err:  # bad input: one line naming the file or key, no traceback

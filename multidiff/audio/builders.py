@@ -113,19 +113,15 @@ def build_spoken_digits(out_dir, *, sample_rate: int = 16000, duration: float = 
                                      text=digit_caption(word, accent, speed, pitch, speed_range, pitch_range)))
     length = int(round(sample_rate * duration))
 
-    def synth(job):
+    def synth(job):  # espeak-ng in worker threads; its native-rate audio comes back as it is
         with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
             cmd = [exe, "-v", f"{job['accent']}+{job['variant']}", "-s", str(job["speed"]), "-p", str(job["espeak_pitch"]),
                    "-w", tmp.name, job["word"]]
             subprocess.run(cmd, check=True, capture_output=True)
-            wave, _ = load_audio(tmp.name, sample_rate=sample_rate, channels=1)
-        wave = trim_silence(wave)
-        peak = float(wave.abs().max())
-        if peak < 1e-4:
-            return None
-        wave = center_clip(wave * (0.9 / peak), length)
-        save_wav(out_dir / job["path"], wave, sample_rate)
-        return job
+            wave, rate = load_audio(tmp.name, channels=1)
+        return job, wave, rate
+
+    import torchaudio.functional as AF
 
     rows = []
     iterator = ThreadPoolExecutor(max(1, workers)).map(synth, jobs)
@@ -133,9 +129,17 @@ def build_spoken_digits(out_dir, *, sample_rate: int = 16000, duration: float = 
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, total=len(jobs), desc="espeak-ng digits")
-    for job in iterator:
-        if job is not None:
-            rows.append(job)
+    for job, wave, rate in iterator:
+        # resampled and trimmed here, one clip at a time: torch's convolution run from several threads at
+        # once can round differently, and the silence trim turns a last-bit difference into a shifted clip
+        if rate != sample_rate:
+            wave = AF.resample(wave, rate, sample_rate).clamp(-1, 1)
+        wave = trim_silence(wave)
+        peak = float(wave.abs().max())
+        if peak < 1e-4:
+            continue
+        save_wav(out_dir / job["path"], center_clip(wave * (0.9 / peak), length), sample_rate)
+        rows.append(job)
     return write_manifest(out_dir / "manifest.csv",
                           ["path", "label", "word", "text", "split", "accent", "variant", "speed", "espeak_pitch"],
                           rows)

@@ -231,6 +231,10 @@ def evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     _sampling_arguments(parser, "outputs/eval")
     parser.add_argument("--samples", default=None,
                         help="evaluate this samples.safetensors (from multidiff sample) instead of sampling anew")
+    parser.add_argument("--result", default=None, metavar="FILE",
+                        help="also write the result record (metrics, checkpoint, seeds, split, command, version) "
+                             "to FILE, e.g. results/shapes/procedural/test-seed0.json for the README tables "
+                             "(multidiff results)")
     parser.add_argument("--reference", default=None, metavar="MANIFEST",
                         help="compare with the held-out split of this manifest instead of the training data's "
                              "(in the training data's normalisation; audio and video read the classifier beside "
@@ -248,10 +252,12 @@ def evaluate_run(args: argparse.Namespace) -> int:
     if args.reference and not Path(args.reference).is_file():  # before minutes of sampling, not after
         _err("eval", f"--reference: no such manifest: {args.reference}")
         return 2
+    sampling_meta = None
     try:
         if args.samples:
-            folder, config, _, spec = read_checkpoint(args.checkpoint)
+            folder, config, state, spec = read_checkpoint(args.checkpoint)
             loaded = ckpt.read_tensors(Path(args.samples))
+            sampling_meta = samples_metadata(Path(args.samples))
             if "samples" not in loaded:
                 raise InputError(f"--samples: {args.samples} holds no 'samples' tensor (keys: {sorted(loaded)}); "
                                  f"write one with multidiff sample")
@@ -262,7 +268,12 @@ def evaluate_run(args: argparse.Namespace) -> int:
             if not torch.isfinite(samples).all():
                 raise InputError(f"--samples: {args.samples} contains NaN or inf values")
         else:
-            samples, labels, config, spec, folder, _, _ = _generate(args, "eval")
+            samples, labels, config, spec, folder, weights, sampling = _generate(args, "eval")
+            state = ckpt.read_json(folder / "state.json")
+            sampling_meta = {"weights": weights.name, "sampler": sampling.sampler, "steps": sampling.steps,
+                             "spacing": sampling.spacing, "guidance": sampling.guidance,
+                             "guidance_interval": [v if math.isfinite(v) else "inf" for v in sampling.guidance_interval], "seed": sampling.seed,
+                             "guide_with": str(ckpt.resolve(args.guide_with)) if args.guide_with else None}
     except (FileNotFoundError, InputError) as e:
         _err("eval", str(e))
         return 2
@@ -281,16 +292,66 @@ def evaluate_run(args: argparse.Namespace) -> int:
     undefined = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
     if undefined:  # e.g. no voiced frame to measure a pitch on: JSON null, and said so
         _err("eval", f"warning: {', '.join(undefined)} undefined for these samples (NaN or inf): written as null")
+    from ..results import write_result
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"checkpoint": str(folder), "num_samples": len(samples), "reference": config.data.path,
-              "metrics": {k: None if k in undefined else v for k, v in metrics.items()}}
-    (out / "metrics.json").write_text(json.dumps(report, indent=2, allow_nan=False))
+    record = eval_record(metrics, undefined, folder, config, state, len(samples), sampling_meta, args)
+    write_result(out / "metrics.json", record)
     width = max((len(k) for k in metrics), default=0)
     for k, v in metrics.items():
         print(f"{k:<{width}}  {v:.6g}")
     print(f"wrote metrics: {out / 'metrics.json'}")
+    if args.result:
+        write_result(Path(args.result), record)
+        print(f"wrote result: {args.result}")
     return 0
+
+
+def samples_metadata(path: Path) -> dict:
+    """The sampling settings ``multidiff sample`` stored in a samples file's metadata."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+    for key in ("steps", "seed"):
+        if key in meta:
+            meta[key] = int(meta[key])
+    if "guidance" in meta:
+        meta["guidance"] = float(meta["guidance"])
+    meta["samples_file"] = str(path)
+    return meta
+
+
+def eval_record(metrics: dict, undefined: list, folder: Path, config, state: dict, num: int,
+                sampling: dict | None, args) -> dict:
+    """Everything a reader needs to trust or rerun a score (docs/evaluation.md): the metrics, the
+    checkpoint with its training seed and samples seen, the sampling settings, the reference split
+    (with a digest of its manifest, so a reader can tell which one), the command and the version."""
+    import hashlib
+    import shlex
+    import time
+
+    from ..results import code_version
+
+    reference = Path(config.data.path) if config.data.path else None
+    digest = (hashlib.sha1(reference.read_bytes()).hexdigest()[:12]
+              if reference is not None and reference.is_file() else None)
+    return {
+        "format": "multidiff-eval/1",
+        "metrics": {k: None if k in undefined else v for k, v in metrics.items()},
+        "num_samples": num,
+        "checkpoint": str(folder),
+        "model": config.model.name,
+        "training_seed": config.trainer.seed,
+        "samples_seen": int(state.get("train", {}).get("samples_seen", 0)),
+        "sampling": sampling,
+        "reference": {"manifest": str(reference) if reference else None, "sha1": digest,
+                      "split": (config.data.params or {}).get("eval_split", "test")},
+        "command": "multidiff " + shlex.join(["eval", *args.argv]) if getattr(args, "argv", None) else None,
+        **code_version(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
 
 
 # ----------------------------------------------------------------------------------- info
