@@ -194,7 +194,7 @@ def update(root: Path, check: bool = False) -> list[str]:
     for readme in root.glob("**/*.md"):  # a marker with no declared table is a hand-made table
         if ".venv" in readme.parts:
             continue
-        for name in re.findall(r"<!-- results:([\w.-]+) -->", readme.read_text()):
+        for name in re.findall(r"^<!-- results:([\w.-]+) -->$", readme.read_text(), re.MULTILINE):
             if name not in table_specs(root):
                 problems.append(f"{readme}: table {name!r} has markers but no declaration in recipes/*/results/tables.yaml")
     return problems

@@ -59,8 +59,11 @@ def test_tables_are_written_from_the_files_and_checked(checkout):
 
 def test_hand_made_or_orphan_tables_are_reported(checkout):
     readme = checkout / "recipes" / "toy" / "README.md"
-    readme.write_text(readme.read_text() + "\n<!-- results:typed -->\n| 0.5 |\n<!-- /results:typed -->\n")
-    assert any("'typed' has markers but no declaration" in p for p in update(checkout, check=True))
+    readme.write_text(readme.read_text() + "\n<!-- results:typed -->\n| 0.5 |\n<!-- /results:typed -->\n"
+                      "a marker quoted in text, `<!-- results:quoted -->`, is not a table\n")
+    problems = update(checkout, check=True)
+    assert any("'typed' has markers but no declaration" in p for p in problems)
+    assert not any("quoted" in p for p in problems)
     for f in (checkout / "recipes/toy/results").glob("*.json"):
         f.unlink()
     assert any("no result file matches" in p for p in update(checkout, check=True))
