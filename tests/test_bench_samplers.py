@@ -59,8 +59,20 @@ def test_quick_run_has_every_row_and_finite_numbers(bench, tmp_path):
                 err = r["errors"][nfe]
                 assert math.isfinite(err) and err >= 0, (r, nfe)
                 assert 1 <= r["evals"][nfe] <= nfe, (r, nfe)  # no method spends more than its budget
-        s10 = p["summary"][10]
-        assert s10["ratio"] > 0 and math.isfinite(s10["ratio"])
+        for nfe in cfg.nfes:  # the conclusion fields follow from the rows this run produced
+            s = p["summary"][nfe]
+
+            def best(rows):
+                return min(r["errors"][nfe] for r in rows if math.isfinite(r["errors"][nfe]))
+
+            ours = [r for r in p["rows"] if r["group"].startswith("ours")]
+            fixed = [r for r in p["rows"] if r["group"] == "ours"]
+            peers = [r for r in p["rows"] if not r["group"].startswith("ours")]
+            assert s["ours"]["error"] == best(ours) and s["ours_fixed_spacing"]["error"] == best(fixed)
+            assert s["peer"]["error"] == best(peers)
+            assert s["ratio"] == pytest.approx(best(ours) / best(peers))
+            assert s["ratio_fixed_spacing"] == pytest.approx(best(fixed) / best(peers))
+            assert s["peer"]["label"].split(":")[0] in {"k-diffusion", "diffusers"}
 
     assert set(result["overhead"]) == {"euler", "dpmpp_2m", "unipc", "bare Euler loop"}
     assert all(o["ratio"] > 0 and o["evaluations"] == 10 for o in result["overhead"].values())

@@ -149,7 +149,7 @@ def test_missing_shape_path_is_a_config_error(tmp_path):
         load_config(RECIPE, [f"data.path={tmp_path / 'nope.csv'}"])
 
 
-@pytest.mark.parametrize("name", ["procedural", "furniture", "upsample", "procedural_text"])
+@pytest.mark.parametrize("name", ["procedural", "furniture", "procedural_text"])
 def test_every_shapes_recipe_is_a_valid_config(name):
     config = load_config(str(REPO / f"recipes/shapes/{name}.yaml"), validate_paths=False)
     assert config.model.name == "shapes_transformer" and config.data.name == "shapes"
@@ -173,50 +173,6 @@ def test_upsampler_trains_on_coarse_conditioning(manifest, tmp_path):
     assert loss.shape == (1,) and torch.isfinite(loss).all()
 
 
-
-def test_upsample_script_scores_held_out_shapes_against_baselines(manifest, tmp_path, capsys):
-    """recipes/shapes/upsample.py --held-out: coarse clouds are independent 16-point draws of held-out
-    shapes, the scores are Chamfer distances to a 64-point draw, next to the coarse cloud, the coarse
-    cloud repeated with jitter, and another 64-point draw of the truth."""
-    import json
-    import runpy
-    import sys
-
-    from multidiff.shapes.metrics import chamfer_distance
-    from multidiff.shapes.registry import reference_clouds
-    from multidiff.train.trainer import load_for_sampling
-
-    out = tmp_path / "u"
-    extra = ["model.params.preset=upsampler_small", "data.params.coarse_points=16", "trainer.preview_every_samples=0"]
-    assert main(["train", RECIPE, *overrides(manifest, out), *extra]) == 0
-    script = str(REPO / "recipes/shapes/upsample.py")
-    argv = sys.argv
-    try:
-        sys.argv = [script, str(out / "checkpoints" / "latest"), "--held-out", "3", "--steps", "3",
-                    "--out", str(tmp_path / "o")]
-        runpy.run_path(script, run_name="__main__")
-    finally:
-        sys.argv = argv
-    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
-    assert (metrics["n"], metrics["coarse_points"], metrics["fine_points"]) == (3, 16, 64)
-    _, config, spec, *_ = load_for_sampling(out / "checkpoints" / "latest", device="cpu")
-    truth, labels = reference_clouds(config, spec, 64, torch.arange(3) % spec.num_classes, seed=0)
-    coarse = reference_clouds(config, spec, 16, labels, seed=1)[0]
-    scores = metrics["cd_to_truth"]
-    assert scores["coarse"] == pytest.approx(float(chamfer_distance(coarse, truth).mean()), rel=1e-6)
-    assert all(math.isfinite(v) and v > 0 for v in scores.values())
-    assert len(list((tmp_path / "o").glob("*_fine.ply"))) == 3
-    # a generation model is no upsampler: a clear error naming the checkpoint
-    plain = tmp_path / "plain"
-    assert main(["train", RECIPE, *overrides(manifest, plain), "trainer.preview_every_samples=0"]) == 0
-    try:
-        sys.argv = [script, str(plain / "checkpoints" / "latest"), "--held-out", "3"]
-        with pytest.raises(SystemExit) as exit_info:
-            runpy.run_path(script, run_name="__main__")
-    finally:
-        sys.argv = argv
-    assert exit_info.value.code == 2
-    assert "is not an upsampler" in capsys.readouterr().err
 
 def run_complete_script(checkpoint, out):
     """recipes/shapes/complete.py on 2 held-out shapes with 3 steps; its metrics.json."""
