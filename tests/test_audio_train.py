@@ -244,3 +244,35 @@ def test_vocoder_task_trains_and_completes_against_griffin_lim(tone_manifest, tm
     assert "baseline_copy" not in metrics
     with pytest.raises(SystemExit, match="needs a model trained with data.params.task=vocoder"):
         main(["complete", ckpt, "--mode", "continuation", "--num", "2", "--steps", "3", "--split", "train"])
+
+
+def test_evaluation_reports_both_judges_beside_their_accuracy_on_real_clips(tone_manifest, tmp_path):
+    """With a noise-augmented and a clean-only classifier beside the manifest, the evaluator scores
+    samples by both and prints each judge's own accuracy on the real test clips, clean and at 20 dB
+    SNR; real test clips given as the samples score exactly that accuracy."""
+    import shutil
+
+    from multidiff.audio.metrics import classifier_outputs, load_split, save_classifier, train_classifier
+    from multidiff.audio.registry import audio_evaluate
+    from multidiff.train.config import load_config
+    from multidiff.train.registry import DataSpec
+
+    data = tmp_path / "tones"
+    shutil.copytree(tone_manifest.parent, data)
+    text = (data / "manifest.csv").read_text().splitlines()
+    (data / "manifest.csv").write_text("\n".join(text[:13] + [ln.replace(",train", ",test") for ln in text[13:]]) + "\n")
+    waves, labels = load_split(data / "manifest.csv", "train", 8000, 1024)
+    judges = {}
+    for name, noise in (("classifier", (0.0, 40.0)), ("classifier_clean", None)):
+        judges[name] = train_classifier(waves, labels, 2, sample_rate=8000, epochs=3, batch_size=8, progress=False,
+                                        noise_snr_db=noise)
+        save_classifier(judges[name], data / f"{name}.safetensors")
+    config = load_config(str(REPO / "recipes/audio/tones_smoke.yaml"), [f"data.path={data / 'manifest.csv'}"],
+                         validate_paths=False)
+    real, real_labels = load_split(data / "manifest.csv", "test", 8000, 1024)
+    m = audio_evaluate(real, config, labels=real_labels, spec=DataSpec((1, 1024), 2, "audio", {"sample_rate": 8000}))
+    for name, judge in judges.items():
+        expected = float((classifier_outputs(judge, real)[0].argmax(1) == real_labels).float().mean())
+        assert m[f"{name}_accuracy"] == pytest.approx(expected)
+        assert m[f"{name}_real_accuracy"] == pytest.approx(expected)
+        assert 0 <= m[f"{name}_real_accuracy_snr20"] <= 1

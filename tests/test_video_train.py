@@ -319,10 +319,14 @@ def test_evaluator_scores_with_a_data_set_classifier(clips, tmp_path):
     x = torch.stack([data.clip(k) for k in range(len(data))])
     train_classifier(x, data.labels_t, 10, steps=3, batch_size=8, width=8).save(tmp_path / "video_classifier.safetensors")
     cfg = load_config(RECIPE, [f"data.path={npz}"])
-    real_test = torch.stack([ClipArrayDataset(npz, split="test", random_crop=False).clip(k) for k in range(8)])
-    scores = video_evaluate(real_test, cfg, labels=torch.zeros(8, dtype=torch.long),
-                            spec=type("S", (), {"num_classes": 10})())
-    assert scores["n"] == 8 and 0 <= scores["classifier_accuracy"] <= 1
+    test = ClipArrayDataset(npz, split="test", random_crop=False)
+    real_test = torch.stack([test.clip(k) for k in range(len(test))])
+    scores = video_evaluate(real_test, cfg, labels=test.labels_t, spec=type("S", (), {"num_classes": 10})())
+    assert scores["n"] == len(test) and 0 <= scores["classifier_accuracy"] <= 1
     assert abs(scores["classifier_frechet"]) < 1e-3  # the test split against itself
+    # beside the scores: the judge on real test clips (the same clips here), noisy, and the train-test floor
+    assert scores["classifier_real_accuracy"] == pytest.approx(scores["classifier_accuracy"])
+    assert 0 <= scores["classifier_real_accuracy_noise0.1"] <= 1
+    assert scores["classifier_frechet_real_floor"] > 0
     noise = video_evaluate(torch.rand(8, 1, 6, 16, 16) * 2 - 1, cfg)
     assert noise["classifier_frechet"] > scores["classifier_frechet"]

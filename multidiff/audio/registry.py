@@ -163,28 +163,39 @@ def audio_preview(samples: torch.Tensor, out_dir: Path, name: str, *, labels=Non
     return paths
 
 
+#: evaluation classifiers beside a manifest (datasets/train_classifier.py), by metric prefix: trained with
+#: noise augmentation (lenient with a noise floor) and on clean clips only (strict), reported side by side
+JUDGES = {"classifier": "classifier.safetensors", "classifier_clean": "classifier_clean.safetensors"}
+
+
 def audio_evaluate(samples: torch.Tensor, config, *, labels=None, spec=None) -> dict:
-    """Signal statistics of generated audio, plus SC09-style scores when the data set has a
-    trained classifier (``<manifest folder>/classifier.safetensors``, from datasets/train_classifier.py):
-    accuracy against the requested labels, Inception Score, and Frechet distance to the test split."""
+    """Signal statistics of generated audio, plus SC09-style scores by each evaluation classifier beside
+    the manifest (``classifier.safetensors``, noise-augmented, and ``classifier_clean.safetensors``,
+    clean clips only; datasets/train_classifier.py): accuracy against the requested labels, Inception
+    Score, Frechet distance to the test split, and beside them the judge's own accuracy on the real
+    test clips and on the same clips with white noise at 20 dB SNR (``<judge>_real_accuracy``,
+    ``<judge>_real_accuracy_snr20``), so a reader sees how lenient each judge is."""
     x = samples.float()
     rms = x.pow(2).mean(dim=tuple(range(1, x.ndim))).sqrt()
     out = {"rms_mean": float(rms.mean()), "peak_mean": float(x.abs().amax(dim=tuple(range(1, x.ndim))).mean()),
            "clipped_fraction": float((x.abs() >= 0.999).float().mean()),
            "silent_fraction": float((rms < 1e-3).float().mean()), "n": int(len(x))}
     path = getattr(getattr(config, "data", None), "path", None)
-    classifier_path = Path(path).parent / "classifier.safetensors" if path and Path(path).is_file() else None
-    if classifier_path is not None and classifier_path.is_file():
-        from .metrics import classifier_scores, load_classifier, load_split
+    judges = {prefix: Path(path).parent / name for prefix, name in JUDGES.items()} if path and Path(path).is_file() else {}
+    judges = {prefix: f for prefix, f in judges.items() if f.is_file()}
+    requested = None
+    if judges and labels is not None and spec is not None and spec.num_classes:
+        requested = torch.as_tensor(labels)
+        keep = requested < spec.num_classes  # null-label samples have no requested class
+        x, requested = x[keep], requested[keep]
+    for prefix, judge_path in judges.items():
+        from .metrics import classifier_scores, judge_report, load_classifier, load_split
 
-        model = load_classifier(classifier_path)
-        real, _ = load_split(path, "test", model.sample_rate, x.shape[-1], limit=2000)
-        requested = None
-        if labels is not None and spec is not None and spec.num_classes:
-            requested = torch.as_tensor(labels)
-            keep = requested < spec.num_classes  # null-label samples have no requested class
-            x, requested = x[keep], requested[keep]
-        out.update({f"classifier_{k}": v for k, v in classifier_scores(model, x.mean(1, keepdim=True), requested, real).items()})
+        model = load_classifier(judge_path)
+        real, real_labels = load_split(path, "test", model.sample_rate, x.shape[-1], limit=2000)
+        out.update({f"{prefix}_{k}": v for k, v in classifier_scores(model, x.mean(1, keepdim=True), requested, real).items()})
+        out.update({f"{prefix}_{k}": v for k, v in judge_report(model, real, real_labels).items()})
+    classifier_path = judges.get("classifier")
     pitches = {}
     if path and Path(path).is_file() and labels is not None:
         pitches = _label_pitches(path, config.data.params.get("label_column", "label"))

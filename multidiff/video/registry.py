@@ -213,7 +213,8 @@ def video_evaluate(samples: torch.Tensor, config, *, labels=None, spec=None) -> 
     """Statistics of generated clips, plus classifier scores when the data set has a trained
     classifier (``video_classifier.safetensors`` beside the .npz, from datasets/train_video_classifier.py):
     accuracy against the requested labels and the classifier Frechet distance to the test split
-    (not I3D-FVD)."""
+    (not I3D-FVD), beside the judge's own accuracy on the real test clips (clean, and with Gaussian
+    noise of std 0.1) and the Frechet distance of real training clips to the same test clips (the floor)."""
     x = samples.float()
     diffs = (x[:, :, 1:] - x[:, :, :-1]).abs().mean() if x.shape[2] > 1 else torch.tensor(0.0)
     out = {"mean": float(x.mean()), "std": float(x.std()), "clipped_fraction": float((x.abs() >= 0.999).float().mean()),
@@ -228,6 +229,15 @@ def video_evaluate(samples: torch.Tensor, config, *, labels=None, spec=None) -> 
         n = min(len(real), 1000)
         real_x = torch.stack([real.clip(k) for k in range(n)])
         out["classifier_frechet"] = classifier_frechet_distance(model, x, real_x)
+        train = ClipArrayDataset(path, x.shape[2], split="train", random_crop=False)
+        train_x = torch.stack([train.clip(k) for k in range(min(len(train), n))])
+        out["classifier_frechet_real_floor"] = classifier_frechet_distance(model, train_x, real_x)  # train vs test
+        if real.num_classes > 0:  # the judge's own accuracy on real test clips, clean and with noise
+            real_labels = real.labels_t[:n]
+            noise = 0.1 * torch.randn(real_x.shape, generator=torch.Generator().manual_seed(0))
+            out["classifier_real_accuracy"] = classifier_accuracy(model, real_x, real_labels)
+            out["classifier_real_accuracy_noise0.1"] = classifier_accuracy(model, (real_x + noise).clamp(-1, 1),
+                                                                            real_labels)
         if labels is not None and spec is not None and 0 < spec.num_classes <= model.config["num_classes"]:
             requested = torch.as_tensor(labels)
             keep = requested < spec.num_classes
