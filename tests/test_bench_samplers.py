@@ -62,7 +62,7 @@ def test_quick_run_has_every_row_and_finite_numbers(bench, tmp_path):
         for nfe in cfg.nfes:  # the conclusion fields follow from the rows this run produced
             s = p["summary"][nfe]
 
-            def best(rows):
+            def best(rows, nfe=nfe):
                 return min(r["errors"][nfe] for r in rows if math.isfinite(r["errors"][nfe]))
 
             ours = [r for r in p["rows"] if r["group"].startswith("ours")]
