@@ -1,4 +1,4 @@
-"""The ``multidiff`` command line: ``multidiff train | sample | eval | info | export | encode | complete | results | demo``.
+"""The ``multidiff`` command line: ``multidiff train | sample | eval | info | export | encode | mesh | complete | results | demo``.
 
 Each verb lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int``;
 this file only wires them together, importing a verb's module when it is chosen. Bad input
@@ -19,6 +19,7 @@ VERBS = {
     "info": ("multidiff.train.commands", "info", "print a checkpoint's config, step, samples seen and sizes"),
     "export": ("multidiff.pipelines.export", "export", "write a checkpoint as a diffusers pipeline folder (save_pretrained)"),
     "encode": ("multidiff.train.latents", "encode", "cache an autoencoder's latents of its data set (latent diffusion)"),
+    "mesh": ("multidiff.shapes.mesh", "mesh", "surface meshes (OBJ / GLB) from generated point clouds; --held-out scores the method"),
     "complete": ("multidiff.audio.complete", "complete", "audio continuation / inpainting of held-out clips, scored against the truth"),
     "results": ("multidiff.results", "results", "write the README results tables from result files (--check: verify)"),
     "demo": ("multidiff.toy.demo", "demo", "the demo: every sampler on a 2-D mixture (PNG grid), then train + sample an audio model (WAVs)"),

@@ -11,6 +11,7 @@
         - label: procedural.yaml, guided (w 1.15 chosen on the validation split)
           results: recipes/shapes/results/procedural/test-guided-seed*.json   # one file per training seed
           target: {metric: 1nna_cd, at_most: 0.65}                           # optional
+          prefix: methods.closing.       # optional: metric names as dotted paths from the record's root
 
 and ``multidiff results`` writes each table between ``<!-- results:NAME -->`` and
 ``<!-- /results:NAME -->`` in its README: per column the mean and the sample standard deviation
@@ -104,7 +105,13 @@ def read_results(pattern: str, root: Path) -> list[dict]:
 
 
 def _metric(record: dict, name: str) -> float:
-    value = record.get("metrics", {}).get(name)
+    """``name`` in the record's metrics, or a dotted path from the record's root (methods.closing.chamfer)."""
+    if "." in name:
+        value: Any = record
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+    else:
+        value = record.get("metrics", {}).get(name)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         raise InputError(f"{record['_file']}: metric {name!r} is missing or undefined")
     return float(value)
@@ -142,12 +149,20 @@ def render_table(name: str, spec: dict, root: Path) -> str:
         if not records:
             raise InputError(f"{spec['_file']}: table {name!r}, row {row['label']!r}: no result file matches "
                              f"{row['results']}")
-        cells = [row["label"], ", ".join(str(r.get("training_seed")) for r in records)]
+        cells = [row["label"], ", ".join("-" if r.get("training_seed") is None else str(r["training_seed"])
+                                         for r in records)]
         for c in columns:
-            cells.append(summarise([_metric(r, c["metric"]) for r in records], c.get("format", ".4g")))
+            name = row.get("prefix", "") + c["metric"]
+            try:
+                cells.append(summarise([_metric(r, name) for r in records], c.get("format", ".4g")))
+            except InputError:
+                if not c.get("optional"):  # a column marked optional may be missing from some rows' files
+                    raise
+                cells.append("n/a")
         if has_target:
             target = row.get("target")
-            cells.append(_target_text(target, [_metric(r, target["metric"]) for r in records]) if target else "")
+            cells.append(_target_text(target, [_metric(r, row.get("prefix", "") + target["metric"]) for r in records])
+                         if target else "")
         command = records[0].get("command") or ""
         cells.append(f"`{command}`" if command else "")
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")

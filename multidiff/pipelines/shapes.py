@@ -26,6 +26,17 @@ class PointCloudDiffusionOutput(BaseOutput):
         paths = output_paths(folder, prefix, len(self.point_clouds), "ply")
         return [save_ply(p, torch.as_tensor(c)[:, :3]) for p, c in zip(paths, self.point_clouds)]
 
+    def save_meshes(self, folder, prefix: str = "sample", file_format: str = "obj",
+                    method: str = "tangent_planes") -> list[Path]:
+        """One surface mesh per sample (multidiff.shapes.mesh.reconstruct), <folder>/<prefix>-000.obj ...
+        (obj, glb, ply or stl through trimesh); returns the paths."""
+        from ..shapes.mesh import reconstruct
+
+        paths = output_paths(folder, prefix, len(self.point_clouds), file_format)
+        for p, c in zip(paths, self.point_clouds):
+            reconstruct(torch.as_tensor(c)[:, :3], method).export(str(p))
+        return paths
+
 
 class PointCloudDiffusionPipeline(MultidiffPipeline):
     """Point clouds from a PointCloudTransformer: samples of shape (batch, points, 3 + features).
