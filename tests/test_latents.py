@@ -9,15 +9,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from multidiff.audio.autoencoder import build_oobleck, compression_ratio, hop_length
+from multidiff.audio.autoencoder import AudioAutoencoderParams, build_oobleck, compression_ratio, hop_length, stft_term
 from multidiff.audio.builders import write_manifest
 from multidiff.audio.io import load_audio, save_audio
+from multidiff.audio.metrics import multires_stft_distance
 from multidiff.cli import main
-from multidiff.train.autoencoder import AutoencoderLoss, gaussian_kl, stft_loss
+from multidiff.train.autoencoder import AutoencoderLoss, gaussian_kl
 from multidiff.train.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 VAE = str(REPO / "recipes/audio/vae_digits.yaml")
+
+
+def stft_loss(estimate, reference, fft_sizes=(512, 1024, 2048)):
+    """The audio autoencoders' training term: the STFT distance with its silence floor."""
+    return multires_stft_distance(estimate, reference, fft_sizes, eps=1e-5, silence_rms=1e-3)
 
 
 def test_stft_loss_zero_for_identity_and_grows_with_error():
@@ -70,7 +76,7 @@ def test_oobleck_presets_shapes_and_compression():
     posterior = model.encode(x).latent_dist
     assert posterior.mean.shape == (2, 8, 4)
     assert model.decode(posterior.mean).sample.shape == (2, 1, 1024)
-    loss = AutoencoderLoss(stft_sizes=(256,))(model, x, generator=[torch.Generator().manual_seed(k) for k in range(2)])
+    loss = AutoencoderLoss(extra=stft_term(AudioAutoencoderParams(stft_sizes=[256])))(model, x, generator=[torch.Generator().manual_seed(k) for k in range(2)])
     assert loss.shape == (2,) and torch.isfinite(loss).all()
     with pytest.raises(ValueError, match="encoder_hidden_size / 2"):
         build_oobleck("tiny", decoder_input_channels=5)
@@ -93,7 +99,7 @@ def tones(tmp_path_factory):
 def ae_overrides(manifest, out):
     return [f"data.path={manifest}", "data.params.sample_rate=8000", "data.params.length=1024",
             "model.params.preset=tiny", "model.params.downsampling_ratios=[2, 2]",
-            "model.params.channel_multiples=[1, 2]", "objective.autoencoder.stft_sizes=[128, 256]",
+            "model.params.channel_multiples=[1, 2]", "objective.autoencoder.modality_params.stft_sizes=[128, 256]",
             f"trainer.out_dir={out}", "trainer.batch_size=4", "trainer.duration_samples=16", "trainer.log_every_samples=4",
             "trainer.checkpoint_every_samples=16", "trainer.preview_every_samples=16", "trainer.preview_samples=2",
             "trainer.tracker=none", "trainer.progress=false", "trainer.resume=null"]
@@ -280,7 +286,8 @@ def test_stft_discriminator_hinge_closed_form_and_gradient_routing():
     """The adversarial terms: hinge values for a discriminator with constant logits, and one loss
     whose gradient reaches the generator only through the generator terms and the discriminator
     only through its own hinge term."""
-    from multidiff.train.autoencoder import STFTDiscriminator, adversarial_terms
+    from multidiff.audio.autoencoder import STFTDiscriminator
+    from multidiff.train.autoencoder import adversarial_terms
 
     torch.manual_seed(0)
     d = STFTDiscriminator(1, (256, 512), channels=8)
@@ -312,8 +319,9 @@ def test_adversarial_autoencoder_trains_resumes_encodes_and_exports(tones, tmp_p
     from safetensors import safe_open
 
     ae = tmp_path / "ae"
-    adv = ["objective.autoencoder.adversarial_weight=0.1", "objective.autoencoder.discriminator_sizes=[128, 256]",
-           "objective.autoencoder.discriminator_channels=8"]
+    adv = ["objective.autoencoder.adversarial_weight=0.1",
+           "objective.autoencoder.modality_params.discriminator_sizes=[128, 256]",
+           "objective.autoencoder.modality_params.discriminator_channels=8"]
     assert main(["train", VAE, *ae_overrides(tones, ae), *adv]) == 0
     losses = [float(r["loss"]) for r in csv.DictReader(open(ae / "losses.csv"))]
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
@@ -330,5 +338,6 @@ def test_adversarial_autoencoder_trains_resumes_encodes_and_exports(tones, tmp_p
         from multidiff.train.build import build_model
         from multidiff.train.registry import DataSpec
 
-        cfg = load_config(str(REPO / "recipes/video/vae_moving_mnist.yaml"), [*adv, "data.path=null"], validate_paths=False)
+        cfg = load_config(str(REPO / "recipes/video/vae_moving_mnist.yaml"), [adv[0], "data.path=null"],
+                          validate_paths=False)
         build_model(cfg, DataSpec((1, 4, 16, 16), 0, "video", {}))

@@ -119,7 +119,8 @@ def test_eval_reference_scores_the_same_samples_against_another_held_out_set(man
         return json.loads((tmp_path / "e" / "metrics.json").read_text())
 
     default, same, val = scores(), scores("--reference", str(manifest)), scores("--reference", str(other))
-    assert default["reference"] == str(manifest) and val["reference"] == str(other)
+    assert default["reference"]["manifest"] == str(manifest) and val["reference"]["manifest"] == str(other)
+    assert default["reference"]["sha1"] != val["reference"]["sha1"]
     assert same["metrics"] == default["metrics"]  # the training manifest named explicitly: identical numbers
     # one held-out cloud per class in the training manifest, three in the other: 6 samples of 3 classes
     # find more references there, and other nearest neighbours

@@ -208,13 +208,13 @@ def test_toy_training_learns_the_mixture(tmp_path):
 
 
 def test_a_failing_preview_hook_does_not_stop_training(tmp_path, monkeypatch, capsys):
-    from multidiff.train import registry
+    from multidiff.train.modality import get_modality
 
     def broken(*args, **kwargs):
         raise RuntimeError("no display")
 
     config = tiny_config(tmp_path, "trainer.preview_every_samples=128", steps=4)  # (loads the plugins first)
-    monkeypatch.setitem(registry.PREVIEWS, "toy2d", broken)
+    monkeypatch.setattr(get_modality("toy2d"), "preview", broken)
     result = Trainer(config).fit()
     assert result.status == "finished" and result.checkpoint.name == "ckpt-000000000256"
     assert "preview at 128 samples failed: RuntimeError: no display" in capsys.readouterr().out

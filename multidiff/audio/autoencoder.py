@@ -6,12 +6,22 @@ autoencoder``.
 last convolution gives ``encoder_hidden_size`` channels, a mean and a scale per latent channel,
 so latent_channels = encoder_hidden_size / 2 and the decoder takes that many. Compression ratio
 (samples x channels per latent value) = hop x channels / latent_channels.
+
+What audio adds to the trainer's autoencoder loss (the modality hooks, multidiff.train.modality):
+a multi-resolution STFT term (:func:`stft_term`, ``objective.autoencoder.modality_params``:
+:class:`AudioAutoencoderParams`) and, for adversarial training, a multi-scale complex-STFT
+discriminator (:class:`STFTDiscriminator`, as in EnCodec, Defossez et al. 2022, Sec. 3.4).
 """
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 OOBLECK_PRESETS = {
     # name: (encoder_hidden_size, downsampling_ratios, channel_multiples, decoder_channels)
@@ -70,3 +80,74 @@ def build_oobleck_entry(params: OobleckParams, spec, *, gradient_checkpointing: 
         raise ValueError(f"data.params.length ({spec.sample_shape[-1]}) must be a multiple of the autoencoder's "
                          f"total down-sampling {hop} (model.params.downsampling_ratios)")
     return model
+
+
+# ------------------------------------------------------------------- the trainer's audio hooks
+@dataclass
+class AudioAutoencoderParams:
+    """``objective.autoencoder.modality_params`` for audio: the multi-resolution STFT term's weight and
+    FFT sizes, and the adversarial discriminator's FFT sizes and width."""
+
+    stft_weight: float = 1.0
+    stft_sizes: list[int] = field(default_factory=lambda: [512, 1024, 2048])
+    discriminator_sizes: list[int] = field(default_factory=lambda: [512, 1024, 2048])
+    discriminator_channels: int = 32
+
+
+def stft_term(params: AudioAutoencoderParams):
+    """The autoencoder loss's audio term: ``stft_weight`` x multi-resolution STFT distance of the
+    masked signals (silence floored at -60 dBFS); None when the weight is 0."""
+    from .metrics import multires_stft_distance
+
+    if not params.stft_weight:
+        return None
+    sizes = tuple(params.stft_sizes)
+
+    def term(recon: torch.Tensor, x0: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        m = 1.0 if mask is None else mask.to(recon.dtype)
+        return params.stft_weight * multires_stft_distance(recon * m, x0 * m, sizes, eps=1e-5, silence_rms=1e-3)
+
+    return term
+
+
+def stft_discriminator(params: AudioAutoencoderParams, spec) -> STFTDiscriminator:
+    """The adversarial discriminator of an audio autoencoder of (channels, samples) data."""
+    if len(spec.sample_shape) != 2:
+        raise ValueError(f"the STFT discriminator needs (channels, samples) audio, got {tuple(spec.sample_shape)}")
+    return STFTDiscriminator(spec.sample_shape[0], params.discriminator_sizes, params.discriminator_channels)
+
+
+class STFTDiscriminator(nn.Module):
+    """Multi-scale complex-STFT discriminator (EnCodec, Defossez et al. 2022, Sec. 3.4): per FFT
+    size, the real and imaginary STFT of each audio channel -> 2D convolutions strided along
+    frequency -> a map of logits. forward(x (batch, channels, samples)) -> (logits, features):
+    one (batch, frames', bins') logit map and a list of feature maps per scale."""
+
+    def __init__(self, audio_channels: int = 1, fft_sizes: Sequence[int] = (512, 1024, 2048), channels: int = 32,
+                 layers: int = 3):
+        super().__init__()
+        self.fft_sizes = tuple(int(n) for n in fft_sizes)
+        self.scales = nn.ModuleList()
+        for _ in self.fft_sizes:
+            convs, c = [nn.Conv2d(2 * audio_channels, channels, (3, 9), padding=(1, 4))], channels
+            for k in range(layers):
+                convs.append(nn.Conv2d(c, channels, (3, 9), stride=(1, 2), dilation=(2 ** k, 1), padding=(2 ** k, 4)))
+            convs.append(nn.Conv2d(c, channels, 3, padding=1))
+            self.scales.append(nn.ModuleList([*[nn.utils.parametrizations.weight_norm(m) for m in convs],
+                                              nn.Conv2d(channels, 1, 3, padding=1)]))
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+        b, c, t = x.shape
+        logits, features = [], []
+        for n_fft, convs in zip(self.fft_sizes, self.scales):
+            spec = torch.stft(x.reshape(b * c, t).float(), n_fft, n_fft // 4, window=torch.hann_window(n_fft, device=x.device),
+                              return_complex=True)  # (b c, bins, frames)
+            h = torch.view_as_real(spec).reshape(b, c, *spec.shape[1:], 2).permute(0, 1, 4, 3, 2)
+            h = h.reshape(b, 2 * c, spec.shape[2], spec.shape[1])  # (batch, 2 channels, frames, bins)
+            feats = []
+            for conv in convs[:-1]:
+                h = F.leaky_relu(conv(h), 0.2)
+                feats.append(h)
+            logits.append(convs[-1](h).squeeze(1))
+            features.append(feats)
+        return logits, features

@@ -8,49 +8,28 @@ from pathlib import Path
 
 import torch
 
-from ..train.registry import DataSpec, register_dataset, register_evaluator, register_model, register_preview
-from .autoencoder import OobleckParams, build_oobleck_entry
+from ..nn.presets import build_preset, preset_params
+from ..train.modality import Modality, register_modality
+from ..train.registry import DataSpec, register_dataset, register_model
+from .autoencoder import AudioAutoencoderParams, OobleckParams, build_oobleck_entry, stft_discriminator, stft_term
 from .data import AudioLoadParams
 from .io import save_wav, spectrogram_sheet
 from .metrics import mel_conditioning
 from .spectrogram import MODALITY as MEL_MODALITY
 from .spectrogram import MelDataParams, MelTrainData, mel_evaluate, mel_preview
-from .unet1d import UNET1D_PRESETS
+from .unet1d import UNET1D_PRESETS, UNet1D
 
 MODALITY = "audio"
 
 
-@dataclass
-class UNet1DParams:
-    """A preset of multidiff.audio.unet1d (tiny / small / base / large) and overrides of its fields."""
-
-    preset: str = "small"
-    channels: list[int] | None = None
-    factors: list[int] | None = None
-    blocks_per_level: int | None = None
-    attention_levels: list[int] | None = None
-    attention_heads: int | None = None
-    emb_dim: int | None = None
-    dropout: float = 0.0
-    extra_in_channels: int | None = None
-    cross_attention_dim: int | None = None
-    attention_backend: str = "auto"
-    patch_size: int | None = None
-    conditioning_token: bool | None = None
-    patch_transform: str | None = None
-    label_factors: list[int] | None = None
-    input_gate: bool | None = None
-    pooled_context: bool | None = None
+UNet1DParams = preset_params("UNet1DParams", UNet1D, UNET1D_PRESETS, default="small")
 
 
-def build_unet1d(params: UNet1DParams, spec: DataSpec, *, gradient_checkpointing: bool = False):
-    if params.preset not in UNET1D_PRESETS:
-        raise ValueError(f"model.params.preset: unknown UNet1D preset {params.preset!r}; known: {sorted(UNET1D_PRESETS)}")
-    overrides = {k: v for k, v in vars(params).items() if k != "preset" and v is not None}
-    overrides.setdefault("extra_in_channels", int(spec.meta.get("concat_channels", 0)))  # masked-training data
-    model = UNET1D_PRESETS[params.preset](in_channels=spec.sample_shape[0], num_classes=spec.num_classes, **overrides)
-    model.gradient_checkpointing = gradient_checkpointing
-    return model
+def build_unet1d(params, spec: DataSpec, *, gradient_checkpointing: bool = False):
+    """A UNet1D for (channels, samples) audio; extra input channels default to the data's masked-training ones."""
+    return build_preset(params, gradient_checkpointing=gradient_checkpointing, in_channels=spec.sample_shape[0],
+                        num_classes=spec.num_classes,
+                        defaults={"extra_in_channels": int(spec.meta.get("concat_channels", 0))})
 
 
 register_model("audio_unet1d", build_unet1d, params=UNet1DParams, modality=MODALITY, example_shape=(1, 16384),
@@ -121,6 +100,11 @@ class AudioTrainData(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.audio)
+
+    @property
+    def rows(self) -> list[dict]:
+        """The manifest rows (split, caption ...) of the items (the modality contract's ``rows``)."""
+        return self.audio.rows
 
     def set_epoch(self, epoch: int) -> None:
         self.audio.set_epoch(epoch)
@@ -233,8 +217,20 @@ def _label_pitches(manifest, label_column: str) -> dict:
     return {int(r[label_column]): float(r["pitch"]) for r in rows if r.get(label_column, "") != ""}
 
 
-register_preview(MODALITY, audio_preview)
-register_evaluator(MODALITY, audio_evaluate)
+def audio_reconstruction_metrics(recon: torch.Tensor, x: torch.Tensor) -> dict:
+    """An audio autoencoder's held-out scores beside MSE / PSNR: multi-resolution STFT distance (as
+    trained, silence floored at -60 dBFS) and SI-SDR (dB)."""
+    from .metrics import multires_stft_distance, si_sdr
+
+    return {"mr_stft": float(multires_stft_distance(recon, x, eps=1e-5, silence_rms=1e-3).mean()),
+            "si_sdr_db": float(si_sdr(recon.mean(1), x.mean(1)).mean())}
+
+
+register_modality(Modality(
+    MODALITY, preview=audio_preview, evaluate=audio_evaluate, reconstruction_metrics=audio_reconstruction_metrics,
+    autoencoder_params=AudioAutoencoderParams, autoencoder_loss=stft_term, discriminator=stft_discriminator,
+    deterministic_data={"split": None, "random_crop": False, "polarity_flip": 0.0},
+    description="waveforms (channels, samples): WAV previews, classifier / pitch metrics"))
 
 
 register_model("audio_oobleck", build_oobleck_entry, params=OobleckParams, modality=MODALITY, kind="autoencoder",
@@ -246,5 +242,6 @@ register_model("audio_oobleck", build_oobleck_entry, params=OobleckParams, modal
 register_dataset("audio_mel", MelTrainData, params=MelDataParams, modality=MEL_MODALITY, needs_path=True,
                  description="log-mel spectrograms of an audio folder or manifest, decoded by Griffin-Lim "
                              "(multidiff.audio.spectrogram)")
-register_preview(MEL_MODALITY, mel_preview)
-register_evaluator(MEL_MODALITY, mel_evaluate)
+register_modality(Modality(MEL_MODALITY, preview=mel_preview, evaluate=mel_evaluate,
+                           deterministic_data={"split": None, "random_crop": False, "polarity_flip": 0.0},
+                           description="log-mel spectrograms (mel bins, frames) decoded to audio for previews and metrics"))

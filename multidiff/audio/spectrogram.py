@@ -202,6 +202,11 @@ class MelTrainData(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.audio)
 
+    @property
+    def rows(self) -> list[dict]:
+        """The manifest rows (split, caption ...) of the items (the modality contract's ``rows``)."""
+        return self.audio.rows
+
     def set_epoch(self, epoch: int) -> None:
         self.audio.set_epoch(epoch)
 

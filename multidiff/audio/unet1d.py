@@ -40,9 +40,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (diffusers' pipeline loader looks it up here)
 from einops import rearrange
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from ..nn import Attention, FiLM, LabelEmbedding, NoiseLevelEmbedding, PooledContextEmbedding
+from ..nn import Attention, FiLM
+from ..nn.conditioning import ConditionedBackbone
 from ..nn.modeling import SafetensorsModelMixin
 from .mdct import imdct, mdct, mdct_basis
 
@@ -104,7 +104,7 @@ class AttentionBlock1d(nn.Module):
         return rearrange(h, "b l c -> b c l")
 
 
-class UNet1D(SafetensorsModelMixin, ConfigMixin):
+class UNet1D(SafetensorsModelMixin, ConfigMixin, ConditionedBackbone):
     """Waveform U-Net: forward(x (batch, in_channels, length), noise_level (batch,), cond) -> (batch, out_channels, length).
 
     channels[i] is the width at level i; factors[i] down-samples level i to level i + 1
@@ -132,9 +132,7 @@ class UNet1D(SafetensorsModelMixin, ConfigMixin):
             raise ValueError(f"down-sampling factors must be >= 1, got {factors}")
         self.out_ch = out_channels or in_channels
         self.gradient_checkpointing = False
-        self.noise_embed = NoiseLevelEmbedding(emb_dim)
-        self.label_embed = LabelEmbedding(num_classes, emb_dim, label_factors) if num_classes > 0 else None
-        self.context_embed = PooledContextEmbedding.if_enabled(pooled_context, cross_attention_dim, emb_dim)
+        self.init_conditioning(emb_dim, num_classes, label_factors, cross_attention_dim, pooled_context)
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
         if patch_transform not in ("conv", "mdct"):
@@ -187,35 +185,15 @@ class UNet1D(SafetensorsModelMixin, ConfigMixin):
         nn.init.zeros_(self.out_conv.bias)
         self.total_factor = math.prod(factors) * patch_size
 
-    def _run(self, block, h, emb, context, context_mask):
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, h, emb, context, context_mask, use_reentrant=False)
-        return block(h, emb, context, context_mask)
-
     def forward(self, x: torch.Tensor, noise_level: torch.Tensor, cond: Mapping[str, Any] | None = None) -> torch.Tensor:
         cond = cond or {}
         if x.ndim != 3 or x.shape[1] != self.config.in_channels:
             raise ValueError(f"UNet1D expects (batch, {self.config.in_channels}, length), got {tuple(x.shape)}")
         if x.shape[-1] % self.total_factor:
             raise ValueError(f"length {x.shape[-1]} is not divisible by the total down-sampling factor {self.total_factor}")
-        emb = self.noise_embed(noise_level.reshape(-1).expand(x.shape[0]))
-        if self.label_embed is not None:
-            labels = cond.get("label")
-            if labels is None:
-                labels = torch.full((x.shape[0],), -1, device=x.device, dtype=torch.long)
-            emb = emb + self.label_embed(labels.to(x.device))
+        emb = self.embed_conditions(x, noise_level, cond)                    # (b, emb_dim)
         context, context_mask = cond.get("context"), cond.get("context_mask")
-        if self.context_embed is not None and context is not None:
-            emb = emb + self.context_embed(context.to(emb.dtype), context_mask)
-        emb = emb.to(x.dtype)
-        if self.config.extra_in_channels:
-            extra = cond.get("concat")
-            if extra is None:
-                extra = x.new_zeros(x.shape[0], self.config.extra_in_channels, x.shape[-1])
-            elif extra.shape != (x.shape[0], self.config.extra_in_channels, x.shape[-1]):
-                raise ValueError(f"cond['concat'] must have shape {(x.shape[0], self.config.extra_in_channels, x.shape[-1])}, "
-                                 f"got {tuple(extra.shape)}")
-            x = torch.cat([x, extra.to(x.dtype)], dim=1)
+        x = self.concat_channels(x, cond, self.config.extra_in_channels)     # (b, c + extra, length)
         if self.mdct_hop:  # (b, c, length) -> (b, c * bands, frames)
             x = rearrange(mdct(x, self.mdct_hop, self.mdct_basis), "b c k t -> b (c k) t")
         coeffs = x[:, :self.out_ch * self.mdct_hop] if self.config.input_gate else None
@@ -223,15 +201,15 @@ class UNet1D(SafetensorsModelMixin, ConfigMixin):
         skips = []
         for blocks, down in zip(self.down_blocks, self.downsamplers):
             for block in blocks:
-                h = self._run(block, h, emb, context, context_mask)
+                h = self.run(block, h, emb, context, context_mask)
             skips.append(h)
             h = down(h)
         for block in self.mid_blocks:
-            h = self._run(block, h, emb, context, context_mask)
+            h = self.run(block, h, emb, context, context_mask)
         for up, blocks in zip(self.upsamplers, self.up_blocks):
             h = (up(h) + skips.pop()) * self.config.skip_scale
             for block in blocks:
-                h = self._run(block, h, emb, context, context_mask)
+                h = self.run(block, h, emb, context, context_mask)
         out = self.out_conv(nn.functional.silu(self.out_norm(h)))
         if coeffs is not None:
             additive, gain = out.chunk(2, dim=1)

@@ -9,53 +9,32 @@ from pathlib import Path
 
 import torch
 
-from ..train.registry import DataSpec, register_dataset, register_evaluator, register_model, register_preview
+from ..nn.presets import build_preset, preset_params
+from ..train.modality import Modality, register_modality
+from ..train.registry import DataSpec, register_dataset, register_model
 from .data import ShapeDataset, read_manifest, scan_folder
 from .io import NORMALIZATIONS, Normalization, render_sheet, save_ply
 from .tasks import cut_order, resample_points
-from .transformer import POINT_PRESETS
+from .transformer import POINT_PRESETS, PointCloudTransformer
 
 MODALITY = "shapes"
 
 
-@dataclass
-class PointTransformerParams:
-    """A preset of multidiff.shapes.transformer (point_* full attention, latent_* latent tokens,
-    upsampler_small) and overrides of its fields."""
-
-    preset: str = "latent_small"
-    dim: int | None = None
-    depth: int | None = None
-    heads: int | None = None
-    mlp_ratio: float | None = None
-    fourier_features: int | None = None
-    fourier_scale: float | None = None
-    emb_dim: int | None = None
-    num_latents: int | None = None
-    rounds: int | None = None
-    coarse_channels: int | None = None
-    point_dim: int | None = None
-    local_neighbors: int | None = None
-    local_offset_scale: float | None = None
-    local_reference_points: int | None = None
-    cross_attention_dim: int | None = None
-    pooled_context: bool | None = None
-    dropout: float = 0.0
-    attention_backend: str = "auto"
+PointTransformerParams = preset_params("PointTransformerParams", PointCloudTransformer, POINT_PRESETS,
+                                       default="latent_small", doc=(
+    "A preset of multidiff.shapes.transformer (point_* full attention, latent_* latent tokens, upsampler_small) "
+    "and overrides of its arguments."))
 
 
-def build_point_transformer(params: PointTransformerParams, spec: DataSpec, *, gradient_checkpointing: bool = False):
-    if params.preset not in POINT_PRESETS:
-        raise ValueError(f"model.params.preset: unknown point transformer preset {params.preset!r}; "
-                         f"known: {sorted(POINT_PRESETS)}")
+def build_point_transformer(params, spec: DataSpec, *, gradient_checkpointing: bool = False):
+    """A PointCloudTransformer for (points, 3 + features) clouds; a completion task's partial scan enters
+    as conditioning tokens of the data's width."""
     if len(spec.sample_shape) != 2 or spec.sample_shape[1] < 3:
         raise ValueError(f"shapes_transformer needs samples of shape (points, 3 + features), got {spec.sample_shape}")
-    overrides = {k: v for k, v in vars(params).items() if k != "preset" and v is not None}
-    if spec.meta.get("task") in ("complete", "complete_rest"):  # the partial scan enters as conditioning tokens
-        overrides.setdefault("coarse_channels", spec.sample_shape[1])
-    model = POINT_PRESETS[params.preset](in_channels=spec.sample_shape[1], num_classes=spec.num_classes, **overrides)
-    model.gradient_checkpointing = gradient_checkpointing
-    return model
+    completion = spec.meta.get("task") in ("complete", "complete_rest")
+    return build_preset(params, gradient_checkpointing=gradient_checkpointing, in_channels=spec.sample_shape[1],
+                        num_classes=spec.num_classes,
+                        defaults={"coarse_channels": spec.sample_shape[1]} if completion else {})
 
 
 register_model("shapes_transformer", build_point_transformer, params=PointTransformerParams, modality=MODALITY,
@@ -259,8 +238,9 @@ def shapes_evaluate(samples: torch.Tensor, config, *, labels=None, spec=None, em
     return out
 
 
-register_preview(MODALITY, shapes_preview)
-register_evaluator(MODALITY, shapes_evaluate)
+register_modality(Modality(MODALITY, preview=shapes_preview, evaluate=shapes_evaluate,
+                           deterministic_data={"split": None, "augment": False},
+                           description="point clouds (points, 3 + features): PLY + rendered previews, MMD / COV / 1-NNA"))
 
 __all__ = ["PointTransformerParams", "ShapeDataParams", "ShapeTrainData", "build_point_transformer", "reference_clouds",
            "shapes_evaluate", "shapes_preview", "read_manifest", "scan_folder"]

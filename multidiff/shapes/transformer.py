@@ -50,17 +50,14 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (diffusers' pipeline loader looks it up here)
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..nn import (
     AdaLNZero,
     Attention,
     FourierFeatures,
-    LabelEmbedding,
-    NoiseLevelEmbedding,
-    PooledContextEmbedding,
     modulate,
 )
+from ..nn.conditioning import ConditionedBackbone
 from ..nn.modeling import SafetensorsModelMixin
 
 
@@ -209,7 +206,7 @@ def _heads(dim: int, heads: int) -> int:
     return max(h for h in range(1, heads + 1) if dim % h == 0)
 
 
-class PointCloudTransformer(SafetensorsModelMixin, ConfigMixin):
+class PointCloudTransformer(SafetensorsModelMixin, ConfigMixin, ConditionedBackbone):
     """Diffusion backbone on point clouds: forward(x (batch, points, in_channels), noise_level (batch,), cond)
     -> (batch, points, out_channels).
 
@@ -256,9 +253,7 @@ class PointCloudTransformer(SafetensorsModelMixin, ConfigMixin):
         pdim = point_dim or dim
         self.out_ch = out_channels or in_channels
         self.gradient_checkpointing = False
-        self.noise_embed = NoiseLevelEmbedding(emb_dim)
-        self.label_embed = LabelEmbedding(num_classes, emb_dim) if num_classes > 0 else None
-        self.context_embed = PooledContextEmbedding.if_enabled(pooled_context, cross_attention_dim, emb_dim)
+        self.init_conditioning(emb_dim, num_classes, None, cross_attention_dim, pooled_context)
         self.point_embed = PointEmbed(in_channels, pdim, fourier_features, fourier_scale, seed=0)
         if coarse_channels:
             self.coarse_embed = PointEmbed(coarse_channels, pdim, fourier_features, fourier_scale, seed=1)
@@ -283,25 +278,6 @@ class PointCloudTransformer(SafetensorsModelMixin, ConfigMixin):
         self.final = FinalLayer(pdim, emb_dim, self.out_ch)
 
     # ------------------------------------------------------------------ helpers
-    def _run(self, block, *args):
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
-
-    def embed_conditions(self, x: torch.Tensor, noise_level: torch.Tensor, cond: Mapping[str, Any]) -> torch.Tensor:
-        """(batch, emb_dim): noise-level embedding plus the class embedding (null when no label), plus
-        the pooled context with ``pooled_context``."""
-        emb = self.noise_embed(noise_level.reshape(-1).expand(x.shape[0]).to(x.device))
-        if self.label_embed is not None:
-            labels = cond.get("label")
-            if labels is None:
-                labels = torch.full((x.shape[0],), -1, device=x.device, dtype=torch.long)
-            emb = emb + self.label_embed(labels.reshape(-1).to(x.device))
-        context = cond.get("context")
-        if self.context_embed is not None and context is not None:
-            emb = emb + self.context_embed(context.to(emb.dtype), cond.get("context_mask"))
-        return emb.to(x.dtype)
-
     def _coarse_tokens(self, x: torch.Tensor, cond: Mapping[str, Any]) -> torch.Tensor | None:
         if not self.config.coarse_channels:
             return None
@@ -339,21 +315,21 @@ class PointCloudTransformer(SafetensorsModelMixin, ConfigMixin):
             if coarse is not None:
                 h = torch.cat([h, coarse], dim=1)
             for blk in self.blocks:
-                h = self._run(blk, h, emb, None, context, context_mask)
+                h = self.run(blk, h, emb, None, context, context_mask)
             h = h[:, :n]
             if neighbours is not None:
-                h = self._run(self.locals[0], h, x[..., :3], emb, neighbours)
+                h = self.run(self.locals[0], h, x[..., :3], emb, neighbours)
         else:
             z = self.latents.to(h.dtype)[None].expand(h.shape[0], -1, -1)
             coarse_keys = None if coarse is None else self.coarse_to_latent(coarse)
             for r, (read, blocks, write) in enumerate(zip(self.reads, self.latent_blocks, self.writes)):
                 source = h if coarse is None else torch.cat([h, coarse], dim=1)
-                z = self._run(read, z, emb, source, None, None)
+                z = self.run(read, z, emb, source, None, None)
                 for blk in blocks:
-                    z = self._run(blk, z, emb, None, context, context_mask)
-                h = self._run(write, h, emb, z if coarse_keys is None else torch.cat([z, coarse_keys], dim=1), None, None)
+                    z = self.run(blk, z, emb, None, context, context_mask)
+                h = self.run(write, h, emb, z if coarse_keys is None else torch.cat([z, coarse_keys], dim=1), None, None)
                 if neighbours is not None:
-                    h = self._run(self.locals[r], h, x[..., :3], emb, neighbours)
+                    h = self.run(self.locals[r], h, x[..., :3], emb, neighbours)
         return self.final(h, emb)
 
 

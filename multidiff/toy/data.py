@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from ..errors import DataError
-from ..train.registry import DataSpec, register_dataset, register_evaluator, register_preview
+from ..train.modality import Modality, register_modality
+from ..train.registry import DataSpec, register_dataset
 from .gmm import GaussianMixture, two_d_mixture
 
 MODALITY = "toy2d"
@@ -140,7 +141,6 @@ def toy_preview(samples: torch.Tensor, out_dir: Path, name: str, *, labels=None,
     return write_scatter(samples, out_dir, name, labels=labels)
 
 
-register_preview(MODALITY, toy_preview)
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -190,4 +190,5 @@ def toy_evaluate(samples: torch.Tensor, config, *, labels=None, spec=None) -> di
     return mixture_metrics(samples, mixture_of(params), labels)
 
 
-register_evaluator(MODALITY, toy_evaluate)
+register_modality(Modality(MODALITY, preview=toy_preview, evaluate=toy_evaluate,
+                           description="2-D points: scatter-plot previews, metrics against the exact mixture"))

@@ -4,20 +4,11 @@ Light to import: the registries and config are loaded here; the trainer (which i
 accelerate) is imported on first use of ``Trainer`` / ``FitResult``.
 """
 from .config import Config, ConfigError, load_config
-from .registry import (
-    DATASETS,
-    EVALUATORS,
-    MODELS,
-    PREVIEWS,
-    DataSpec,
-    register_dataset,
-    register_evaluator,
-    register_model,
-    register_preview,
-)
+from .modality import MODALITIES, Modality, get_modality, register_modality
+from .registry import DATASETS, MODELS, DataSpec, register_dataset, register_model
 
-__all__ = ["Config", "ConfigError", "load_config", "DATASETS", "EVALUATORS", "MODELS", "PREVIEWS", "DataSpec",
-           "register_dataset", "register_evaluator", "register_model", "register_preview", "Trainer", "FitResult"]
+__all__ = ["Config", "ConfigError", "load_config", "DATASETS", "MODELS", "MODALITIES", "DataSpec", "Modality",
+           "get_modality", "register_dataset", "register_model", "register_modality", "Trainer", "FitResult"]
 
 
 def __getattr__(name):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,8 +21,17 @@ from ..core import (
 from ..errors import DataError, InputError
 from ..nn.text import ByteTextEncoder, PretrainedTextEncoder, TextConditioned
 from . import registry
-from .autoencoder import AutoencoderLoss, attach_discriminator
-from .config import Config, ConfigError, ObjectiveConfig, OptimizerConfig, data_params, model_params
+from .autoencoder import AutoencoderLoss
+from .config import (
+    Config,
+    ConfigError,
+    ObjectiveConfig,
+    OptimizerConfig,
+    autoencoder_modality_params,
+    data_params,
+    model_params,
+)
+from .modality import get_modality
 from .registry import DataSpec
 
 
@@ -51,13 +61,15 @@ def build_model(config: Config, spec: DataSpec) -> nn.Module:
         raise
     except ValueError as err:  # a backbone refusing its params (sizes that do not fit together)
         raise ConfigError("model.params", f"{config.model.name}: {err}") from None
-    a = config.objective.autoencoder
-    if config.objective.kind == "autoencoder" and a.adversarial_weight > 0:
-        if spec.modality != "audio" or len(spec.sample_shape) != 2:
+    if config.objective.kind == "autoencoder" and config.objective.autoencoder.adversarial_weight > 0:
+        make = get_modality(spec.modality).discriminator
+        if make is None:
             raise ConfigError("objective.autoencoder.adversarial_weight",
-                              f"the STFT discriminator is for audio (channels, samples); this data is {spec.modality} "
-                              f"{tuple(spec.sample_shape)}")
-        attach_discriminator(backbone, spec.sample_shape[0], a.discriminator_sizes, a.discriminator_channels)
+                              f"the {spec.modality!r} modality has no discriminator for adversarial training")
+        try:  # a submodule: checkpointed, resumed and optimised with the autoencoder
+            backbone.discriminator = make(autoencoder_modality_params(config), spec)
+        except ValueError as err:
+            raise ConfigError("objective.autoencoder.adversarial_weight", str(err)) from None
     te = config.model.text_encoder
     if te.kind == "none":
         return backbone
@@ -90,12 +102,16 @@ def build_noise_distribution(objective: ObjectiveConfig, schedule: NoiseSchedule
     raise ValueError(f"unknown noise distribution {n.name!r}")
 
 
-def build_loss(objective: ObjectiveConfig, schedule: NoiseSchedule):
-    """The per-sample loss callable: DiffusionLoss, or AutoencoderLoss for objective.kind autoencoder."""
+def build_loss(objective: ObjectiveConfig, schedule: NoiseSchedule, modality: str | None = None,
+               modality_params: Any = None):
+    """The per-sample loss callable: DiffusionLoss, or AutoencoderLoss for objective.kind autoencoder
+    (with the modality's own term, from its ``autoencoder_loss`` hook and ``modality_params``)."""
     if objective.kind == "autoencoder":
         a = objective.autoencoder
-        return AutoencoderLoss(a.kl_weight, a.l1_weight, a.l2_weight, a.stft_weight, a.stft_sizes,
-                               a.adversarial_weight, a.feature_matching_weight)
+        hook = get_modality(modality).autoencoder_loss if modality else None
+        extra = hook(modality_params) if hook is not None and modality_params is not None else None
+        return AutoencoderLoss(a.kl_weight, a.l1_weight, a.l2_weight, extra, a.adversarial_weight,
+                               a.feature_matching_weight)
     sd = objective.schedule.sigma_data
     weight = weighting(objective.weighting, sigma_data=sd, gamma=objective.min_snr_gamma)
     return DiffusionLoss(build_noise_distribution(objective, schedule), weight, sigma_data=sd)

@@ -199,7 +199,7 @@ def sample_arguments(parser: argparse.ArgumentParser) -> None:
 def sample_run(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
-    from .registry import PREVIEWS
+    from .modality import get_modality
 
     try:
         samples, labels, config, spec, folder, weights, sampling = _generate(args, "sample")
@@ -220,7 +220,7 @@ def sample_run(args: argparse.Namespace) -> int:
     print(f"sampled {len(samples)} x {tuple(samples.shape[1:])} from {folder} ({weights.name}) with "
           f"{sampling.sampler}, {sampling.steps} steps, guidance {sampling.guidance}, seed {sampling.seed}")
     print(f"wrote samples: {out / 'samples.safetensors'}")
-    fn = PREVIEWS.get(spec.modality)
+    fn = get_modality(spec.modality).preview
     if fn is not None:
         for p in fn(samples, out, "samples", labels=labels, spec=spec):
             print(f"wrote preview: {p}")
@@ -246,7 +246,7 @@ def evaluate_run(args: argparse.Namespace) -> int:
     import torch
 
     from . import checkpoint as ckpt
-    from .registry import EVALUATORS
+    from .modality import get_modality
     from .trainer import read_checkpoint
 
     if args.reference and not Path(args.reference).is_file():  # before minutes of sampling, not after
@@ -284,7 +284,7 @@ def evaluate_run(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         config = replace(config, data=replace(config.data, path=str(args.reference)))
-    fn = EVALUATORS.get(spec.modality)
+    fn = get_modality(spec.modality).evaluate
     if fn is None:
         _err("eval", f"no evaluator is registered for modality {spec.modality!r}")
         return 2

@@ -106,20 +106,18 @@ class NoiseConfig:
 
 @dataclass
 class AutoencoderObjectiveConfig:
-    """``objective.autoencoder``: weights of multidiff.train.autoencoder.AutoencoderLoss
-    (KL to N(0, I), L1 / L2 on the signal, multi-resolution STFT with ``stft_sizes``); for audio an
-    optional adversarial STFT discriminator (``adversarial_weight`` > 0, FFT sizes
-    ``discriminator_sizes``, width ``discriminator_channels``) with feature matching."""
+    """``objective.autoencoder``: weights of multidiff.train.autoencoder.AutoencoderLoss: KL to N(0, I),
+    L1 / L2 on the signal, an optional adversarial term (``adversarial_weight`` > 0, the modality's
+    discriminator) with feature matching, and ``modality_params``: the data's modality's own terms,
+    checked against its ``autoencoder_params`` (audio: multi-resolution STFT weight and sizes, the
+    discriminator's FFT sizes and width; multidiff.audio.autoencoder.AudioAutoencoderParams)."""
 
     kl_weight: float = 1e-4
     l1_weight: float = 1.0
     l2_weight: float = 0.0
-    stft_weight: float = 1.0
-    stft_sizes: list[int] = field(default_factory=lambda: [512, 1024, 2048])
     adversarial_weight: float = 0.0
     feature_matching_weight: float = 2.0
-    discriminator_sizes: list[int] = field(default_factory=lambda: [512, 1024, 2048])
-    discriminator_channels: int = 32
+    modality_params: dict[str, Any] = field(default_factory=dict)
 
 
 OBJECTIVE_KINDS = ("diffusion", "autoencoder")
@@ -484,6 +482,25 @@ def model_params(config: Config) -> Any:
     return from_dict(entry.params, config.model.params, "model.params")
 
 
+def autoencoder_modality_params(config: Config) -> Any:
+    """``objective.autoencoder.modality_params`` as the data's modality's params dataclass (None when the
+    modality takes none); ConfigError naming the key for unknown keys or an adversarial weight without
+    a discriminator."""
+    from .modality import get_modality
+
+    modality = get_modality(registry.DATASETS[config.data.name].modality)
+    a = config.objective.autoencoder
+    if a.adversarial_weight > 0 and modality.discriminator is None:
+        raise ConfigError("objective.autoencoder.adversarial_weight",
+                          f"the {modality.name!r} modality has no discriminator for adversarial training")
+    if modality.autoencoder_params is None:
+        if a.modality_params:
+            raise ConfigError("objective.autoencoder.modality_params",
+                              f"the {modality.name!r} modality takes none, got {sorted(a.modality_params)}")
+        return None
+    return from_dict(modality.autoencoder_params, a.modality_params, "objective.autoencoder.modality_params")
+
+
 def data_params(config: Config) -> Any:
     entry = registry.DATASETS[config.data.name]
     return from_dict(entry.params, config.data.params, "data.params")
@@ -535,8 +552,10 @@ def validate(config: Config, *, validate_paths: bool = True) -> Config:
     _positive("data.num_workers", d.num_workers, allow_zero=True)
 
     _choice("objective.kind", o.kind, OBJECTIVE_KINDS, "objective kind")
-    for name in ("kl_weight", "l1_weight", "l2_weight", "stft_weight"):
+    for name in ("kl_weight", "l1_weight", "l2_weight", "adversarial_weight", "feature_matching_weight"):
         _positive(f"objective.autoencoder.{name}", getattr(o.autoencoder, name), allow_zero=True)
+    if o.kind == "autoencoder":
+        o.autoencoder.modality_params = to_plain(autoencoder_modality_params(config)) or {}
     want = "autoencoder" if o.kind == "autoencoder" else "denoiser"
     if registry.MODELS[m.name].kind != want:
         fitting = sorted(n for n, e in registry.MODELS.items() if e.kind == want)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from . import registry
+from .modality import Modality, get_modality, register_modality
 from .registry import DataSpec, register_dataset
 
 MODALITY = "latent"
@@ -57,14 +57,13 @@ def encode_dataset(checkpoint, out, *, batch_size: int = 32, shard_size: int = 4
             raise ConfigError(text.split("=", 1)[0], "multidiff encode only overrides data.* keys")
     apply_overrides({"data": section}, list(data_overrides or []))
     params = section["params"]
-    for key, value in (("split", None), ("random_crop", False), ("polarity_flip", 0.0), ("augment", False)):
+    for key, value in get_modality(spec.modality).deterministic_data.items():  # every item once, as it is
         if key in params:
             params[key] = value
     config = replace(config, data=replace(config.data, name=section["name"], path=section["path"], params=params))
     data = build_dataset(config)
     spec = getattr(data, "spec", spec)  # the encoded data's (data.* overrides may change the length)
-    source = getattr(data, "audio", None) or getattr(data, "clips", None) or getattr(data, "videos", None)
-    rows = getattr(source, "rows", None)
+    rows = getattr(data, "rows", None)  # per item: split and caption (the modality contract)
     n = len(data)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,7 +88,8 @@ def encode_dataset(checkpoint, out, *, batch_size: int = 32, shard_size: int = 4
             labels_all += buffer_labels
             buffer, buffer_labels, buffer_index = [], [], []
     latents = torch.cat(latents_all)
-    scores = reconstruction_scores(model, data, [k for k in range(n) if _split_of(rows, k) not in ("", "train")][:64])
+    scores = reconstruction_scores(model, data, [k for k in range(n) if _split_of(rows, k) not in ("", "train")][:64],
+                                   spec.modality)
     splits = [str(r.get("split", "") or "") for r in rows] if rows is not None and len(rows) == n else [""] * n
     texts = [str(r.get("text", "") or "") for r in rows] if rows is not None and len(rows) == n else [""] * n
     train = torch.tensor([s in ("", "train") for s in splits])
@@ -121,34 +121,24 @@ def reconstruct(model, x: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reconstruction_scores(model, data, indices: list[int]) -> dict:
-    """Posterior-mean reconstructions of held-out items: MSE and PSNR (signals in [-1, 1]); for
-    (channels, samples) signals also the multi-resolution STFT distance and SI-SDR (dB), for video
-    frames of at least 11x11 pixels the SSIM (Wang et al. 2004, multidiff.video.metrics.ssim)."""
+def reconstruction_scores(model, data, indices: list[int], modality: str) -> dict:
+    """Posterior-mean reconstructions of held-out items, scored by :func:`score_reconstructions`."""
     if not indices:
         return {"n": 0}
     x = torch.stack([data[k]["x"] for k in indices])
-    return score_reconstructions(reconstruct(model, x), x)
+    return score_reconstructions(reconstruct(model, x), x, modality)
 
 
-def score_reconstructions(recon: torch.Tensor, x: torch.Tensor) -> dict:
-    """The scores of :func:`reconstruction_scores` for reconstructions ``recon`` of signals ``x``."""
-    from .autoencoder import stft_loss
-
+def score_reconstructions(recon: torch.Tensor, x: torch.Tensor, modality: str) -> dict:
+    """MSE and PSNR (signals in [-1, 1]) of reconstructions ``recon`` of signals ``x``, and the
+    modality's own reconstruction metrics (audio: multi-resolution STFT and SI-SDR; video: SSIM)."""
     x = x.to(recon.device).float()
-    err = (recon - x).flatten(1)
-    mse = err.square().mean(1)
+    mse = (recon - x).flatten(1).square().mean(1)
     out = {"n": len(x), "mse": float(mse.mean()),
            "psnr_db": float((10 * torch.log10(4.0 / mse.clamp(min=1e-12))).mean())}
-    if x.ndim == 5 and min(x.shape[-2:]) >= 11:  # video (batch, channels, frames, H, W): SSIM as well
-        from ..video.metrics import ssim
-
-        out["ssim"] = float(ssim(recon.clamp(-1, 1), x).mean())
-    if x.ndim == 3:
-        ref, est = x.mean(1), recon.mean(1)
-        target = (est * ref).sum(1, keepdim=True) / ref.square().sum(1, keepdim=True).clamp(min=1e-12) * ref
-        sdr = 10 * torch.log10(target.square().sum(1) / (est - target).square().sum(1).clamp(min=1e-12))
-        out.update(mr_stft=float(stft_loss(recon, x).mean()), si_sdr_db=float(sdr.mean()))
+    hook = get_modality(modality).reconstruction_metrics
+    if hook is not None:
+        out.update(hook(recon, x))
     return out
 
 
@@ -278,7 +268,7 @@ def source_spec(spec: DataSpec) -> DataSpec:
 
 def latent_preview(samples, out_dir, name, *, labels=None, spec=None, **kw):
     """Decode, then the source modality's preview (WAVs + spectrograms, MP4s ...)."""
-    fn = registry.PREVIEWS.get(spec.meta["source_modality"])
+    fn = get_modality(spec.meta["source_modality"]).preview
     decoded = decode_latents(samples, spec)
     return [] if fn is None else fn(decoded, out_dir, name, labels=labels, spec=source_spec(spec), **kw)
 
@@ -287,7 +277,7 @@ def latent_evaluate(samples, config, *, labels=None, spec=None):
     """Decode, then the source modality's metrics with the source data set (its classifier, splits)."""
     from dataclasses import replace
 
-    fn = registry.EVALUATORS.get(spec.meta["source_modality"])
+    fn = get_modality(spec.meta["source_modality"]).evaluate
     if fn is None:
         return {"n": len(samples)}
     src = spec.meta["source_data"]
@@ -296,5 +286,5 @@ def latent_evaluate(samples, config, *, labels=None, spec=None):
     return fn(decode_latents(samples, spec), source_config, labels=labels, spec=source_spec(spec))
 
 
-registry.register_preview(MODALITY, latent_preview)
-registry.register_evaluator(MODALITY, latent_evaluate)
+register_modality(Modality(MODALITY, preview=latent_preview, evaluate=latent_evaluate,
+                           description="latents of an autoencoder: decoded, then the source modality's hooks"))

@@ -1,17 +1,15 @@
 """Name -> factory registries that configs choose from (no ``class_name`` reflection).
 
-A modality plugs into training by registering, at import time of one of its modules:
+A modality plugs into training at import time of its ``multidiff/<modality>/registry.py``:
 
     register_model("audio_unet1d", factory, params=UNetParams, modality="audio",
                    example_shape=(1, 16384), example_batch=32)
     register_dataset("audio_digits", factory, params=DigitsParams, modality="audio", needs_path=True)
-    register_preview("audio", write_wav_previews)
-    register_evaluator("audio", audio_metrics)
+    register_modality(Modality("audio", preview=write_wav_previews, evaluate=audio_metrics, ...))
 
-and :func:`load_plugins` imports those modules: the toy modules, ``multidiff.<m>.registry``
-for m in audio / video / shapes when such a module exists, and any module named in the
-comma-separated environment variable ``MULTIDIFF_PLUGINS``. A new modality therefore
-needs no edit here: it adds ``multidiff/<modality>/registry.py``.
+(the last from multidiff.train.modality, the one contract a modality fills in). :func:`load_plugins`
+imports the toy modules, every ``multidiff/<name>/registry.py`` it finds, and any module named in
+the comma-separated environment variable ``MULTIDIFF_PLUGINS``: a new modality needs no edit here.
 
 Signatures (all shapes exclude nothing: ``sample_shape`` is one sample's shape, without batch):
 
@@ -22,9 +20,6 @@ Signatures (all shapes exclude nothing: ``sample_shape`` is one sample's shape, 
 * data-set factory ``factory(params, path: str | None, seed: int) -> torch.utils.data.Dataset`` whose
   items are dicts ``{"x": Tensor sample_shape, "label": int (optional), ...}``; it must also have
   a ``spec`` attribute (a :class:`DataSpec`).
-* preview ``fn(samples: Tensor (n, *sample_shape), out_dir: Path, name: str, *, labels=None, spec=None) -> list[Path]``
-  writes human-viewable files (PNG, WAV, MP4, PLY ...) and returns their paths.
-* evaluator ``fn(samples: Tensor (n, *sample_shape), config: Config, *, labels=None, spec=None) -> dict[str, float]``.
 * data-set items may also hold ``loss_mask`` (a tensor broadcastable to x: 1 = counts in the loss, 0 = padding);
   the trainer passes it to the loss instead of the model.
 """
@@ -87,18 +82,23 @@ class DatasetEntry:
 
 MODELS: dict[str, ModelEntry] = {}
 DATASETS: dict[str, DatasetEntry] = {}
-PREVIEWS: dict[str, Callable[..., list]] = {}
-EVALUATORS: dict[str, Callable[..., dict]] = {}
 
-#: modules imported by load_plugins (missing ones are skipped).
+#: modules load_plugins imports besides every multidiff/<name>/registry.py (missing ones are skipped)
 PLUGIN_MODULES: list[str] = [
     "multidiff.toy.model",
     "multidiff.toy.data",
-    "multidiff.audio.registry",
-    "multidiff.video.registry",
-    "multidiff.shapes.registry",
     "multidiff.train.latents",
 ]
+
+
+def modality_registries() -> list[str]:
+    """``multidiff.<name>.registry`` for every sub-package of multidiff that has a registry.py."""
+    import pkgutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    return sorted(f"multidiff.{info.name}.registry" for info in pkgutil.iter_modules([str(root)])
+                  if info.ispkg and (root / info.name / "registry.py").is_file())
 _loaded: set[str] = set()
 #: built-in plugin modules that failed to import (module -> error), reported by unknown-name errors
 PLUGIN_ERRORS: dict[str, str] = {}
@@ -128,20 +128,10 @@ def register_dataset(name: str, factory: Callable, *, params: type = EmptyParams
     DATASETS[name] = DatasetEntry(factory, params, modality, needs_path, description)
 
 
-def register_preview(modality: str, fn: Callable) -> None:
-    """Set the function that writes viewable previews of a modality's samples."""
-    PREVIEWS[modality] = fn
-
-
-def register_evaluator(modality: str, fn: Callable) -> None:
-    """Set the function that scores a modality's samples (``multidiff eval``)."""
-    EVALUATORS[modality] = fn
-
-
 def load_plugins() -> None:
     """Import every plugin module once so its register_* calls run."""
     extra = [m.strip() for m in os.environ.get("MULTIDIFF_PLUGINS", "").split(",") if m.strip()]
-    for module in PLUGIN_MODULES + extra:
+    for module in PLUGIN_MODULES + modality_registries() + extra:
         if module in _loaded:
             continue
         try:

@@ -96,10 +96,8 @@ def generate(model: nn.Module, objective: ObjectiveConfig, spec: DataSpec, sampl
         raise ValueError(f"{len(prompts)} prompts for {num} samples")
     null = torch.full((1,), spec.num_classes, dtype=torch.long, device=device)
     uses_concat = int(spec.meta.get("concat_channels", 0) or 0) > 0
-    if known is not None and uses_concat and spec.meta.get("extrapolate", "none") != "none":
-        raise ValueError(f"this model was trained with extrapolated given frames (data.params.extrapolate "
-                         f"{spec.meta['extrapolate']!r}); predict with python -m multidiff.video.predict, which "
-                         f"builds them, or pass concat directly")
+    if known is not None and uses_concat and spec.meta.get("refuse_masked_sampling"):
+        raise ValueError(spec.meta["refuse_masked_sampling"])  # the data set's reason (e.g. a derived input)
 
     def uncond(cond):  # the null label and / or the negative caption; signal conditioning (concat) kept
         out = {k: v for k, v in cond.items() if k not in ("label", "text")}

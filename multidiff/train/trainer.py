@@ -30,10 +30,11 @@ import torch
 from ..errors import CheckpointError
 from . import checkpoint as ckpt
 from .build import LRSchedule, build_dataset, build_denoiser, build_loss, build_model, build_optimizer, count_parameters
-from .config import Config, ConfigError, config_from_json
+from .config import Config, ConfigError, autoencoder_modality_params, config_from_json
 from .data import make_loader, mix_seed, sample_generators
 from .ema import EMA
-from .registry import PREVIEWS, DataSpec
+from .modality import get_modality
+from .registry import DataSpec
 from .sampling import default_labels, generate
 from .tracking import CSVLog, flat_hparams
 
@@ -168,7 +169,8 @@ class Trainer:
         self._unwrapped: torch.nn.Module | None = None
         self.autoencoder = config.objective.kind == "autoencoder"
         self.denoiser = build_denoiser(self.model, config.objective)
-        self.loss_fn = build_loss(config.objective, self.denoiser.schedule)
+        self.loss_fn = build_loss(config.objective, self.denoiser.schedule, self.spec.modality,
+                                  autoencoder_modality_params(config) if self.autoencoder else None)
         if self.autoencoder:  # the loss calls the model's encode / decode itself
             if self.accelerator.num_processes > 1:
                 raise ValueError("objective.kind autoencoder trains in one process for now (its loss calls "
@@ -426,7 +428,7 @@ class Trainer:
         self._last_preview = self.state.samples_seen
         if not self.is_main:
             return []
-        fn = PREVIEWS.get(self.spec.modality)
+        fn = get_modality(self.spec.modality).preview
         if fn is None:
             return []
         sampling = self.config.sampling

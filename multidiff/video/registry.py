@@ -9,54 +9,34 @@ from pathlib import Path
 
 import torch
 
-from ..train.registry import DataSpec, register_dataset, register_evaluator, register_model, register_preview
+from ..nn.presets import build_preset, preset_params
+from ..train.modality import Modality, register_modality
+from ..train.registry import DataSpec, register_dataset, register_model
 from .autoencoder import FrameVAEParams, build_frame_vae_entry
 from .data import EXTRAPOLATIONS, TASKS, ClipArrayDataset, VideoDataset, task_conditioning
 from .io import frame_grid, write_gif
-from .unet3d import UNET3D_PRESETS
+from .unet3d import UNET3D_PRESETS, UNet3D
 
 MODALITY = "video"
 
 
-@dataclass
-class UNet3DParams:
-    """A preset of multidiff.video.unet3d (tiny / small / base / large) and overrides of its fields.
-    extra_in_channels: None takes the data set's conditioning channels (spec.meta["concat_channels"]).
-    stacked_frames: the clip length for the stacked (frames-as-channels) layout; it must equal the data's."""
-
-    preset: str = "small"
-    channels: list[int] | None = None
-    blocks_per_level: int | None = None
-    spatial_attention_levels: list[int] | None = None
-    temporal_attention: bool | None = None
-    attention_heads: int | None = None
-    emb_dim: int | None = None
-    dropout: float = 0.0
-    extra_in_channels: int | None = None
-    cross_attention_dim: int | None = None
-    temporal_kernel: int | None = None
-    attention_backend: str = "auto"
-    label_factors: list[int] | None = None
-    patch_size: int | None = None
-    temporal_attention_levels: list[int] | None = None
-    stacked_frames: int | None = None
-    pooled_context: bool | None = None
+UNet3DParams = preset_params("UNet3DParams", UNet3D, UNET3D_PRESETS, default="small", doc=(
+    "A preset of multidiff.video.unet3d (tiny / small / base / large) and overrides of its arguments. "
+    "extra_in_channels: None takes the data set's conditioning channels (spec.meta['concat_channels']). "
+    "stacked_frames: the clip length for the stacked (frames-as-channels) layout; it must equal the data's."))
 
 
-def build_unet3d(params: UNet3DParams, spec: DataSpec, *, gradient_checkpointing: bool = False):
-    if params.preset not in UNET3D_PRESETS:
-        raise ValueError(f"model.params.preset: unknown UNet3D preset {params.preset!r}; known: {sorted(UNET3D_PRESETS)}")
+def build_unet3d(params, spec: DataSpec, *, gradient_checkpointing: bool = False):
+    """A UNet3D for (channels, frames, height, width) clips."""
     if len(spec.sample_shape) != 4:
         raise ValueError(f"video_unet3d needs samples of shape (channels, frames, height, width), "
                          f"the data set gives {tuple(spec.sample_shape)}")
-    overrides = {k: v for k, v in vars(params).items() if k != "preset" and v is not None}
     if params.stacked_frames and params.stacked_frames != spec.sample_shape[1]:
         raise ValueError(f"model.params.stacked_frames={params.stacked_frames} must equal the data's clip length "
                          f"{spec.sample_shape[1]} (samples {tuple(spec.sample_shape)})")
-    overrides.setdefault("extra_in_channels", int(spec.meta.get("concat_channels", 0)))
-    model = UNET3D_PRESETS[params.preset](in_channels=spec.sample_shape[0], num_classes=spec.num_classes, **overrides)
-    model.gradient_checkpointing = gradient_checkpointing
-    return model
+    return build_preset(params, gradient_checkpointing=gradient_checkpointing, in_channels=spec.sample_shape[0],
+                        num_classes=spec.num_classes,
+                        defaults={"extra_in_channels": int(spec.meta.get("concat_channels", 0))})
 
 
 register_model("video_unet3d", build_unet3d, params=UNet3DParams, modality=MODALITY, example_shape=(1, 16, 32, 32),
@@ -144,11 +124,21 @@ class VideoTrainData(torch.utils.data.Dataset):
         meta = {"fps": float(fps or 8.0), "task": params.task, "given_frames": params.given_frames,
                 "concat_channels": concat, "extrapolate": params.extrapolate,
                 "residual": bool(params.residual), "p_unconditional": float(params.p_unconditional)}
+        if params.extrapolate != "none":  # the given frames reach the model through a guess built from them
+            meta["refuse_masked_sampling"] = (
+                f"this model was trained with extrapolated given frames (data.params.extrapolate "
+                f"{params.extrapolate!r}); predict with python -m multidiff.video.predict, which builds them, "
+                f"or pass concat directly")
         self.spec = DataSpec(tuple(int(s) for s in shape), int(classes), MODALITY, meta)
         self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.clips)
+
+    @property
+    def rows(self) -> list[dict] | None:
+        """Each clip's split and caption (the modality contract's ``rows``)."""
+        return getattr(self.clips, "rows", None)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -246,8 +236,18 @@ def video_evaluate(samples: torch.Tensor, config, *, labels=None, spec=None) -> 
     return out
 
 
-register_preview(MODALITY, video_preview)
-register_evaluator(MODALITY, video_evaluate)
+def video_reconstruction_metrics(recon: torch.Tensor, x: torch.Tensor) -> dict:
+    """A video autoencoder's held-out score beside MSE / PSNR: SSIM (Wang et al. 2004), for frames of at
+    least 11x11 pixels."""
+    from .metrics import ssim
+
+    return {"ssim": float(ssim(recon.clamp(-1, 1), x).mean())} if min(x.shape[-2:]) >= 11 else {}
+
+
+register_modality(Modality(MODALITY, preview=video_preview, evaluate=video_evaluate,
+                           reconstruction_metrics=video_reconstruction_metrics,
+                           deterministic_data={"split": None, "random_crop": False},
+                           description="clips (channels, frames, height, width): MP4 / GIF previews, classifier metrics"))
 
 
 register_model("video_vae", build_frame_vae_entry, params=FrameVAEParams, modality=MODALITY, kind="autoencoder",

@@ -46,10 +46,10 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (diffusers' pipeline loader looks it up here)
 from einops import rearrange
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from ..nn import Attention, FiLM, LabelEmbedding, NoiseLevelEmbedding, PooledContextEmbedding
+from ..nn import Attention, FiLM
 from ..nn.attention import attention
+from ..nn.conditioning import ConditionedBackbone
 from ..nn.modeling import SafetensorsModelMixin
 
 
@@ -192,7 +192,7 @@ class TemporalAttention(nn.Module):
         return h + _gate(delta, gate, frames)
 
 
-class UNet3D(SafetensorsModelMixin, ConfigMixin):
+class UNet3D(SafetensorsModelMixin, ConfigMixin, ConditionedBackbone):
     """Video U-Net: forward(x (batch, in_channels, frames, height, width), noise_level (batch,), cond,
     image_mode=False) -> (batch, out_channels, frames, height, width).
 
@@ -235,9 +235,7 @@ class UNet3D(SafetensorsModelMixin, ConfigMixin):
             raise ValueError(f"every width in channels={channels} must divide by attention_heads={attention_heads}")
         self.out_ch = out_channels or in_channels
         self.gradient_checkpointing = False
-        self.noise_embed = NoiseLevelEmbedding(emb_dim)
-        self.label_embed = LabelEmbedding(num_classes, emb_dim, label_factors) if num_classes > 0 else None
-        self.context_embed = PooledContextEmbedding.if_enabled(pooled_context, cross_attention_dim, emb_dim)
+        self.init_conditioning(emb_dim, num_classes, label_factors, cross_attention_dim, pooled_context)
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
         if patch_size == 1:
@@ -283,11 +281,6 @@ class UNet3D(SafetensorsModelMixin, ConfigMixin):
         nn.init.zeros_(self.out_conv.bias)
         self.total_factor = 2 ** (n_levels - 1) * patch_size
 
-    def _run(self, block, h, emb, frames, temporal, gate, context, context_mask):
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, h, emb, frames, temporal, gate, context, context_mask, use_reentrant=False)
-        return block(h, emb, frames, temporal, gate, context, context_mask)
-
     def forward(self, x: torch.Tensor, noise_level: torch.Tensor, cond: Mapping[str, Any] | None = None,
                 image_mode: bool = False) -> torch.Tensor:
         cond = cond or {}
@@ -302,24 +295,9 @@ class UNet3D(SafetensorsModelMixin, ConfigMixin):
         if stacked and frames != stacked:
             raise ValueError(f"this UNet3D stacks exactly {stacked} frames on its channel axis "
                              f"(stacked_frames={stacked}), got a clip of {frames} frames")
-        emb = self.noise_embed(noise_level.reshape(-1).expand(b))
-        if self.label_embed is not None:
-            labels = cond.get("label")
-            if labels is None:
-                labels = torch.full((b,), -1, device=x.device, dtype=torch.long)
-            emb = emb + self.label_embed(labels.to(x.device))
+        emb = self.embed_conditions(x, noise_level, cond)                    # (b, emb_dim)
         context, context_mask = cond.get("context"), cond.get("context_mask")
-        if self.context_embed is not None and context is not None:
-            emb = emb + self.context_embed(context.to(emb.dtype), context_mask)
-        extra_ch = self.config.extra_in_channels
-        if extra_ch:
-            extra = cond.get("concat")
-            want = (b, extra_ch, frames, height, width)
-            if extra is None:
-                extra = x.new_zeros(want)
-            elif tuple(extra.shape) != want:
-                raise ValueError(f"cond['concat'] must have shape {want}, got {tuple(extra.shape)}")
-            x = torch.cat([x, extra.to(x.dtype)], dim=1)
+        x = self.concat_channels(x, cond, self.config.extra_in_channels)     # (b, c + extra, f, h, w)
         if stacked:  # one 2D "frame" holding the whole clip
             x, frames = rearrange(x, "b c f h w -> b (c f) 1 h w"), 1
         emb = emb.to(x.dtype).repeat_interleave(frames, dim=0)  # one row per (2D) frame: ((b f), emb_dim)
@@ -332,15 +310,15 @@ class UNet3D(SafetensorsModelMixin, ConfigMixin):
         skips = []
         for blocks, down in zip(self.down_blocks, self.downsamplers):
             for block in blocks:
-                h = self._run(block, h, *args)
+                h = self.run(block, h, *args)
             skips.append(h)
             h = down(h)
         for block in self.mid_blocks:
-            h = self._run(block, h, *args)
+            h = self.run(block, h, *args)
         for up, blocks in zip(self.upsamplers, self.up_blocks):
             h = (up(F.interpolate(h, scale_factor=2.0, mode="nearest")) + skips.pop()) * self.config.skip_scale
             for block in blocks:
-                h = self._run(block, h, *args)
+                h = self.run(block, h, *args)
         out = self.out_conv(F.silu(self.out_norm(h)))
         if stacked:
             return rearrange(out, "b (c f) h w -> b c f h w", f=stacked)

@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     n = min(a.num, len(data))
     real = torch.stack([data[k]["x"] for k in range(n)])
     recon = reconstruct(model, real, batch_size=4)
-    scores = score_reconstructions(recon, real)
+    scores = score_reconstructions(recon, real, "audio")
     report = {"checkpoint": str(folder), "clips": n, "seconds": length / sr, "mr_stft": scores["mr_stft"],
               "si_sdr_db": scores["si_sdr_db"], "real": intonation(list(real), sr),
               "reconstructed": intonation(list(recon.clamp(-1, 1)), sr)}
