@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..frechet import feature_frechet_distance
+
 
 # --------------------------------------------------------------------- reference metrics
 def si_sdr(estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -271,24 +273,12 @@ def inception_score(probs: torch.Tensor, eps: float = 1e-12) -> float:
     return float(torch.exp((p * (p.log() - marginal.log())).sum(1).mean()))
 
 
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Frechet distance between Gaussians fitted to two (N, d) embedding sets (Heusel et al. 2017)."""
-    from scipy import linalg
-
-    a, b = a.double().cpu().numpy(), b.double().cpu().numpy()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(cov_a @ cov_b)  # scipy >= 1.18 has no disp= and returns the matrix alone
-    covmean = (covmean[0] if isinstance(covmean, tuple) else covmean).real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
-
-
 def classifier_scores(model: AudioClassifier, generated: torch.Tensor, requested: torch.Tensor | None,
                       real_heldout: torch.Tensor) -> dict:
     """SC09-style scores: accuracy vs requested labels, Inception Score, Frechet distance to held-out real audio."""
     probs, emb = classifier_outputs(model, generated)
     _, emb_real = classifier_outputs(model, real_heldout)
-    out = {"inception_score": inception_score(probs), "frechet_distance": frechet_distance(emb, emb_real),
+    out = {"inception_score": inception_score(probs), "frechet_distance": feature_frechet_distance(emb, emb_real),
            "n": int(len(generated))}
     if requested is not None:
         out["accuracy"] = float((probs.argmax(1) == requested.to(probs.device)).float().mean())

@@ -193,7 +193,7 @@ def load_module(module: torch.nn.Module, path: Path) -> None:
         def first(names):
             return ", ".join(names[:4]) + (f", ... ({len(names) - 4} more)" if len(names) > 4 else "")
         problems = [f"{label}: {first(names)}" for label, names in
-                    (("other shapes", reshaped), ("missing", missing), ("unexpected", unexpected)) if names]
+                    (("other sizes", reshaped), ("missing", missing), ("unexpected", unexpected)) if names]
         raise CheckpointError(f"{path}: the weights do not fit the model the config builds ({'; '.join(problems)})")
     module.load_state_dict(state, strict=False)
 

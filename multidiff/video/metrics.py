@@ -24,10 +24,11 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..frechet import feature_stats, frechet_distance  # noqa: F401  (re-exported)
 
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -227,24 +228,7 @@ def prediction_report(pred: torch.Tensor, truth: torch.Tensor, given: int, data_
     return out
 
 
-# -------------------------------------------------------------------------- Frechet distance
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) (Heusel et al. 2017), in float64."""
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    # Tr (S1 S2)^(1/2) = Tr (S1^(1/2) S2 S1^(1/2))^(1/2): symmetric PSD, so eigh is exact and stable
-    w, v = np.linalg.eigh((s1 + s1.T) / 2)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    inner = root1 @ s2 @ root1
-    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum()
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt)
-
-
-def feature_stats(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    f = features.double().cpu().numpy()
-    return f.mean(0), np.cov(f, rowvar=False)
-
-
+# ------------------------------------------------------------------------------ classifier
 class VideoClassifier(nn.Module):
     """A small 3D-conv classifier of clips (batch, channels, frames, height, width) for Frechet
     distances and label accuracy on one data set: 3 stages of Conv3d-GroupNorm-SiLU with spatial
