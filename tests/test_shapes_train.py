@@ -56,18 +56,18 @@ def test_shapes_recipe_trains_previews_samples_and_evaluates(manifest, tmp_path,
     assert len(more) == 2 and load_ply_points(more[0]).shape == (96, 3)
     assert main(["sample", str(ckpt), "--num", "1", "--shape", "96", "--out", str(tmp_path / "bad")]) == 2
     assert "sample_shape" in capsys.readouterr().err
-    from multidiff.train.sampling import generate
+    from multidiff.train.sampling import Conditioning, generate
     from multidiff.train.trainer import load_for_sampling
 
     model, config, spec, *_ = load_for_sampling(ckpt, "cpu", False)
     model.requires_grad_(True)  # as a model in training would: sampling must still build no graph
     sampling = replace(config.sampling, steps=2, sample_shape=None)
     known = torch.zeros(2, 40, 3)  # no sample_shape: the shape of the given part
-    out = generate(model, config.objective, spec, sampling, num=2, known=known, mask=torch.zeros(1, 40, 1))
+    out = generate(model, config.objective, spec, sampling, Conditioning(known=known, mask=torch.zeros(1, 40, 1)), num=2)
     assert out.shape == (2, 40, 3) and not out.requires_grad  # sampling builds no autograd graph
     with pytest.raises(ValueError, match="known has per-sample shape"):
-        generate(model, config.objective, spec, replace(sampling, sample_shape=(50, 3)), num=2, known=known,
-                 mask=torch.zeros(1, 40, 1))
+        generate(model, config.objective, spec, replace(sampling, sample_shape=(50, 3)),
+                 Conditioning(known=known, mask=torch.zeros(1, 40, 1)), num=2)
     capsys.readouterr()
     assert main(["eval", str(ckpt), "--num", "6", "--steps", "3"]) == 0
     printed = capsys.readouterr().out

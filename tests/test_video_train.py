@@ -188,7 +188,7 @@ def test_extrapolated_conditioning_places_the_moving_content_in_the_frames_to_pr
 
 def test_extrapolated_prediction_trains_predicts_and_is_named_in_the_checkpoint(clips, tmp_path):
     from multidiff.train.build import build_dataset
-    from multidiff.train.sampling import generate
+    from multidiff.train.sampling import Conditioning, generate
     from multidiff.train.trainer import load_for_sampling
     from multidiff.video.predict import evaluate_prediction
 
@@ -222,7 +222,8 @@ def test_extrapolated_prediction_trains_predicts_and_is_named_in_the_checkpoint(
     torch.testing.assert_close(added - bare, guesses)  # the guess is added back on the predicted frames only
     known = torch.zeros(2, *spec.sample_shape)
     with pytest.raises(ValueError, match="multidiff.video.predict"):
-        generate(model, config.objective, spec, config.sampling, num=2, known=known, mask=torch.ones(1, 1, 6, 1, 1))
+        generate(model, config.objective, spec, config.sampling, Conditioning(known=known, mask=torch.ones(1, 1, 6, 1, 1)),
+                 num=2)
 
 
 def test_guided_and_averaged_predictions_have_their_closed_forms(clips, tmp_path):

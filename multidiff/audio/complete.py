@@ -88,7 +88,7 @@ def complete_arguments(parser: argparse.ArgumentParser) -> None:
 def complete_run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from ..train.sampling import generate
+    from ..train.sampling import Conditioning, generate
     from ..train.trainer import load_for_sampling
     from .io import save_wav, spectrogram_sheet
     from .metrics import griffin_lim_from_mel, load_split, mel_conditioning
@@ -123,12 +123,12 @@ def complete_run(args: argparse.Namespace) -> int:
     if vocoder:
         p = config.data.params
         mel = mel_conditioning(truth, sample_rate, p["mel_bins"], p["mel_hop"])
-        generated = generate(model, config.objective, spec, sampling, labels=use_labels, concat=mel,
+        generated = generate(model, config.objective, spec, sampling, Conditioning(labels=use_labels, concat=mel),
                              progress=sys.stderr.isatty())
     else:
-        generated = generate(model, config.objective, spec, sampling, labels=use_labels, known=truth * mask,
-                             mask=mask[None], resample=args.resample, progress=sys.stderr.isatty(),
-                             replace=replace_known)
+        given = Conditioning(labels=use_labels, known=truth * mask, mask=mask[None], replace=replace_known)
+        generated = generate(model, config.objective, spec, sampling, given, resample=args.resample,
+                             progress=sys.stderr.isatty())
         generated = torch.lerp(generated, truth, mask[None])  # the given part is given
     given = truth * mask
     results = {"mode": args.mode, "n": n, "region_seconds": (region.stop - region.start) / sample_rate,

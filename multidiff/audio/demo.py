@@ -49,7 +49,7 @@ def run_audio_demo(out: str | Path, *, train_samples: int = DEFAULT_TRAIN_SAMPLE
                    progress: bool = True) -> dict:
     """Build data (once), train, sample one note per pitch x timbre, write WAVs + PNG + metrics.json."""
     from ..train.config import load_config
-    from ..train.sampling import generate
+    from ..train.sampling import Conditioning, generate
     from ..train.trainer import Trainer, load_for_sampling
     from .builders import build_synth_notes
     from .registry import audio_evaluate, audio_preview
@@ -67,7 +67,7 @@ def run_audio_demo(out: str | Path, *, train_samples: int = DEFAULT_TRAIN_SAMPLE
         raise RuntimeError(f"audio demo training was interrupted; resume it with: multidiff train {result.checkpoint}")
     model, config, spec, _, _, _ = load_for_sampling(result.checkpoint, device="cpu")
     labels = torch.arange(spec.num_classes)
-    samples = generate(model, config.objective, spec, config.sampling, labels=labels, progress=progress)
+    samples = generate(model, config.objective, spec, config.sampling, Conditioning(labels=labels), progress=progress)
     written = audio_preview(samples, out, "samples", labels=labels, spec=spec, max_files=len(samples))
     metrics = audio_evaluate(samples, config, labels=labels, spec=spec)
     summary = {"train_samples": train_samples, "train_seconds": round(train_seconds, 1),

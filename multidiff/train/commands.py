@@ -146,7 +146,7 @@ def _generate(args, verb: str):
     """(samples, labels, config, spec, folder, weights) for sample / eval."""
     import torch
 
-    from .sampling import default_labels, generate
+    from .sampling import Conditioning, default_labels, generate
     from .trainer import load_for_sampling
 
     model, config, spec, state, folder, weights = load_for_sampling(args.checkpoint, args.device, not args.no_ema)
@@ -178,8 +178,9 @@ def _generate(args, verb: str):
         print(f"multidiff {verb}: note: the model is unconditional, --guidance {sampling.guidance} has no effect",
               file=sys.stderr)
     labels = default_labels(sampling.num_samples, spec, args.label)
-    samples = generate(model, config.objective, spec, sampling, labels=labels, progress=sys.stderr.isatty(),
-                       prompts=prompts, negative_prompt=args.negative_prompt, guide=guide)
+    conditioning = Conditioning(labels=labels, prompts=prompts, negative_prompt=args.negative_prompt)
+    samples = generate(model, config.objective, spec, sampling, conditioning, progress=sys.stderr.isatty(),
+                       guide=guide)
     bad = int((~torch.isfinite(samples.flatten(1))).any(1).sum())
     if bad:
         raise NonFiniteSamplesError(f"{bad} of {len(samples)} samples from {folder} contain NaN or inf "

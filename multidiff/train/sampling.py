@@ -7,6 +7,8 @@ chunk size, and different seeds share no sample.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import torch
 from torch import nn
 
@@ -42,101 +44,125 @@ def sampling_shape(sampling: SamplingConfig, spec: DataSpec) -> tuple[int, ...]:
     return tuple(sampling.sample_shape or spec.sample_shape)
 
 
-@torch.no_grad()
-def generate(model: nn.Module, objective: ObjectiveConfig, spec: DataSpec, sampling: SamplingConfig, *,
-             num: int | None = None, seed: int | None = None, labels: torch.Tensor | None = None,
-             device=None, progress: bool = False, known: torch.Tensor | None = None,
-             mask: torch.Tensor | None = None, resample: int = 1, prompts: list[str] | None = None,
-             negative_prompt: str = "", replace: bool = True, concat: torch.Tensor | None = None,
-             guide: tuple[nn.Module, ObjectiveConfig] | None = None) -> torch.Tensor:
-    """Draw ``num`` samples: returns (num, *shape) float32 on the CPU, shape being
-    ``sampling.sample_shape`` when set, else that of ``known``, else ``spec.sample_shape``.
+@dataclass
+class Conditioning:
+    """What ``num`` samples are conditioned on, per sample, and what guidance contrasts it with.
 
-    model: the backbone (EMA or raw weights), in eval mode; ``labels`` (num,) for conditional
-    models (see :func:`default_labels`); guidance scale ``sampling.guidance`` (1 = none).
-    ``known`` (num, *sample_shape) with ``mask`` (num or 1, ...; 1 = known) asks for masked
-    sampling (continuation, inpainting, completion; multidiff.core.masked), with RePaint
-    resampling when ``resample`` > 1. A model trained with masked conditioning (its data set's
-    ``concat_channels``) also gets [mask, known * mask] as input channels; ``replace=False``
-    then leaves the given part to the model instead of re-imposing it. ``concat`` (num, extra
-    channels, ...) gives such channels directly (e.g. a vocoder's mel spectrogram). ``prompts`` (num captions) for models with a text encoder;
-    guidance then contrasts them with ``negative_prompt`` ("" = the unconditional model).
-    ``guide`` (model, objective): a weaker version of the model (fewer samples seen, smaller) for
-    autoguidance (multidiff.core.Autoguidance) at scale ``sampling.guidance`` instead of CFG; it
-    gets the same labels, captions and signals.
+    labels (num,): classes (the value spec.num_classes is "no class"); prompts: captions, for models
+    with a text encoder ("" = none); negative_prompt: the caption guidance steers away from ("" =
+    the unconditional model); concat (num, channels, ...): extra input channels given directly (a
+    vocoder's mel); known (num, *shape) with mask (num or 1, ...; 1 = known): masked sampling
+    (continuation, inpainting, completion; a model trained with masked conditioning also gets
+    [mask, known * mask] as input channels, and ``replace=False`` then leaves the given part to the
+    model instead of re-imposing it)."""
+
+    labels: torch.Tensor | None = None
+    prompts: list[str] | None = None
+    negative_prompt: str = ""
+    concat: torch.Tensor | None = None
+    known: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    replace: bool = True
+
+    def batch(self, start: int, stop: int, device, uses_concat: bool) -> dict | None:
+        """The backbone's cond mapping for samples [start, stop)."""
+        n = stop - start
+        cond: dict = {} if self.labels is None else {"label": self.labels[start:stop].to(device)}
+        if self.prompts is not None:
+            cond["text"] = self.prompts[start:stop]
+        if self.concat is not None:
+            cond["concat"] = self.concat[start:stop].to(device)
+        if self.known is not None:
+            part = (self.mask[start:stop] if self.mask.shape[0] == len(self.known) else self.mask).to(device)
+            given = self.known[start:stop].to(device)
+            if uses_concat:  # a masked-trained model sees the given part through its extra channels
+                m = part.expand(n, 1, *given.shape[2:]).to(given.dtype)
+                cond["concat"] = torch.cat([m, given * m], dim=1)
+            if self.replace or not uses_concat:
+                cond.update(known=given, mask=part)
+        return cond or None
+
+    def unconditional(self, cond: dict, null_label: int) -> dict:
+        """The branch guidance contrasts with: the null label and / or the negative caption; the given
+        signals (concat, known part) kept."""
+        out = {k: v for k, v in cond.items() if k not in ("label", "text")}
+        if self.labels is not None:
+            out["label"] = torch.full_like(cond["label"], null_label)
+        if self.prompts is not None:
+            out["text"] = [self.negative_prompt] * len(cond["text"])
+        return out
+
+
+def guided_denoiser(denoiser, conditioning: Conditioning, sampling: SamplingConfig, null_label: int, guide=None):
+    """The denoiser a sampler runs: autoguidance by the ``guide`` denoiser, classifier-free guidance
+    between the conditioning and its unconditional branch, or the denoiser itself (scale 1, nothing to
+    guide towards)."""
+    interval = tuple(sampling.guidance_interval)
+    if guide is not None:
+        return Autoguidance(denoiser, guide, sampling.guidance, interval=interval)
+    if (conditioning.labels is not None or conditioning.prompts is not None) and sampling.guidance != 1.0:
+        return ClassifierFreeGuidance(denoiser, sampling.guidance,
+                                      lambda cond: conditioning.unconditional(cond, null_label), interval=interval)
+    return denoiser
+
+
+@torch.no_grad()
+def generate(model: nn.Module, objective: ObjectiveConfig, spec: DataSpec, sampling: SamplingConfig,
+             conditioning: Conditioning | None = None, *, num: int | None = None, seed: int | None = None,
+             device=None, progress: bool = False, resample: int = 1,
+             guide: tuple[nn.Module, ObjectiveConfig] | None = None) -> torch.Tensor:
+    """Draw ``num`` samples (default sampling.num_samples): returns (num, *shape) float32 on the CPU,
+    shape being ``sampling.sample_shape`` when set, else that of ``conditioning.known``, else
+    ``spec.sample_shape``.
+
+    model: the backbone (EMA or raw weights); ``conditioning``: labels (default: k mod classes for a
+    conditional model, :func:`default_labels`), captions, given signals (:class:`Conditioning`);
+    guidance at scale ``sampling.guidance`` (1 = none) within ``sampling.guidance_interval``; masked
+    sampling uses RePaint resampling when ``resample`` > 1. ``guide`` (model, objective): a weaker
+    version of the model (fewer samples seen, smaller) for autoguidance instead of CFG; it gets the
+    same conditioning.
     """
-    if prompts is not None:
+    c = replace(conditioning) if conditioning is not None else Conditioning()
+    num = sampling.num_samples if num is None else num
+    if c.prompts is not None:
         if not hasattr(model, "text_encoder"):
             raise ValueError("prompts were given but the model has no text encoder (model.text_encoder.kind is none)")
-        prompts = list(prompts)
+        c.prompts = list(c.prompts)
     elif hasattr(model, "text_encoder"):
-        prompts = [""] * (sampling.num_samples if num is None else num)  # no captions: the unconditional branch
-    num = sampling.num_samples if num is None else num
+        c.prompts = [""] * num  # no captions: the unconditional branch
+    known = c.known
     shape = tuple(known.shape[1:]) if known is not None and not sampling.sample_shape else sampling_shape(sampling, spec)
     if len(shape) != len(spec.sample_shape):
         raise ValueError(f"sample shape {list(shape)} (sampling.sample_shape, else known's) must have as many "
                          f"dimensions as the data's sample shape {list(spec.sample_shape)}")
     if known is not None and tuple(known.shape[1:]) != shape:
         raise ValueError(f"known has per-sample shape {tuple(known.shape[1:])}, the samples {shape}")
+    if c.labels is None:
+        c.labels = default_labels(num, spec)
+    if c.prompts is not None and len(c.prompts) != num:
+        raise ValueError(f"{len(c.prompts)} prompts for {num} samples")
     seed = sampling.seed if seed is None else seed
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    denoiser = build_denoiser(model, objective)
-    sigmas = sampling_sigmas(sampling, denoiser.schedule)
-    guide_denoiser = None
-    if guide is not None:
-        guide_model, guide_objective = guide
-        guide_was_training = guide_model.training
-        guide_model.eval()
-        guide_denoiser = build_denoiser(guide_model, guide_objective)
-    if labels is None:
-        labels = default_labels(num, spec)
-    if prompts is not None and len(prompts) != num:
-        raise ValueError(f"{len(prompts)} prompts for {num} samples")
-    null = torch.full((1,), spec.num_classes, dtype=torch.long, device=device)
     uses_concat = int(spec.meta.get("concat_channels", 0) or 0) > 0
     if known is not None and uses_concat and spec.meta.get("refuse_masked_sampling"):
         raise ValueError(spec.meta["refuse_masked_sampling"])  # the data set's reason (e.g. a derived input)
-
-    def uncond(cond):  # the null label and / or the negative caption; signal conditioning (concat) kept
-        out = {k: v for k, v in cond.items() if k not in ("label", "text")}
-        if labels is not None:
-            out["label"] = null.expand(len(cond["label"]))
-        if prompts is not None:
-            out["text"] = [negative_prompt] * len(cond["text"])
-        return out
+    models = [model] + ([guide[0]] if guide is not None else [])
+    was_training = [m.training for m in models]
+    for m in models:
+        m.eval()
+    denoiser = build_denoiser(model, objective)
+    sigmas = sampling_sigmas(sampling, denoiser.schedule)
+    guide_denoiser = build_denoiser(guide[0], guide[1]) if guide is not None else None
+    denoiser = guided_denoiser(denoiser, c, sampling, spec.num_classes, guide_denoiser)  # built once
     out = []
     try:
         for start in range(0, num, sampling.batch_size):
             n = min(sampling.batch_size, num - start)
             gens = make_generators(seed, n, device, start=start)
-            x = torch.stack([torch.randn(shape, generator=g, device=device) for g in gens])
-            x = x * float(sigmas[0])
-            cond = {} if labels is None else {"label": labels[start:start + n].to(device)}
-            if prompts is not None:
-                cond["text"] = prompts[start:start + n]
-            if concat is not None:
-                cond["concat"] = concat[start:start + n].to(device)
-            if known is not None:
-                part = (mask[start:start + n] if mask.shape[0] == num else mask).to(device)
-                given = known[start:start + n].to(device)
-                if uses_concat:  # a masked-trained model sees the given part through its extra channels
-                    m = part.expand(n, 1, *given.shape[2:]).to(given.dtype)
-                    cond["concat"] = torch.cat([m, given * m], dim=1)
-                if replace or not uses_concat:
-                    cond.update(known=given, mask=part)
-            cond = cond or None
-            d = denoiser
-            if guide_denoiser is not None:
-                d = Autoguidance(denoiser, guide_denoiser, sampling.guidance, interval=tuple(sampling.guidance_interval))
-            elif (labels is not None or prompts is not None) and sampling.guidance != 1.0:
-                d = ClassifierFreeGuidance(denoiser, sampling.guidance, uncond,
-                                           interval=tuple(sampling.guidance_interval))
-            out.append(sample(d, x, sigmas, sampling.sampler, cond=cond, generator=gens, progress=progress,
-                              resample=resample).float().cpu())
+            x = torch.stack([torch.randn(shape, generator=g, device=device) for g in gens]) * float(sigmas[0])
+            out.append(sample(denoiser, x, sigmas, sampling.sampler, cond=c.batch(start, start + n, device, uses_concat),
+                              generator=gens, progress=progress, resample=resample).float().cpu())
     finally:
-        model.train(was_training)
-        if guide is not None:
-            guide[0].train(guide_was_training)
+        for m, training in zip(models, was_training):
+            m.train(training)
     return torch.cat(out) if out else torch.empty(0, *shape)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .sampling import generate
+from .sampling import Conditioning, generate
 from .trainer import load_for_sampling
 
 
@@ -46,8 +46,8 @@ def guidance_sweep(model, config, spec, prompts: Sequence[str], scales: Sequence
     for scale in scales:
         sampling = replace(config.sampling, guidance=scale, steps=steps, seed=seed, num_samples=len(prompts),
                            batch_size=batch_size or config.sampling.batch_size)
-        samples = generate(model, config.objective, spec, sampling, prompts=None if labels is not None else list(prompts),
-                           labels=labels)
+        conditioning = Conditioning(labels=labels, prompts=None if labels is not None else list(prompts))
+        samples = generate(model, config.objective, spec, sampling, conditioning)
         if prepare is not None:
             samples = prepare(samples)
         rows.append({"guidance": scale, **score(samples), "n": len(samples)})

@@ -35,7 +35,7 @@ from .data import make_loader, mix_seed, sample_generators
 from .ema import EMA
 from .modality import get_modality
 from .registry import DataSpec
-from .sampling import default_labels, generate
+from .sampling import Conditioning, default_labels, generate
 from .tracking import CSVLog, flat_hparams
 
 
@@ -442,8 +442,8 @@ class Trainer:
             return list(fn(torch.cat([x.float().cpu(), recon]), self.out_dir / "previews",
                            f"recon-{self.state.samples_seen:012d}", spec=self.spec))
         labels = default_labels(num, self.spec)
-        samples = generate(self.sampling_model(), self.config.objective, self.spec, sampling, num=num,
-                           labels=labels, device=self.accelerator.device)
+        samples = generate(self.sampling_model(), self.config.objective, self.spec, sampling, Conditioning(labels=labels),
+                           num=num, device=self.accelerator.device)
         return list(fn(samples, self.out_dir / "previews", f"samples-{self.state.samples_seen:012d}", labels=labels,
                        spec=self.spec))
 
