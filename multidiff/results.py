@@ -106,12 +106,11 @@ def read_results(pattern: str, root: Path) -> list[dict]:
 
 def _metric(record: dict, name: str) -> float:
     """``name`` in the record's metrics, or a dotted path from the record's root (methods.closing.chamfer)."""
-    if "." in name:
-        value: Any = record
+    value: Any = record.get("metrics", {}).get(name)
+    if value is None and "." in name:
+        value = record
         for part in name.split("."):
             value = value.get(part) if isinstance(value, dict) else None
-    else:
-        value = record.get("metrics", {}).get(name)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         raise InputError(f"{record['_file']}: metric {name!r} is missing or undefined")
     return float(value)

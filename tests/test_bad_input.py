@@ -163,6 +163,8 @@ CASES = [
     ("eval-samples-truncated", lambda r: truncate(r / "samples/samples.safetensors"),
      ["eval", "run", "--samples", "samples/samples.safetensors", "--out", "out"], "samples.safetensors"),
     ("eval-missing-reference", None, ["eval", "run", "--reference", "ref.csv", "--out", "out"], "ref.csv"),
+    ("eval-split-without-eval-split", None, ["eval", "run", "--split", "test", "--num", "8", "--out", "out"],
+     "--split"),
     # checkpoint files
     ("empty-model", lambda r: empty(r / CKPT / "model.safetensors"),
      ["sample", "run", "--no-ema", "--out", "out"], "model.safetensors"),

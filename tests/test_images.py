@@ -60,6 +60,14 @@ def test_unet2d_shapes_conditioning_and_checkpointing():
     assert UNet2D(channels=(8, 16), attention_levels=(), emb_dim=16)(x, torch.rand(2)).abs().max() == 0  # zero init
     with pytest.raises(ValueError, match="must divide by 2"):
         model(torch.randn(1, 1, 15, 16), torch.rand(1), cond)
+    patched = unet2d_tiny(patch_size=2)  # space-to-depth: level 0 at 8x8 for 16x16 images
+    with torch.no_grad():
+        for p in patched.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    y = patched(x, torch.rand(2))
+    assert y.shape == x.shape and patched.total_factor == 4 and y.abs().max() > 0
+    with pytest.raises(ValueError, match="must divide by 4"):
+        patched(torch.randn(1, 1, 18, 16), torch.rand(1))
     with pytest.raises(ValueError, match="concat"):
         model(x, torch.rand(2), {"concat": torch.randn(2, 1, 16, 16)})
 
@@ -107,7 +115,13 @@ def test_image_recipe_trains_previews_samples_evaluates_and_exports(digits, tmp_
     assert (tmp_path / "s" / "samples.png").is_file()
     assert main(["eval", str(out), "--num", "6", "--steps", "4", "--guidance", "2", "--out", str(tmp_path / "e"),
                  "--device", "cpu"]) == 0
-    m = json.loads((tmp_path / "e" / "metrics.json").read_text())["metrics"]
+    record = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    m = record["metrics"]
+    assert record["reference"]["split"] == "test"
+    assert main(["eval", str(out), "--num", "6", "--steps", "4", "--split", "val", "--out", str(tmp_path / "v"),
+                 "--device", "cpu"]) == 0
+    val = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    assert val["reference"]["split"] == "val" and val["metrics"]["classifier_real_accuracy"] >= 0
     assert 0 <= m["classifier_accuracy"] <= 1 and m["classifier_frechet"] > 0
     assert m["classifier_real_accuracy"] > 0.5 and m["classifier_frechet_real_floor"] >= 0
     # the export is an ImageDiffusionPipeline whose samples are multidiff sample's

@@ -117,8 +117,9 @@ def image_evaluate(samples: torch.Tensor, config, *, labels=None, spec=None) -> 
         requested = torch.as_tensor(labels)
         keep = requested < spec.num_classes  # null-label samples have no class to check
         x, requested = x[keep], requested[keep]
+    spread = torch.linspace(0, len(train) - 1, min(len(train), len(held_out))).round().long()  # every class alike
     out.update(classifier_report(ImageClassifier.load(judge), x, requested, held_out.all_images(), held_out.labels,
-                                 train.all_images()[:len(held_out)]))
+                                 train.all_images()[spread]))
     return out
 
 

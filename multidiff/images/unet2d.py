@@ -5,11 +5,12 @@ self-attention at the levels in ``attention_levels``, strided-convolution down-s
 nearest + convolution up-sampling, skip connections scaled by ``skip_scale``. The conditioning
 vector (multidiff.nn.conditioning) sums the noise-level embedding, the class embedding and an
 optional pooled caption; ``cross_attention_dim`` adds cross-attention to caption tokens at the
-attention levels; ``extra_in_channels`` are concatenated to the input (masked training). The
-output convolution starts at zero.
+attention levels; ``extra_in_channels`` are concatenated to the input (masked training); ``patch_size`` > 1 moves
+p x p pixel patches onto the channels first (space-to-depth, Hoogeboom et al. 2023), so level 0
+runs at (h, w) / p. The output convolution starts at zero.
 
 forward(x (b, c, h, w), noise_level (b,), cond) -> (b, c, h, w); h and w must divide by
-2 ** (levels - 1).
+patch_size * 2 ** (levels - 1).
 """
 from __future__ import annotations
 
@@ -98,7 +99,8 @@ class UNet2D(SafetensorsModelMixin, ConfigMixin, ConditionedBackbone):
                  attention_levels: Sequence[int] = (2,), attention_heads: int = 4, emb_dim: int = 256,
                  num_classes: int = 0, label_factors: Sequence[int] | None = None,
                  cross_attention_dim: int | None = None, pooled_context: bool = False, extra_in_channels: int = 0,
-                 dropout: float = 0.0, skip_scale: float = 2 ** -0.5, attention_backend: str = "auto"):
+                 dropout: float = 0.0, skip_scale: float = 2 ** -0.5, attention_backend: str = "auto",
+                 patch_size: int = 1):
         super().__init__()
         channels = list(channels)
         if not channels or any(c < 1 for c in channels):
@@ -112,7 +114,10 @@ class UNet2D(SafetensorsModelMixin, ConfigMixin, ConditionedBackbone):
         self.init_conditioning(emb_dim, num_classes, label_factors, cross_attention_dim, pooled_context)
         block = dict(blocks=blocks_per_level, emb_dim=emb_dim, heads=attention_heads,
                      context_dim=cross_attention_dim, dropout=dropout, backend=attention_backend)
-        self.in_conv = nn.Conv2d(in_channels + extra_in_channels, channels[0], 3, padding=1)
+        if patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+        self.patch = patch_size  # space-to-depth (Hoogeboom et al. 2023): level 0 runs at (h, w) / patch_size
+        self.in_conv = nn.Conv2d((in_channels + extra_in_channels) * patch_size ** 2, channels[0], 3, padding=1)
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
         for k, c in enumerate(channels):
@@ -128,10 +133,10 @@ class UNet2D(SafetensorsModelMixin, ConfigMixin, ConditionedBackbone):
             if k > 0:
                 self.upsample.append(nn.Conv2d(channels[k], channels[k - 1], 3, padding=1))
         self.out_norm = _norm(channels[0])
-        self.out_conv = nn.Conv2d(channels[0], self.out_ch, 3, padding=1)
+        self.out_conv = nn.Conv2d(channels[0], self.out_ch * patch_size ** 2, 3, padding=1)
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
-        self.total_factor = 2 ** (len(channels) - 1)
+        self.total_factor = 2 ** (len(channels) - 1) * patch_size
 
     def forward(self, x: torch.Tensor, noise_level: torch.Tensor, cond: Mapping[str, Any] | None = None) -> torch.Tensor:
         cond = cond or {}
@@ -141,7 +146,8 @@ class UNet2D(SafetensorsModelMixin, ConfigMixin, ConditionedBackbone):
             raise ValueError(f"height x width {x.shape[-2]}x{x.shape[-1]} must divide by {self.total_factor}")
         emb = self.embed_conditions(x, noise_level, cond)                      # (b, emb_dim)
         context, context_mask = cond.get("context"), cond.get("context_mask")
-        h = self.in_conv(self.concat_channels(x, cond, self.config.extra_in_channels))  # (b, c0, h, w)
+        x = nn.functional.pixel_unshuffle(self.concat_channels(x, cond, self.config.extra_in_channels), self.patch)
+        h = self.in_conv(x)                                                     # (b, c0, h / p, w / p)
         skips = []
         for k, level in enumerate(self.down):
             h = self.run(level, h, emb, context, context_mask)                 # (b, c_k, h / 2^k, w / 2^k)
@@ -154,7 +160,8 @@ class UNet2D(SafetensorsModelMixin, ConfigMixin, ConditionedBackbone):
             h = self.run(level, h, emb, context, context_mask)
             if k < len(self.upsample):
                 h = self.upsample[k](nn.functional.interpolate(h, scale_factor=2.0, mode="nearest"))
-        return self.out_conv(nn.functional.silu(self.out_norm(h)))            # (b, c, h, w)
+        h = self.out_conv(nn.functional.silu(self.out_norm(h)))               # (b, c p^2, h / p, w / p)
+        return nn.functional.pixel_shuffle(h, self.patch)                     # (b, c, h, w)
 
 
 def unet2d_tiny(**kw) -> UNet2D:

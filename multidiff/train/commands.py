@@ -241,6 +241,9 @@ def evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                              "(in the training data's normalisation; audio and video read the classifier beside "
                              "it): e.g. a validation set to choose a guidance scale on, keeping the test split "
                              "for the final number")
+    parser.add_argument("--split", default=None, metavar="NAME",
+                        help="compare with this split of the data (its data.params.eval_split), e.g. val to choose "
+                             "settings and test for the final number, when one file holds both")
 
 
 def evaluate_run(args: argparse.Namespace) -> int:
@@ -281,10 +284,16 @@ def evaluate_run(args: argparse.Namespace) -> int:
     except NonFiniteSamplesError as e:
         _err("eval", str(e))
         return 1
-    if args.reference:
-        from dataclasses import replace
+    from dataclasses import replace
 
+    if args.reference:
         config = replace(config, data=replace(config.data, path=str(args.reference)))
+    if args.split:
+        if "eval_split" not in (config.data.params or {}):
+            _err("eval", f"--split: data set {config.data.name!r} has no eval_split parameter; give its held-out "
+                         f"data with --reference")
+            return 2
+        config = replace(config, data=replace(config.data, params={**config.data.params, "eval_split": args.split}))
     fn = get_modality(spec.modality).evaluate
     if fn is None:
         _err("eval", f"no evaluator is registered for modality {spec.modality!r}")

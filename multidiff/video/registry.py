@@ -70,10 +70,12 @@ class TaskParams:
 @dataclass
 class ClipArrayParams(TaskParams):
     """An .npz of uint8 clips (datasets/moving_mnist.py, datasets/bouncing_shapes.py); see
-    multidiff.video.data.ClipArrayDataset. num_frames: None = the clips' length."""
+    multidiff.video.data.ClipArrayDataset. num_frames: None = the clips' length. eval_split: the
+    held-out clips ``multidiff eval`` compares with (val for choices, test for the final number)."""
 
     num_frames: int | None = None
     split: str | None = "train"
+    eval_split: str = "test"
     random_crop: bool = True
     fps: float = 8.0
     num_classes: int | None = None
@@ -215,7 +217,8 @@ def video_evaluate(samples: torch.Tensor, config, *, labels=None, spec=None) -> 
         from .metrics import VideoClassifier, classifier_accuracy, classifier_frechet_distance
 
         model = VideoClassifier.load(classifier)
-        real = ClipArrayDataset(path, x.shape[2], split="test", random_crop=False)
+        held_out = (getattr(config.data, "params", None) or {}).get("eval_split", "test")
+        real = ClipArrayDataset(path, x.shape[2], split=held_out, random_crop=False)
         n = min(len(real), 1000)
         real_x = torch.stack([real.clip(k) for k in range(n)])
         out["classifier_frechet"] = classifier_frechet_distance(model, x, real_x)
