@@ -4,8 +4,14 @@ Both models get the same input, (batch, 4, frames, 32, 32) latent-like clips wit
 sequence of 8 tokens x 64 for cross-attention, and are sized to the same parameter count
 (within 10%): the diffusers model is fixed (block widths 64/128/128, CrossAttnDown x 2 + Down,
 2 layers per block, its temporal convs and temporal transformers), ours is scaled in width.
+Attention sits at the same resolutions in both: spatial self- + cross-attention and temporal
+attention at 32x32 and 16x16 (diffusers' two CrossAttn levels), none at 8x8; temporal convolutions
+at every level. What still differs: diffusers' temporal layers are full transformer blocks
+(self-attention + feed-forward) with a conv stack of 4 temporal convs per ResNet, ours one temporal
+conv per residual block and a rotary temporal attention; the FLOPs column (forward + backward per
+sample, torch.utils.flop_counter, 4 frames) says what that costs.
 Each measurement is a training step (forward, backward, AdamW step) on random data; samples/s
-is the median over timed steps after warm-up. Peak memory: CUDA's max_memory_allocated on GPU;
+is the median over 5 timed steps after one warm-up step. Peak memory: CUDA's max_memory_allocated on GPU;
 on CPU the rise in the process's peak RSS. Every measurement runs in its own fresh process.
 Memory is measured at 16 and at 32 frames (target: 32 frames at most 2.2 x 16 frames); the
 column "mem 32f / 16f" is the ratio of the longer to the shorter clip's peak.
@@ -45,13 +51,13 @@ def diffusers_unet3d(width: int = 64):
 
 
 def ours_unet3d(scale: float = 1.0):
-    """Our UNet3D with the same levels: spatial + cross-attention at the two coarse levels, temporal
-    attention at every level, 2 blocks per level, widths scaled by ``scale`` (multiples of 8)."""
+    """Our UNet3D with diffusers' layout: spatial + cross-attention and temporal attention at the two
+    fine levels (32x32, 16x16), none at 8x8, 2 blocks per level, widths scaled by ``scale`` (multiples of 8)."""
     from multidiff.video.unet3d import UNet3D
 
     ch = tuple(max(8, int(round(c * scale / 8)) * 8) for c in (64, 128, 128))
-    return UNet3D(in_channels=CHANNELS, channels=ch, blocks_per_level=2, spatial_attention_levels=(1, 2),
-                  attention_heads=8, emb_dim=ch[-1], cross_attention_dim=CONTEXT_DIM)
+    return UNet3D(in_channels=CHANNELS, channels=ch, blocks_per_level=2, spatial_attention_levels=(0, 1),
+                  temporal_attention_levels=(0, 1), attention_heads=8, emb_dim=ch[-1], cross_attention_dim=CONTEXT_DIM)
 
 
 def n_params(model) -> int:
@@ -74,6 +80,19 @@ def matched_ours(target: int):
     if abs(n_params(model) / target - 1) >= 0.1:
         raise RuntimeError(f"no width of UNet3D within 10% of {target} parameters (nearest {n_params(model)})")
     return model
+
+
+def flops_per_sample(kind: str, scale: float, frames: int = 4) -> float:
+    """Forward + backward FLOPs of one (1, 4, frames, 32, 32) sample (torch.utils.flop_counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model = diffusers_unet3d() if kind == "diffusers" else ours_unet3d(scale)
+    x, t = torch.randn(1, CHANNELS, frames, SIZE, SIZE), torch.rand(1)
+    ctx = torch.randn(1, CONTEXT_TOKENS, CONTEXT_DIM)
+    with FlopCounterMode(display=False) as counter:
+        _loss(kind, model, x, t, ctx).backward()
+    return float(counter.get_total_flops())
 
 
 def _loss(kind, model, x, t, ctx):
@@ -124,15 +143,17 @@ def run(quick: bool, device: str | None = None, threads: int = 2) -> list[dict]:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     scale = matched_ours(n_params(diffusers_unet3d())).scale
     if device == "cpu":
-        batch, steps = (1, 1) if quick else (2, 3)
+        batch, steps = (1, 1) if quick else (2, 5)
     else:
         batch, steps = (2, 3) if quick else (8, 20)
+    flops = {kind: flops_per_sample(kind, scale) for kind in ("diffusers", "ours")}
     short, long = (4, 8) if quick and device == "cpu" else (16, 32)
     rows = []
     for kind in ("diffusers", "ours"):
         for frames in (short, long):
             r = run_isolated(measure, kind, scale, batch, frames, device, steps, threads)
-            r.update(part="video", input=f"{batch}x{CHANNELS}x{frames}x{SIZE}x{SIZE}", device=device)
+            r.update(part="video", input=f"{batch}x{CHANNELS}x{frames}x{SIZE}x{SIZE}", device=device,
+                     gflops_4_frames=flops[kind] / 1e9)
             rows.append(r)
     for frames in (short, long):
         base = next(r for r in rows if r["model"] == "diffusers" and r["frames"] == frames)["samples_per_s"]
@@ -148,11 +169,12 @@ def run(quick: bool, device: str | None = None, threads: int = 2) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| model | params (M) | input | samples/s | ratio | peak MB | mem 32f / 16f |",
-             "|---|---:|---|---:|---:|---:|---:|"]
+    lines = ["| model | params (M) | GFLOPs / sample (4 frames, fwd + bwd) | input | samples/s | ratio | peak MB | "
+             "mem 32f / 16f |", "|---|---:|---:|---|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['params_M']:.2f} | {r['input']} | {r['samples_per_s']:.2f} | "
-                     f"{r['throughput_ratio']:.2f} | {r['peak_MB']:.0f} | {r['memory_32_over_16']:.2f} |")
+        lines.append(f"| {r['model']} | {r['params_M']:.2f} | {r['gflops_4_frames']:.1f} | {r['input']} | "
+                     f"{r['samples_per_s']:.2f} | {r['throughput_ratio']:.2f} | {r['peak_MB']:.0f} | "
+                     f"{r['memory_32_over_16']:.2f} |")
     short, long = sorted({r["frames"] for r in rows})
     ours16 = next(r for r in rows if r["model"] == "ours" and r["frames"] == short)
     lines.append("")

@@ -112,6 +112,11 @@ def video_too_short(root):
             container.mux(packet)
 
 
+def clips_npz(root, frames, name="clips.npz"):
+    """An .npz of uint8 clips (video_clips) with ``frames`` frames each."""
+    np.savez(root / name, videos=np.zeros((4, frames, 16, 16), np.uint8), split=np.array(["train"] * 4))
+
+
 def meshes_all_bad(root):
     write(root / "mesh/a.obj", "v 0 0 0\nf 1 1 1\n")
     write(root / "mesh/b.obj", "this is not a mesh")
@@ -206,6 +211,12 @@ CASES = [
      ["train", TOY, *AUDIO, "data.path=aud", "trainer.out_dir=new"], "split"),
     ("video-not-videos", video_not_videos, ["train", TOY, *VIDEO, "trainer.out_dir=new"], "vid"),
     ("video-one-frame", video_too_short, ["train", TOY, *VIDEO, "trainer.out_dir=new"], "vid"),
+    ("video-npz-one-frame", lambda r: clips_npz(r, 1),
+     ["train", TOY, "model.name=video_unet3d", "model.params={preset: tiny}", "data.name=video_clips",
+      "data.path=clips.npz", "data.params={num_frames: 4}", "trainer.out_dir=new"], "clips.npz"),
+    ("video-npz-flat", lambda r: np.savez(r / "flat.npz", videos=np.zeros((4, 16, 16), np.uint8)),
+     ["train", TOY, "model.name=video_unet3d", "model.params={preset: tiny}", "data.name=video_clips",
+      "data.path=flat.npz", "data.params={}", "trainer.out_dir=new"], "flat.npz"),
     ("meshes-all-bad", meshes_all_bad, ["train", TOY, *SHAPES, "trainer.out_dir=new"], "mesh"),
 ]
 

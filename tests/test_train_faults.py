@@ -168,3 +168,16 @@ def test_a_longer_run_says_how_its_schedule_changes(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "cosine learning-rate schedule now ends at 512 samples instead of 256" in printed
     assert "the lr moves from" in printed
+
+
+def test_a_preset_value_written_out_resumes_as_the_preset_default():
+    """A checkpoint whose config spells out the preset's value (dropout 0.0) resumes under a config that
+    leaves it to the preset (None); a real change of the built model is still refused."""
+    from multidiff.train.trainer import resume_conflicts
+
+    saved = {"model": {"name": "m", "params": {"preset": "small", "dropout": 0.0, "depth": 4}}}
+    current = {"model": {"name": "m", "params": {"preset": "small", "dropout": None, "depth": None}}}
+    built = {"dropout": 0.0, "depth": 4}
+    assert resume_conflicts(saved, current, built) == []
+    assert resume_conflicts(saved, current, {"dropout": 0.1, "depth": 4}) == ["model.params.dropout 0.0 (now 0.1)"]
+    assert resume_conflicts(saved, current) != []  # without the built model nothing is assumed

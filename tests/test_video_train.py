@@ -331,3 +331,27 @@ def test_evaluator_scores_with_a_data_set_classifier(clips, tmp_path):
     assert scores["classifier_frechet_real_floor"] > 0
     noise = video_evaluate(torch.rand(8, 1, 6, 16, 16) * 2 - 1, cfg)
     assert noise["classifier_frechet"] > scores["classifier_frechet"]
+
+
+def test_the_docs_gif_of_single_draws(clips, tmp_path, capsys):
+    """docs/video_samples_gif.py: one column per class, --per-class single draws in each, one GIF."""
+    from PIL import Image
+
+    sys.path.insert(0, str(REPO / "docs"))
+    try:
+        import video_samples_gif
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "class"
+    assert main(["train", str(REPO / "recipes/video/moving_mnist_class.yaml"),
+                 *overrides(clips, out, "trainer.preview_every_samples=0", "model.params.stacked_frames=6")]) == 0
+    gif = tmp_path / "grid.gif"
+    assert video_samples_gif.main([str(out), "--per-class", "2", "--steps", "2", "--scale", "1", "--out", str(gif)]) == 0
+    assert "2 single draws per class" in capsys.readouterr().out
+    image = Image.open(gif)
+    classes = 10  # the clips' digit labels
+    assert image.size == (classes * (16 + 2) + 2, 2 * (16 + 2) + 2) and image.n_frames == 6
+    videos = torch.zeros(4, 1, 2, 3, 3)
+    videos[2] = 1.0  # the third clip: class 1 (second column), first row
+    grid = video_samples_gif.tile(videos, rows=2, cols=2, pad=1)
+    assert grid.shape == (1, 2, 9, 9) and grid[0, 0, 1:4, 5:8].eq(1).all() and grid[0, 0, 5:8, 5:8].eq(0).all()

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..core.utils import item_generator
 from ..errors import DataError
 from ..manifest import ManifestRows, check_labels, no_split_hint, read_manifest, row_label
 from ..manifest import scan_folder as scan_files
@@ -128,7 +129,7 @@ class AudioDataset(ManifestRows, Dataset):
         return wave
 
     def _rng(self, index: int) -> torch.Generator:
-        return torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+        return item_generator(self.seed, self.epoch, index)
 
     def __getitem__(self, index: int) -> dict:
         for attempt in range(len(self.rows)):

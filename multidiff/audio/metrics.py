@@ -163,16 +163,16 @@ def mel_conditioning(wave: torch.Tensor, sample_rate: int, n_mels: int = 64, hop
 def griffin_lim_from_mel(wave: torch.Tensor, sample_rate: int, n_mels: int = 64, hop: int = 256,
                          iterations: int = 64) -> torch.Tensor:
     """The classic non-learned vocoder baseline: the mel of ``wave`` (batch, channels, samples)
-    inverted to a linear spectrogram (least squares) and phase-retrieved by Griffin-Lim
-    (Griffin & Lim 1984); returns (batch, 1, samples)."""
+    inverted to a linear spectrogram (non-negative least squares) and phase-retrieved by fast
+    Griffin-Lim (multidiff.audio.spectrogram, the mel route's decoder); returns (batch, 1, samples)."""
     import torchaudio
+
+    from .spectrogram import griffin_lim, nonnegative_mel_inverse
 
     n_fft = 4 * hop
     mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=n_fft, hop_length=hop, n_mels=n_mels, power=1.0)
-    inverse = torchaudio.transforms.InverseMelScale(n_fft // 2 + 1, n_mels, sample_rate)
-    gl = torchaudio.transforms.GriffinLim(n_fft=n_fft, hop_length=hop, power=1.0, n_iter=iterations)
-    out = gl(inverse(mel(wave.float().mean(1))).clamp(min=0))
-    out = nn.functional.pad(out, (0, max(0, wave.shape[-1] - out.shape[-1])))[..., :wave.shape[-1]]
+    magnitude = nonnegative_mel_inverse(mel(wave.float().mean(1)), mel.mel_scale.fb)
+    out = griffin_lim(magnitude, n_fft, hop, wave.shape[-1], iterations)
     return out[:, None]
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..core.utils import item_generator
 from ..nn.presets import build_preset, preset_params
 from ..train.modality import Modality, register_modality
 from ..train.registry import DataSpec, register_dataset, register_model
@@ -16,7 +17,7 @@ from .data import AudioLoadParams
 from .io import save_wav, spectrogram_sheet
 from .metrics import mel_conditioning
 from .spectrogram import MODALITY as MEL_MODALITY
-from .spectrogram import MelDataParams, MelTrainData, mel_evaluate, mel_preview
+from .spectrogram import MelDataParams, MelTrainData, audio_spec, decode_samples
 from .unet1d import UNET1D_PRESETS, UNet1D
 
 MODALITY = "audio"
@@ -120,7 +121,7 @@ class AudioTrainData(torch.utils.data.Dataset):
             out["concat"] = mel_conditioning(item["x"][None], p.sample_rate, p.mel_bins, p.mel_hop)[0]
         elif p.task != "generate":
             # a new span each epoch, reproducible from (seed, epoch, index) whatever the batch or worker
-            g = torch.Generator().manual_seed((self.seed * 7_000_003 + self.audio.epoch) * 10_000_019 + index)
+            g = item_generator(self.seed, self.audio.epoch, index, stream=1)
             mask = audio_task_mask(p.length, p.task, g, known_range=p.known_range, gap_range=p.gap_range,
                                    p_unconditional=p.p_unconditional)
             out["concat"] = torch.cat([mask, item["x"] * mask])
@@ -239,6 +240,16 @@ register_model("audio_oobleck", build_oobleck_entry, params=OobleckParams, modal
 
 
 # log-mel spectrogram diffusion (multidiff.audio.spectrogram): same backbone, mel bins as channels
+def mel_preview(samples, out_dir, name, *, labels=None, spec=None, **kw):
+    """Decode to audio (Griffin-Lim), then the audio previews (WAVs and a spectrogram sheet)."""
+    return audio_preview(decode_samples(samples, spec), out_dir, name, labels=labels, spec=audio_spec(spec), **kw)
+
+
+def mel_evaluate(samples, config, *, labels=None, spec=None):
+    """Decode to audio (Griffin-Lim), then the audio metrics (classifier scores, pitch accuracy)."""
+    return audio_evaluate(decode_samples(samples, spec), config, labels=labels, spec=audio_spec(spec))
+
+
 register_dataset("audio_mel", MelTrainData, params=MelDataParams, modality=MEL_MODALITY, needs_path=True,
                  description="log-mel spectrograms of an audio folder or manifest, decoded by Griffin-Lim "
                              "(multidiff.audio.spectrogram)")

@@ -236,17 +236,3 @@ def audio_spec(spec):
     meta = spec.meta
     return DataSpec((int(meta.get("channels", 1)), int(meta["length"])), spec.num_classes, "audio",
                     {"sample_rate": meta["sample_rate"]})
-
-
-def mel_preview(samples, out_dir, name, *, labels=None, spec=None, **kw):
-    """Decode to audio (Griffin-Lim), then the audio previews (WAVs and a spectrogram sheet)."""
-    from .registry import audio_preview
-
-    return audio_preview(decode_samples(samples, spec), out_dir, name, labels=labels, spec=audio_spec(spec), **kw)
-
-
-def mel_evaluate(samples, config, *, labels=None, spec=None):
-    """Decode to audio (Griffin-Lim), then the audio metrics (classifier scores, pitch accuracy)."""
-    from .registry import audio_evaluate
-
-    return audio_evaluate(decode_samples(samples, spec), config, labels=labels, spec=audio_spec(spec))

@@ -31,7 +31,7 @@ from .schedules import (
                          alpha_from_sigma,
                          rescale_zero_terminal_snr,
 )
-from .utils import append_dims, make_generators, mix_seed, randn_like
+from .utils import append_dims, item_generator, make_generators, mix_seed, randn_like
 
 __all__ = [
     "PREDICTIONS", "Denoiser", "edm_scalings", "sample_with_diffusers_scheduler", "schedule_from_diffusers",
@@ -40,5 +40,5 @@ __all__ = [
     "NoiseDistribution", "UniformT", "masked_mean", "weighting", "optimize_sigmas", "ODE_ORDER", "SAMPLERS",
     "check_sigmas", "evaluations", "steps_for_evaluations", "get_sampler", "sample", "EDM", "SCHEDULES", "VE",
     "NoiseSchedule", "RectifiedFlow", "ScheduleConfig", "VPContinuous", "VPDiscrete", "alpha_from_sigma",
-    "rescale_zero_terminal_snr", "append_dims", "make_generators", "mix_seed", "randn_like",
+    "rescale_zero_terminal_snr", "append_dims", "item_generator", "make_generators", "mix_seed", "randn_like",
 ]

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from .samplers import _call, _report, _validated, ddim_weights
+from .samplers import _call, _report, ddim_weights, sigma_list
 from .utils import Generator, randn_like
 
 
@@ -57,7 +57,7 @@ def sample_repaint(denoiser, x, sigmas, *, known, mask, cond=None, generator=Non
     Each step from sigma to sigma_next is repeated ``resample`` times, going back up to
     sigma with forward noise of variance sigma^2 - sigma_next^2 between repeats.
     """
-    s = _validated(sigmas)
+    s = sigma_list(sigmas)
     mask = check_mask(x, known, mask)
     for i in range(len(s) - 1):
         for u in range(resample):

@@ -12,20 +12,12 @@ variables only; nothing survives a call. Step coefficients are computed in float
 ``generator`` (one torch.Generator, or a list with one per sample so a sample does not
 depend on the rest of its batch).
 
-Loop cost. With a small denoiser (a few hundred microseconds a call) the loop's own work
-shows: each tensor op between two calls costs about 1% of a step. So every update is
-written as the affine combination of x and the denoiser outputs that it is, applied as
-chained ``torch.lerp`` calls, one per tensor it combines: x_next = lerp(D, x, w) is the
-first-order exponential integrator (Euler, DDIM, flow Euler), DPM-Solver++(2M) is
-lerp(lerp(D, D_old, w'), x, w), and the multistep methods chain one lerp more per past
-output (``_lerp_chain``). Each lerp forms its difference before scaling it, so no large
-weight multiplies a large term that later cancels. The weights are Python floats
-(float64), worked out before the first evaluation where there is more than a division
-to do (UniPC, DPM++(3M); memoised per grid). The grid is validated once, on a Python
-list: ``sample`` hands the built-in samplers the validated tuple. The per-step (batch,)
-sigma tensors are made before the first call (and reused for the next call on the same
-grid, see ``_levels``), and the samplers switch autograd off with ``_no_grad``
-(``torch.no_grad()``'s decorator costs a few percent of such a loop).
+Updates are written as the affine combinations of x and the denoiser outputs that they are,
+applied as chained ``torch.lerp`` calls: x_next = lerp(D, x, w) is the first-order exponential
+integrator (Euler, DDIM, flow Euler), DPM-Solver++(2M) is lerp(lerp(D, D_old, w'), x, w), and the
+multistep methods chain one lerp more per past output (``_lerp_chain``). Each lerp forms its
+difference before scaling it, so no large weight multiplies a large term that later cancels, and
+a step costs one tensor op per output it combines.
 """
 from __future__ import annotations
 
@@ -41,40 +33,13 @@ Denoiser = Callable[..., torch.Tensor]
 
 
 # ------------------------------------------------------------------------------- helpers
-class _Checked(tuple):
-    """A validated sigma grid as a tuple of Python floats (what ``sample`` hands the built-in samplers)."""
-
-    __slots__ = ()
-
-
-_TAG = "_multidiff_checked_sigmas"  # attribute check_sigmas sets on a tensor it makes
-
-
-def _validated(sigmas) -> _Checked:
-    """The grid as a tuple of Python floats, after validation (cheap: no tensor ops).
-
-    Free for a grid validated before: a ``_Checked`` tuple, or a tensor made by
-    ``check_sigmas`` and not modified in place since.
-    """
-    if type(sigmas) is _Checked:
-        return sigmas
-    tag = getattr(sigmas, _TAG, None)
-    if tag is not None and tag[0] == sigmas._version:
-        return tag[1]
-    if isinstance(sigmas, torch.Tensor):
-        if sigmas.ndim != 1 or sigmas.numel() < 2:
-            raise ValueError(f"sigmas must be 1-D with at least 2 entries, got shape {tuple(sigmas.shape)}")
-        s = sigmas.detach().tolist()
-    else:
-        try:
-            s = [float(v) for v in sigmas]
-        except (TypeError, ValueError):  # nested or odd input: let torch name its shape
-            t = torch.as_tensor(sigmas, dtype=torch.float64)
-            if t.ndim != 1 or t.numel() < 2:
-                raise ValueError(f"sigmas must be 1-D with at least 2 entries, got shape {tuple(t.shape)}") from None
-            s = t.tolist()
-        if len(s) < 2:
-            raise ValueError(f"sigmas must be 1-D with at least 2 entries, got shape ({len(s)},)")
+def sigma_list(sigmas) -> list[float]:
+    """The grid as Python floats after checking it: 1-D, at least two entries, finite, strictly
+    descending, last entry 0 (a list, a tuple or a tensor)."""
+    t = torch.as_tensor(sigmas.detach() if isinstance(sigmas, torch.Tensor) else sigmas, dtype=torch.float64)
+    if t.ndim != 1 or t.numel() < 2:
+        raise ValueError(f"sigmas must be 1-D with at least 2 entries, got shape {tuple(t.shape)}")
+    s = t.tolist()
     for v in s:
         if not 0.0 <= v < math.inf:  # also false for nan
             raise ValueError(f"sigmas must be finite and non-negative, got {s}")
@@ -84,45 +49,22 @@ def _validated(sigmas) -> _Checked:
         if not s[k + 1] < s[k]:
             raise ValueError(f"sigmas must be strictly descending: sigmas[{k}]={s[k]:.6g} "
                              f"<= sigmas[{k + 1}]={s[k + 1]:.6g}")
-    return _Checked(s)
+    return s
 
 
 def check_sigmas(sigmas) -> torch.Tensor:
-    """Validate a sigma grid: 1-D, at least two entries, strictly descending, last entry 0.
-
-    Returns it as a float64 CPU tensor: the input itself when it already is one (as
-    ``torch.as_tensor`` does), else a new tensor that remembers it was validated, so that
-    passing it on to a sampler costs no second check (unless it is modified in place).
-    """
-    s = _validated(sigmas)
+    """Validate a sigma grid (see ``sigma_list``) and return it as a float64 CPU tensor (the input
+    itself when it already is one, as ``torch.as_tensor`` does)."""
+    s = sigma_list(sigmas)
     if type(sigmas) is torch.Tensor and sigmas.dtype == torch.float64 and sigmas.device.type == "cpu":
         return sigmas.detach() if sigmas.requires_grad else sigmas
-    out = torch.tensor(s, dtype=torch.float64)
-    setattr(out, _TAG, (out._version, s))
-    return out
+    return torch.tensor(s, dtype=torch.float64)
 
 
-#: (grid, dtype, device, batch) -> the denoiser's noise-level tensors for that grid; see ``_levels``.
 def _levels(x: torch.Tensor, s) -> list:
     """The denoiser's per-sample noise levels: one (batch,) tensor per nonzero entry of s, in x's
-    dtype and device, made before the first step so that between two denoiser calls a sampler
-    runs no tensor op but its update. Made afresh on every call: no state survives a sampler."""
+    dtype and device."""
     return [torch.full((x.shape[0],), v, dtype=x.dtype, device=x.device) for v in s if v > 0]
-
-
-def _no_grad(fn):
-    """``torch.no_grad()`` as a decorator, without its per-call context-manager objects
-    (they cost more than a small denoiser's loop step)."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        if not torch.is_grad_enabled():
-            return fn(*args, **kwargs)
-        torch.set_grad_enabled(False)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_grad_enabled(True)
-    return wrapper
 
 
 def _full(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -199,14 +141,14 @@ def _chain_step(x, ratio: float, outputs, chain, c):
 
 
 # ----------------------------------------------------------------------- first order / Heun
-@_no_grad
+@torch.no_grad()
 def sample_euler(denoiser, x, sigmas, *, cond=None, generator=None, callback=None,
                  s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0):
     """Euler on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma (EDM Alg. 2 with churn).
 
     One step is x + (x - D) / sigma * (sigma_next - sigma) = lerp(D, x, sigma_next / sigma).
     """
-    s = _validated(sigmas)
+    s = sigma_list(sigmas)
     n = len(s) - 1
     levels = _levels(x, s)
     for i in range(n):
@@ -220,7 +162,7 @@ def sample_euler(denoiser, x, sigmas, *, cond=None, generator=None, callback=Non
     return x
 
 
-@_no_grad
+@torch.no_grad()
 def sample_heun(denoiser, x, sigmas, *, cond=None, generator=None, callback=None,
                 s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0):
     """Heun's 2nd-order method (EDM Algorithm 1/2); the final step to sigma = 0 is Euler.
@@ -229,7 +171,7 @@ def sample_heun(denoiser, x, sigmas, *, cond=None, generator=None, callback=None
     d' = (x_e - D') / sigma_next, the step x + dt (d + d') / 2 has weight sigma_next / sigma
     on x, and expanding x_e shows it is lerp(lerp(D, D', sigma / (2 sigma_next)), x, sigma_next / sigma).
     """
-    s = _validated(sigmas)
+    s = sigma_list(sigmas)
     n = len(s) - 1
     levels = _levels(x, s)
     for i in range(n):
@@ -248,11 +190,11 @@ def sample_heun(denoiser, x, sigmas, *, cond=None, generator=None, callback=None
     return x
 
 
-@_no_grad
+@torch.no_grad()
 def sample_euler_ancestral(denoiser, x, sigmas, *, cond=None, generator=None, callback=None,
                            eta=1.0, s_noise=1.0):
     """Ancestral Euler: a deterministic step to sigma_down, then fresh noise of std sigma_up."""
-    s = _validated(sigmas)
+    s = sigma_list(sigmas)
     levels = _levels(x, s)
     for i in range(len(s) - 1):
         denoised = _den(denoiser, x, levels[i], cond)
@@ -274,7 +216,7 @@ def ddim_weights(sigma: float, sigma_next: float, eta: float) -> tuple[float, fl
     return math.sqrt(max(1 - abar_next - var, 0.0) / abar_next), math.sqrt(var / abar_next)
 
 
-@_no_grad
+@torch.no_grad()
 def sample_ddim(denoiser, x, sigmas, *, cond=None, generator=None, callback=None, eta=0.0):
     """DDIM (Song et al. 2021, Eq. 12) written in sigma space for any noise level grid.
 
@@ -282,7 +224,7 @@ def sample_ddim(denoiser, x, sigmas, *, cond=None, generator=None, callback=None
     by sqrt(abar_next) gives the sigma-space step. eta = 0 is deterministic (it equals
     Euler in sigma space); eta = 1 is DDPM's ancestral sampler with the posterior variance.
     """
-    s = _validated(sigmas)
+    s = sigma_list(sigmas)
     levels = _levels(x, s)
     for i in range(len(s) - 1):
         denoised = _den(denoiser, x, levels[i], cond)
@@ -302,7 +244,7 @@ def sample_ddpm(denoiser, x, sigmas, *, cond=None, generator=None, callback=None
 
 
 # -------------------------------------------------------------------- DPM-Solver++ family
-@_no_grad
+@torch.no_grad()
 def sample_dpmpp_2m(denoiser, x, sigmas, *, cond=None, generator=None, callback=None):
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), data prediction, first order at the first and last step.
 
@@ -310,7 +252,7 @@ def sample_dpmpp_2m(denoiser, x, sigmas, *, cond=None, generator=None, callback=
     = lerp(d, x, sigma_next / sigma), and the second-order d = D (1 + 1/(2r)) - D_old / (2r)
     = lerp(D, D_old, -1/(2r)), r = h_last / h.
     """
-    s = _validated(sigmas)
+    s = sigma_list(sigmas)
     levels = _levels(x, s)
     old_denoised, h_last = None, None
     for i in range(len(s) - 1):
@@ -357,7 +299,7 @@ def _dpmpp_3m_plan(s: tuple, eta: float, s_noise: float) -> tuple:
     return tuple(plan)
 
 
-@_no_grad
+@torch.no_grad()
 def sample_dpmpp_3m(denoiser, x, sigmas, *, cond=None, generator=None, callback=None, eta=0.0, s_noise=1.0):
     """DPM-Solver++(3M): multistep exponential integrator in lambda = -log sigma.
 
@@ -369,8 +311,8 @@ def sample_dpmpp_3m(denoiser, x, sigmas, *, cond=None, generator=None, callback=
     The divided differences are expanded into weights on D - D_1 and D_1 - D_2, worked out
     before the first evaluation, and a step is three chained lerps (``_lerp_chain``).
     """
-    s = _validated(sigmas)
-    plan = _dpmpp_3m_plan(s, float(eta), float(s_noise))
+    s = sigma_list(sigmas)
+    plan = _dpmpp_3m_plan(tuple(s), float(eta), float(s_noise))
     levels = _levels(x, s)
     outputs: list = []  # D, D_1, D_2 (newest first)
     for i in range(len(s) - 1):
@@ -388,7 +330,7 @@ def sample_dpmpp_3m(denoiser, x, sigmas, *, cond=None, generator=None, callback=
     return x
 
 
-@_no_grad
+@torch.no_grad()
 def sample_dpmpp_2m_sde(denoiser, x, sigmas, *, cond=None, generator=None, callback=None,
                         eta=1.0, s_noise=1.0, solver_type="midpoint"):
     """DPM-Solver++(2M) SDE (Lu et al. 2022, Sec. 4 / App. B), midpoint or heun correction.
@@ -398,7 +340,7 @@ def sample_dpmpp_2m_sde(denoiser, x, sigmas, *, cond=None, generator=None, callb
     """
     if solver_type not in ("midpoint", "heun"):
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
-    s = _validated(sigmas)
+    s = sigma_list(sigmas)
     levels = _levels(x, s)
     old_denoised, h_last = None, None
     for i in range(len(s) - 1):
@@ -545,7 +487,7 @@ def _unipc_plan(s: tuple, order: int, bh: str, lower_order_final: bool, correcto
     return tuple(plan)
 
 
-@_no_grad
+@torch.no_grad()
 def sample_unipc(denoiser, x, sigmas, *, cond=None, generator=None, callback=None,
                  order=2, bh="bh2", lower_order_final=True, corrector=True):
     """UniPC (Zhao et al. 2023): UniP-``order`` predictor with the UniC corrector, data prediction.
@@ -563,8 +505,8 @@ def sample_unipc(denoiser, x, sigmas, *, cond=None, generator=None, callback=Non
     """
     if order not in (1, 2, 3):
         raise ValueError(f"unipc order must be 1, 2 or 3, got {order}")
-    s = _validated(sigmas)
-    plan = _unipc_plan(s, order, bh, bool(lower_order_final), bool(corrector))
+    s = sigma_list(sigmas)
+    plan = _unipc_plan(tuple(s), order, bh, bool(lower_order_final), bool(corrector))
     levels = _levels(x, s)
     outputs: list = []  # D_i, D_{i-1}, ... (newest first, at most order + 1)
     for i in range(len(s) - 1):
@@ -589,7 +531,7 @@ def _flow_sigma(t: float) -> float:
     return t / (1 - t)
 
 
-@_no_grad
+@torch.no_grad()
 def sample_flow_euler(denoiser, x, sigmas, *, cond=None, generator=None, callback=None):
     """Euler in flow time t = sigma / (1 + sigma) on x_t = x / (1 + sigma) with velocity (x_t - x0) / t.
 
@@ -598,7 +540,7 @@ def sample_flow_euler(denoiser, x, sigmas, *, cond=None, generator=None, callbac
     so flow-matching recipes read naturally. In sigma space the step
     (x_t + (t_next - t) v) (1 + sigma_next) is lerp(D, x, (1 + sigma_next) / (1 + sigma) * t_next / t).
     """
-    s = _validated(sigmas)
+    s = sigma_list(sigmas)
     levels = _levels(x, s)
     for i in range(len(s) - 1):
         denoised = _den(denoiser, x, levels[i], cond)
@@ -609,7 +551,7 @@ def sample_flow_euler(denoiser, x, sigmas, *, cond=None, generator=None, callbac
     return x
 
 
-@_no_grad
+@torch.no_grad()
 def sample_flow_midpoint(denoiser, x, sigmas, *, cond=None, generator=None, callback=None):
     """Explicit midpoint (2nd order) in flow time t on the flow-matching ODE dx_t/dt = v.
 
@@ -620,7 +562,7 @@ def sample_flow_midpoint(denoiser, x, sigmas, *, cond=None, generator=None, call
     p = (1 + sigma_next) (t_next - t) / (t_mid (1 + sigma_mid)); the weights sum to 1, so it is
     lerp(lerp(D, D_mid, -p (1 + sigma_mid) / (1 - a - p w)), x, a + p w).
     """
-    s = _validated(sigmas)
+    s = sigma_list(sigmas)
     n = len(s) - 1
     levels = _levels(x, s)
     t_grid = [_flow_t(v) for v in s]
@@ -660,10 +602,6 @@ SAMPLERS: dict[str, Callable] = {
     "flow_euler": sample_flow_euler,
     "flow_midpoint": sample_flow_midpoint,
 }
-
-#: The built-in samplers: they take a validated grid as a tuple of floats (``sample`` passes one,
-#: so the grid is checked once); any other sampler in SAMPLERS is handed a float64 tensor.
-TAKES_CHECKED_GRID = frozenset(SAMPLERS.values())
 
 #: Deterministic samplers (probability-flow ODE solvers) and their global order of accuracy
 #: as implemented (a lower bound: the UniC corrector adds about one to UniPC's predictor order).

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from .masked import KnownValueDenoiser, check_mask, sample_repaint
-from .samplers import SAMPLERS, TAKES_CHECKED_GRID, _validated, check_sigmas
+from .samplers import SAMPLERS, sigma_list
 
 
 def get_sampler(method: str) -> Callable:
@@ -29,9 +29,7 @@ def sample(denoiser, x: torch.Tensor, sigmas, method: str = "dpmpp_2m", *,
     progress: show a tqdm bar over steps.
     """
     fn = get_sampler(method)
-    sigmas = _validated(sigmas)  # checked once here; built-in samplers take it as it is
-    if fn not in TAKES_CHECKED_GRID:
-        sigmas = check_sigmas(sigmas)
+    sigma_list(sigmas)  # a bad grid is named before anything runs
     cond = dict(cond) if cond is not None else None
     known = mask = None
     if cond is not None and ("mask" in cond or "known" in cond):

@@ -66,6 +66,13 @@ def mix_seed(seed: int, index: int) -> int:
     return (z ^ (z >> 31)) & ((1 << 63) - 1)
 
 
+def item_generator(seed: int, epoch: int, index: int, stream: int = 0) -> torch.Generator:
+    """The generator of data item ``index`` in ``epoch``: its crop, noise, task draw ... depend on
+    (seed, epoch, index) only, never on the batch or worker it lands in. ``stream`` separates the
+    draws of two consumers of one item (a data set's crop, its wrapper's task mask)."""
+    return torch.Generator().manual_seed(mix_seed(mix_seed(mix_seed(seed, stream), epoch), index))
+
+
 def make_generators(seed: int, batch: int, device="cpu", *, start: int = 0) -> list:
     """One generator per sample, sample k (counted from ``start``) seeded by ``mix_seed(seed, k)``:
     sample k is the same in any batch or chunk size, and two seeds share no sample."""

@@ -1,4 +1,4 @@
-"""VideoDiffusionPipeline: clip generation with a multidiff.video.unet3d.UNet3D."""
+"""VideoDiffusionPipeline: clip generation with any registered video backbone (UNet3D, VideoTransformer)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from diffusers.utils import BaseOutput
 
+from ..nn.modeling import SafetensorsModelMixin
 from ..video.io import write_gif, write_mp4
-from ..video.unet3d import UNet3D
 from .base import MultidiffPipeline, MultidiffSchedulerConfig, output_paths
 
 
@@ -33,19 +33,23 @@ class VideoDiffusionOutput(BaseOutput):
 
 
 class VideoDiffusionPipeline(MultidiffPipeline):
-    """Clips from a UNet3D: samples of shape (batch, channels, frames, height, width).
+    """Clips from a video backbone: samples of shape (batch, channels, frames, height, width).
 
+    The component ``unet`` holds whichever video backbone the checkpoint was trained with
+    (multidiff.video.unet3d.UNet3D, multidiff.video.transformer.VideoTransformer, or any model
+    registered for the video modality that has ``total_factor``, the number height and width must divide by).
     ``num_frames`` / ``height`` / ``width`` (call keywords) override the stored shape; height and
-    width must be multiples of the U-Net's factor patch_size * 2 ** (levels - 1). A backbone
+    width must be multiples of the backbone's factor (a U-Net's patch_size * 2 ** (levels - 1), a
+    transformer's patch_size). A backbone
     trained for frame prediction / interpolation generates from scratch here (no given frames).
     """
 
     modality = "video"
     backbone_name = "unet"
-    backbone_class = UNet3D
+    backbone_class = SafetensorsModelMixin
     shape_arguments = ("num_frames", "height", "width")
 
-    def __init__(self, unet: UNet3D, scheduler: MultidiffSchedulerConfig, text_encoder=None, vae=None):
+    def __init__(self, unet: SafetensorsModelMixin, scheduler: MultidiffSchedulerConfig, text_encoder=None, vae=None):
         super().__init__()
         self._register(unet, scheduler, text_encoder, vae)
 
@@ -53,9 +57,9 @@ class VideoDiffusionPipeline(MultidiffPipeline):
                      width: int | None = None) -> tuple[int, int, int, int]:
         channels, *stored = self._stored_shape(4, 0)
         frames, h, w = (int(v) if v is not None else s for v, s in zip((num_frames, height, width), stored))
-        factor = self.unet.total_factor
+        factor = getattr(self.unet, "total_factor", 1)
         if frames < 1 or min(h, w) < factor or h % factor or w % factor:
-            raise ValueError(f"need num_frames >= 1 and height, width positive multiples of the U-Net's factor "
+            raise ValueError(f"need num_frames >= 1 and height, width positive multiples of the backbone's factor "
                              f"{factor}, got {frames} frames of {h}x{w}")
         return channels, frames, h, w
 

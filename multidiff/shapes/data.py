@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..core.utils import item_generator
 from ..errors import DataError
 from ..manifest import ManifestRows, check_labels, no_split_hint, read_manifest, row_label
 from ..manifest import scan_folder as scan_files
@@ -156,7 +157,7 @@ class ShapeDataset(ManifestRows, Dataset):
         return fit_normalization(points, self.normalize, self.stats)
 
     def _rng(self, index: int, epoch: int) -> torch.Generator:
-        return torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+        return item_generator(self.seed, epoch, index)
 
     def __getitem__(self, index: int) -> dict:
         return self.item(index, self.epoch)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..core.utils import item_generator
 from ..nn.presets import build_preset, preset_params
 from ..train.modality import Modality, register_modality
 from ..train.registry import DataSpec, register_dataset, register_model
@@ -145,7 +146,7 @@ class ShapeTrainData(torch.utils.data.Dataset):
         if "coarse" in item:
             out["coarse"] = item["coarse"]
         if self.params.task != "generate":
-            g = torch.Generator().manual_seed((self.seed * 7_000_003 + self.epoch) * 10_000_019 + index)
+            g = item_generator(self.seed, self.epoch, index, stream=1)
             kept, rest = random_cut(item["x"], g, self.params.keep_range)
             out["coarse"] = resample_points(kept, g, self.params.partial_points)
             if self.params.task == "complete_rest":  # generate only the far side of the cut (PVD's completion)

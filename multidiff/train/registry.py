@@ -172,7 +172,9 @@ class SyntheticDataset:
 
     def __getitem__(self, i: int) -> dict:
         torch = self._torch
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(i))
+        from ..core.utils import mix_seed
+
+        g = torch.Generator().manual_seed(mix_seed(self.seed, int(i)))
         item = {"x": 0.5 * torch.randn(tuple(self.params.shape), generator=g)}
         if self.params.num_classes:
             item["label"] = int(i) % self.params.num_classes

@@ -17,6 +17,7 @@ checkpoint and return; ``Trainer.fit`` then reports status "interrupted".
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
@@ -384,7 +385,7 @@ class Trainer:
             raise CheckpointError(f"checkpoint {path} was trained on {saved_spec}, the data now gives {self.spec}; "
                                   f"train into a new trainer.out_dir, or start from its weights with model.init_from")
         saved_config = ckpt.read_json(path / "config.json")
-        conflicts = resume_conflicts(saved_config, self.config.to_dict())
+        conflicts = resume_conflicts(saved_config, self.config.to_dict(), getattr(self.unwrapped(), "config", None))
         if conflicts:
             raise CheckpointError(f"cannot resume from {path}: it was trained with {'; '.join(conflicts)}. Train into "
                                   f"a new trainer.out_dir, set trainer.resume=null to start afresh here, or start "
@@ -620,9 +621,13 @@ def _differences(saved: dict, current: dict, keys) -> list[str]:
     return lines
 
 
-def resume_conflicts(saved: dict, current: dict) -> list[str]:
+def resume_conflicts(saved: dict, current: dict, built_config=None) -> list[str]:
     """The settings (RESUME_FIXED) in which a checkpoint's config and the current one differ, as
-    "key old (now new)"; a data path counts as the same when both name the same file."""
+    "key old (now new)"; a data path counts as the same when both name the same file, and a
+    model.params value left None (the preset's) as the value the built model has (``built_config``,
+    the model's resolved constructor arguments), so 0.0 and None agree where the preset says 0.0."""
+    if built_config:
+        saved, current = (_resolve_model_params(c, built_config) for c in (saved, current))
     lines = _differences(saved, current, RESUME_FIXED)
     old_path, new_path = (c.get("data", {}).get("path") for c in (saved, current))
     if old_path and new_path and old_path != new_path:
@@ -632,6 +637,15 @@ def resume_conflicts(saved: dict, current: dict) -> list[str]:
         except OSError:
             pass
     return lines
+
+
+def _resolve_model_params(config: dict, built) -> dict:
+    """config with each None in model.params replaced by the built model's value (JSON form)."""
+    params = dict((config.get("model") or {}).get("params") or {})
+    for key, value in params.items():
+        if value is None and key in built:
+            params[key] = json.loads(json.dumps(built[key], default=list))
+    return {**config, "model": {**config.get("model", {}), "params": params}}
 
 
 def changed_settings(saved: dict, current: dict) -> list[str]:

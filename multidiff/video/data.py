@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..core.utils import item_generator
 from ..errors import DataError
 from ..manifest import ManifestRows, check_labels, no_split_hint, read_manifest, row_label
 from ..manifest import scan_folder as scan_files
@@ -133,7 +134,7 @@ class VideoDataset(ManifestRows, Dataset):
 
 
     def _rng(self, index: int) -> torch.Generator:
-        return torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+        return item_generator(self.seed, self.epoch, index)
 
     def __getitem__(self, index: int) -> dict:
         g = self._rng(index)
@@ -249,6 +250,6 @@ class ClipArrayDataset(Dataset):
         return v.permute(3, 0, 1, 2).float() / 127.5 - 1.0
 
     def __getitem__(self, index: int) -> dict:
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+        g = item_generator(self.seed, self.epoch, index)
         return {"x": self.clip(index, g), "label": int(self.labels_t[index]),
                 "text": self.captions[index] if self.captions is not None else ""}

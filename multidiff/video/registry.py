@@ -1,4 +1,4 @@
-"""Video's entries in the training registries: the ``video_unet3d`` backbone, the ``video_clips``
+"""Video's entries in the training registries: the ``video_unet3d`` and ``video_transformer`` backbones, the ``video_clips``
 (.npz clip arrays such as Moving MNIST) and ``video_folder`` (folder / manifest of video files)
 data sets with optional frame tasks (prediction, interpolation), GIF + PNG-grid previews and
 sample statistics / classifier scores. Imported by ``multidiff.train.registry.load_plugins``."""
@@ -9,12 +9,14 @@ from pathlib import Path
 
 import torch
 
+from ..core.utils import item_generator
 from ..nn.presets import build_preset, preset_params
 from ..train.modality import Modality, register_modality
 from ..train.registry import DataSpec, register_dataset, register_model
 from .autoencoder import FrameVAEParams, build_frame_vae_entry
 from .data import EXTRAPOLATIONS, TASKS, ClipArrayDataset, VideoDataset, task_conditioning
 from .io import frame_grid, write_gif
+from .transformer import TRANSFORMER_PRESETS, VideoTransformer
 from .unet3d import UNET3D_PRESETS, UNet3D
 
 MODALITY = "video"
@@ -26,21 +28,43 @@ UNet3DParams = preset_params("UNet3DParams", UNet3D, UNET3D_PRESETS, default="sm
     "stacked_frames: the clip length for the stacked (frames-as-channels) layout; it must equal the data's."))
 
 
-def build_unet3d(params, spec: DataSpec, *, gradient_checkpointing: bool = False):
-    """A UNet3D for (channels, frames, height, width) clips."""
+def build_video_backbone(name: str, params, spec: DataSpec, gradient_checkpointing: bool):
+    """The preset of ``params`` for (channels, frames, height, width) clips: input channels and classes
+    from the data, extra_in_channels from its conditioning channels unless set."""
     if len(spec.sample_shape) != 4:
-        raise ValueError(f"video_unet3d needs samples of shape (channels, frames, height, width), "
+        raise ValueError(f"{name} needs samples of shape (channels, frames, height, width), "
                          f"the data set gives {tuple(spec.sample_shape)}")
-    if params.stacked_frames and params.stacked_frames != spec.sample_shape[1]:
-        raise ValueError(f"model.params.stacked_frames={params.stacked_frames} must equal the data's clip length "
-                         f"{spec.sample_shape[1]} (samples {tuple(spec.sample_shape)})")
     return build_preset(params, gradient_checkpointing=gradient_checkpointing, in_channels=spec.sample_shape[0],
                         num_classes=spec.num_classes,
                         defaults={"extra_in_channels": int(spec.meta.get("concat_channels", 0))})
 
 
+def build_unet3d(params, spec: DataSpec, *, gradient_checkpointing: bool = False):
+    """A UNet3D for (channels, frames, height, width) clips."""
+    if params.stacked_frames and len(spec.sample_shape) == 4 and params.stacked_frames != spec.sample_shape[1]:
+        raise ValueError(f"model.params.stacked_frames={params.stacked_frames} must equal the data's clip length "
+                         f"{spec.sample_shape[1]} (samples {tuple(spec.sample_shape)})")
+    return build_video_backbone("video_unet3d", params, spec, gradient_checkpointing)
+
+
 register_model("video_unet3d", build_unet3d, params=UNet3DParams, modality=MODALITY, example_shape=(1, 16, 32, 32),
                example_batch=8, description="spatio-temporal video U-Net (multidiff.video.unet3d)")
+
+
+VideoTransformerParams = preset_params("VideoTransformerParams", VideoTransformer, TRANSFORMER_PRESETS,
+                                       default="small", doc=(
+    "A preset of multidiff.video.transformer (tiny / small / base) and overrides of its arguments. "
+    "extra_in_channels: None takes the data set's conditioning channels (spec.meta['concat_channels'])."))
+
+
+def build_video_transformer(params, spec: DataSpec, *, gradient_checkpointing: bool = False):
+    """A Latte-style VideoTransformer for (channels, frames, height, width) clips."""
+    return build_video_backbone("video_transformer", params, spec, gradient_checkpointing)
+
+
+register_model("video_transformer", build_video_transformer, params=VideoTransformerParams, modality=MODALITY,
+               example_shape=(1, 12, 32, 32), example_batch=8,
+               description="space-time transformer on patches, Latte-style (multidiff.video.transformer)")
 
 
 # ------------------------------------------------------------------------------ data sets
@@ -155,7 +179,7 @@ class VideoTrainData(torch.utils.data.Dataset):
             out["text"] = item["text"]
         if self.params.task != "generate":
             # a new draw each epoch, reproducible from (seed, epoch, index) whatever the batch or worker
-            g = torch.Generator().manual_seed((self.seed * 7_000_003 + self.epoch) * 10_000_019 + index)
+            g = item_generator(self.seed, self.epoch, index, stream=1)
             out.update(task_conditioning(item["x"], self.params.task, self.params.given_frames, g,
                                          self.params.p_unconditional, self.params.extrapolate))
             guess = out.pop("guess", None)
