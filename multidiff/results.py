@@ -123,6 +123,10 @@ def summarise(values: list[float], fmt: str) -> str:
     return f"{format(statistics.fmean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
 
 
+#: training seeds a target needs before it can be called met (docs/evaluation.md)
+SEEDS_FOR_A_TARGET = 3
+
+
 def _target_text(target: dict, values: list[float]) -> str:
     mean = statistics.fmean(values)
     if "at_most" in target:
@@ -131,6 +135,9 @@ def _target_text(target: dict, values: list[float]) -> str:
         bound, ok, sign = target["at_least"], mean >= target["at_least"], ">="
     else:
         raise InputError(f"target {target!r} needs at_most or at_least")
+    if ok and len(values) < SEEDS_FOR_A_TARGET:
+        return (f"{target['metric']} {sign} {bound}: not met yet ({len(values)} of the "
+                f"{SEEDS_FOR_A_TARGET} training seeds measured)")
     return f"{target['metric']} {sign} {bound}: {'met' if ok else 'not met'}"
 
 

@@ -37,6 +37,8 @@ change under a common rescaling; CD scales with the square of the scale, EMD lin
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
@@ -235,9 +237,13 @@ def _chamfer_kdtree_rows(x: torch.Tensor, y: torch.Tensor, symmetric: bool):
     y_trees = x_trees if symmetric else [cKDTree(c) for c in ys]
     workers = max(1, torch.get_num_threads())
 
+    def pair(i: int, j: int) -> float:
+        return (y_trees[j].query(xs[i])[0] ** 2).mean() + (x_trees[i].query(ys[j])[0] ** 2).mean()
+
     def row(i: int, first: int) -> torch.Tensor:
-        out = [(y_trees[j].query(xs[i], workers=workers)[0] ** 2).mean()
-               + (x_trees[i].query(ys[j], workers=workers)[0] ** 2).mean() for j in range(first, len(ys))]
+        # one pair per thread (the queries release the GIL), not threads inside each small query
+        with ThreadPoolExecutor(workers) as pool:
+            out = list(pool.map(lambda j: pair(i, j), range(first, len(ys))))
         return torch.tensor(out, dtype=torch.float32)
     return row
 
