@@ -27,7 +27,7 @@ from multidiff.shapes.io import load_ply_points
 from multidiff.shapes.transformer import latent_tiny
 from multidiff.train import Trainer, load_config
 from multidiff.train.checkpoint import read_module_state, resolve
-from multidiff.train.testing import tiny_config
+from multidiff.train.testing import perturbed, tiny_config
 from multidiff.video.io import read_video
 from multidiff.video.unet3d import unet3d_tiny
 
@@ -46,15 +46,6 @@ def _quiet(pipe):
     return pipe
 
 
-def _randomize(model, seed=0):
-    """Perturb every weight (the zero-initialised output layers would make any model a no-op)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return model
-
-
 def _scheduler(shape, **kw):
     return MultidiffSchedulerConfig(**{"schedule": {"name": "edm", "sigma_data": 0.5}, "prediction": "edm",
                                        "sample_shape": list(shape), "num_classes": 3, "num_inference_steps": 3,
@@ -64,18 +55,18 @@ def _scheduler(shape, **kw):
 def audio_pipe(num_classes=3):
     unet = unet1d_tiny(num_classes=num_classes, channels=(8, 16), factors=(4,), emb_dim=32, attention_heads=2)
     names = ["low", "mid", "high"] if num_classes == 3 else None
-    return _quiet(AudioDiffusionPipeline(_randomize(unet), _scheduler((1, 32), sample_rate=8000, num_classes=num_classes,
+    return _quiet(AudioDiffusionPipeline(perturbed(unet), _scheduler((1, 32), sample_rate=8000, num_classes=num_classes,
                                                                       class_names=names)))
 
 
 def video_pipe():
     unet = unet3d_tiny(num_classes=3, channels=(8, 16), emb_dim=32, attention_heads=2)
-    return _quiet(VideoDiffusionPipeline(_randomize(unet), _scheduler((1, 3, 8, 8), fps=4.0)))
+    return _quiet(VideoDiffusionPipeline(perturbed(unet), _scheduler((1, 3, 8, 8), fps=4.0)))
 
 
 def shapes_pipe():
     model = latent_tiny(num_classes=3, dim=16, depth=1, heads=2, num_latents=4, fourier_features=4)
-    return _quiet(PointCloudDiffusionPipeline(_randomize(model), _scheduler((16, 3))))
+    return _quiet(PointCloudDiffusionPipeline(perturbed(model), _scheduler((16, 3))))
 
 
 PIPES = {"audio": audio_pipe, "video": video_pipe, "shapes": shapes_pipe}
@@ -170,7 +161,7 @@ def test_prompts_need_a_text_encoder_and_go_to_cond_when_there_is_one():
     with pytest.raises(ValueError, match="no text encoder"):
         pipe(class_labels=[0], negative_prompt="noise")
     text = ByteTextEncoder()
-    unet = _randomize(unet1d_tiny(channels=(8, 16), factors=(4,), emb_dim=32, attention_heads=2, cross_attention_dim=8))
+    unet = perturbed(unet1d_tiny(channels=(8, 16), factors=(4,), emb_dim=32, attention_heads=2, cross_attention_dim=8))
     pipe = _quiet(AudioDiffusionPipeline(unet, _scheduler((1, 32), num_classes=0, class_names=None), text_encoder=text))
     sched, sigmas = pipe.scheduler, pipe.scheduler.sigmas(3)
     x = torch.stack([torch.randn(1, 32, generator=g) for g in make_generators(0, 2)]) * float(sigmas[0])

@@ -9,14 +9,11 @@ import torch
 from multidiff.core import EDM, Denoiser, sigma_grid
 from multidiff.shapes.tasks import complete, complete_rest, partial_cloud, upsample
 from multidiff.shapes.transformer import latent_tiny, upsampler_small
+from multidiff.train.testing import perturbed
 
 
 def denoiser_of(model):
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return Denoiser(model.eval(), EDM(sigma_data=1.0), "edm", sigma_data=1.0)
+    return Denoiser(perturbed(model), EDM(sigma_data=1.0), "edm", sigma_data=1.0)
 
 
 def test_partial_cloud_is_a_planar_cut():

@@ -14,15 +14,7 @@ from multidiff.shapes.transformer import (
     point_tiny,
     upsampler_small,
 )
-
-
-def randomized(model, seed=0):
-    """Zero-initialised gates and output layers make a fresh model the zero map: perturb every weight."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return model.eval()
+from multidiff.train.testing import perturbed
 
 
 def test_fresh_model_outputs_zero_and_keeps_shape():
@@ -59,7 +51,7 @@ def test_every_parameter_learns_from_a_fresh_start(make):
 @pytest.mark.parametrize("make", [point_tiny, latent_tiny, functools.partial(latent_tiny, local_neighbors=5)])
 def test_permutation_equivariance(make):
     torch.manual_seed(0)
-    m = randomized(make(in_channels=4, num_classes=3, cross_attention_dim=8))
+    m = perturbed(make(in_channels=4, num_classes=3, cross_attention_dim=8), 0.1)
     x, t = torch.randn(2, 96, 4), torch.randn(2)
     cond = {"label": torch.tensor([0, 2]), "context": torch.randn(2, 5, 8)}
     perm = torch.randperm(96)
@@ -71,7 +63,7 @@ def test_permutation_equivariance(make):
 
 def test_upsampler_is_equivariant_in_fine_and_invariant_in_coarse_points():
     torch.manual_seed(0)
-    m = randomized(upsampler_small(dim=32, heads=2, num_latents=16, fourier_features=8, depth=1, rounds=1))
+    m = perturbed(upsampler_small(dim=32, heads=2, num_latents=16, fourier_features=8, depth=1, rounds=1), 0.1)
     x, coarse, t = torch.randn(2, 64, 3), torch.randn(2, 16, 3), torch.randn(2)
     pf, pc = torch.randperm(64), torch.randperm(16)
     with torch.no_grad():
@@ -89,14 +81,14 @@ def test_upsampler_is_equivariant_in_fine_and_invariant_in_coarse_points():
         m(x, t, {"coarse": coarse})
     hook.remove()
     assert seen["memory"] == (2, m.config.num_latents + 16, m.config.dim)
-    full = randomized(point_tiny(coarse_channels=3))
+    full = perturbed(point_tiny(coarse_channels=3), 0.1)
     with torch.no_grad():
         assert full(x, t, {"coarse": coarse}).shape == (2, 64, 3)
 
 
 def test_labels_context_and_context_mask():
     torch.manual_seed(0)
-    m = randomized(latent_tiny(num_classes=4, cross_attention_dim=8))
+    m = perturbed(latent_tiny(num_classes=4, cross_attention_dim=8), 0.1)
     x, t = torch.randn(2, 32, 3), torch.randn(2)
     ctx = torch.randn(2, 6, 8)
     with torch.no_grad():
@@ -134,7 +126,7 @@ def test_presets_save_and_load(tmp_path):
         if name.endswith("base"):
             continue  # large: construction only checked for the small ones here
         assert isinstance(make(), PointCloudTransformer)
-    m = randomized(latent_tiny(num_classes=2))
+    m = perturbed(latent_tiny(num_classes=2), 0.1)
     m.save_pretrained(tmp_path / "m")
     m2 = PointCloudTransformer.from_pretrained(tmp_path / "m").eval()
     x, t = torch.randn(1, 20, 3), torch.rand(1)
@@ -144,7 +136,7 @@ def test_presets_save_and_load(tmp_path):
 
 def test_gradient_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
-    m = randomized(latent_tiny()).train()
+    m = perturbed(latent_tiny(), 0.1).train()
     x, t = torch.randn(2, 16, 3), torch.rand(2)
     m(x, t).pow(2).sum().backward()
     g1 = [p.grad.clone() for p in m.parameters()]
@@ -158,7 +150,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 def test_shape_completion_with_masked_sampling_keeps_the_known_points():
     """Completion: the known half of the points is imposed, the rest generated (core masked sampling)."""
     torch.manual_seed(0)
-    m = randomized(latent_tiny())
+    m = perturbed(latent_tiny(), 0.1)
     den = Denoiser(m, EDM(sigma_data=1.0), "edm", sigma_data=1.0)
     known = torch.randn(2, 40, 3)
     mask = torch.zeros(2, 40, 1)

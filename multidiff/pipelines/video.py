@@ -57,7 +57,7 @@ class VideoDiffusionPipeline(MultidiffPipeline):
                      width: int | None = None) -> tuple[int, int, int, int]:
         channels, *stored = self._stored_shape(4, 0)
         frames, h, w = (int(v) if v is not None else s for v, s in zip((num_frames, height, width), stored))
-        factor = getattr(self.unet, "total_factor", 1)
+        factor = self.unet.total_factor
         if frames < 1 or min(h, w) < factor or h % factor or w % factor:
             raise ValueError(f"need num_frames >= 1 and height, width positive multiples of the backbone's factor "
                              f"{factor}, got {frames} frames of {h}x{w}")

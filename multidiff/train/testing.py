@@ -1,4 +1,4 @@
-"""Helpers for tests of the trainer: a tiny, fast toy config and the test device.
+"""Helpers for tests: a tiny, fast toy config, the test device and perturbed backbone weights.
 
 ``MULTIDIFF_TEST_DEVICE`` (cpu by default, cuda on a GPU machine) picks the device the
 trainer tests run on.
@@ -8,11 +8,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from .config import Config, load_config
 
 
 def device_under_test() -> str:
     return os.environ.get("MULTIDIFF_TEST_DEVICE", "cpu")
+
+
+def perturbed(model: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torch.nn.Module:
+    """``model`` in eval mode with ``scale`` x standard normal noise (from ``seed``) added to every weight:
+    zero-initialised gates and output layers make a fresh backbone the zero map, which tests nothing."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return model.eval()
 
 
 def tiny_overrides(out_dir: str | Path, *, batch: int = 64, steps: int = 20) -> list[str]:

@@ -5,8 +5,9 @@ frames x (height / p) x (width / p) tokens. The blocks alternate between spatial
 patches of one frame attend to each other) and temporal attention (one patch position across the
 frames), so a block's cost is O(frames * patches^2) or O(patches * frames^2), never
 O((frames * patches)^2). Every block is a DiT block (adaLN-Zero modulation from the noise-level +
-class / pooled-caption embedding, multidiff.nn.transformer). Positions: fixed 2D sine-cosine
-embeddings of the patch row and column (as DiT) plus a 1D sine-cosine embedding of the frame index,
+class / pooled-caption embedding, multidiff.nn.transformer). Positions: fixed sine-cosine
+embeddings (multidiff.nn.SinusoidalEmbedding, wavelengths 2 pi to 2 pi 10^4 positions as Vaswani et
+al.) of the patch row and column on half the channels each (as DiT) plus one of the frame index,
 computed for whatever grid the input has, so any frame count and any multiple of p works.
 
 Conditioning mapping keys (all optional; missing means unconditional): ``label`` (batch,) long
@@ -20,6 +21,7 @@ with out_channels.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,23 +32,9 @@ from einops import rearrange
 from torch import nn
 
 from ..nn.conditioning import ConditionedBackbone
+from ..nn.embeddings import SinusoidalEmbedding
 from ..nn.modeling import SafetensorsModelMixin
 from ..nn.transformer import DiTBlock, FinalLayer
-
-
-def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
-    """(len(positions), dim) sine-cosine embedding of integer positions (Vaswani et al. 2017)."""
-    half = dim // 2
-    freqs = torch.exp(-torch.arange(half, dtype=torch.float64) * (torch.log(torch.tensor(10000.0)) / half))
-    angles = positions.to(torch.float64)[:, None] * freqs[None]
-    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
-
-
-def sincos_2d(dim: int, rows: int, cols: int) -> torch.Tensor:
-    """(rows * cols, dim): half the channels embed the row, half the column (DiT's 2D embedding)."""
-    r = sincos_1d(dim // 2, torch.arange(rows)).repeat_interleave(cols, dim=0)
-    c = sincos_1d(dim // 2, torch.arange(cols)).repeat(rows, 1)
-    return torch.cat([r, c], dim=1)
 
 
 class VideoTransformer(SafetensorsModelMixin, ConfigMixin, ConditionedBackbone):
@@ -81,6 +69,17 @@ class VideoTransformer(SafetensorsModelMixin, ConfigMixin, ConditionedBackbone):
             DiTBlock(hidden_dim, context_dim=cross_attention_dim if i % 2 == 0 else None, **block)
             for i in range(depth)])  # even: spatial (with cross-attention), odd: temporal
         self.final = FinalLayer(hidden_dim, emb_dim, self.out_ch * patch_size ** 2)
+        wavelengths = dict(min_freq=1e-4 / (2 * math.pi), max_freq=1 / (2 * math.pi))  # in cycles per position
+        self.frame_position = SinusoidalEmbedding(hidden_dim, **wavelengths)
+        self.axis_position = SinusoidalEmbedding(hidden_dim // 2, **wavelengths)
+
+    def positions(self, frames: int, rows: int, cols: int) -> torch.Tensor:
+        """(frames, rows * cols, hidden_dim): frame embedding + [row embedding, column embedding]."""
+        device = self.axis_position.freqs.device
+        row = self.axis_position(torch.arange(rows, device=device)).repeat_interleave(cols, dim=0)  # (n, d / 2)
+        col = self.axis_position(torch.arange(cols, device=device)).repeat(rows, 1)                 # (n, d / 2)
+        frame = self.frame_position(torch.arange(frames, device=device))                            # (f, d)
+        return frame[:, None] + torch.cat([row, col], dim=1)[None]
 
     def forward(self, x: torch.Tensor, noise_level: torch.Tensor, cond: Mapping[str, Any] | None = None) -> torch.Tensor:
         cond = cond or {}
@@ -93,10 +92,7 @@ class VideoTransformer(SafetensorsModelMixin, ConfigMixin, ConditionedBackbone):
         h = self.concat_channels(x, cond, self.config.extra_in_channels)        # (b, c + extra, f, H, W)
         h = rearrange(h, "b c f (r p) (s q) -> b f (r s) (c p q)", p=p, q=p)
         h = self.patch_embed(h)                                                 # (b, f, n, d)
-        dim = h.shape[-1]
-        space = sincos_2d(dim, rows, cols).to(h)                                # (n, d)
-        time = sincos_1d(dim, torch.arange(frames)).to(h)                       # (f, d)
-        h = h + space[None, None] + time[None, :, None]
+        h = h + self.positions(frames, rows, cols).to(h)[None]
         context, context_mask = cond.get("context"), cond.get("context_mask")
         emb_frames = emb.repeat_interleave(frames, dim=0)                       # (b f, emb_dim)
         emb_patches = emb.repeat_interleave(rows * cols, dim=0)                 # (b n, emb_dim)
