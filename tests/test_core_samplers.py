@@ -42,6 +42,9 @@ STOCHASTIC = {
     "heun_churn": ("heun", {"s_churn": 10.0, "s_tmin": 0.05, "s_tmax": 20.0}),
     "dpmpp_2m_sde": ("dpmpp_2m_sde", {}),
     "dpmpp_3m_sde": ("dpmpp_3m", {"eta": 1.0}),
+    "sde_euler": ("sde_euler", {}),
+    "sde_pc": ("sde_pc", {}),
+    "sde_pc_sample_norms": ("sde_pc", {"norms": "sample", "corrector_steps": 2}),
 }
 
 

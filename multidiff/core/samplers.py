@@ -368,6 +368,104 @@ def sample_dpmpp_2m_sde(denoiser, x, sigmas, *, cond=None, generator=None, callb
     return x
 
 
+# ------------------------------------------------------------------------------ score SDE
+# The forward process x = x0 + sigma n is the variance-exploding SDE dx = sqrt(d[sigma^2]/dt) dw
+# (Song et al. 2021); every schedule (VP, EDM, rectified flow) is this SDE in the scaled
+# coordinates of the sigma-space denoiser, up to a change of time (Karras et al. 2022, Sec. 4), so
+# one sigma-space implementation serves them all. The score is (D(x, sigma) - x) / sigma^2.
+def reverse_diffusion_step(x, denoised, sigma: float, sigma_next: float, noise):
+    """Song et al. 2021, Eq. 47 (the reverse-diffusion predictor, VE form):
+    x + (sigma^2 - sigma_next^2) score + sqrt(sigma^2 - sigma_next^2) z
+    = lerp(D, x, sigma_next^2 / sigma^2) + sigma sqrt(1 - sigma_next^2 / sigma^2) z."""
+    ratio = (sigma_next / sigma) ** 2
+    return torch.lerp(denoised, x, ratio).add_(noise, alpha=sigma * math.sqrt(1 - ratio))
+
+
+def euler_maruyama_step(x, denoised, sigma: float, sigma_next: float, noise):
+    """One Euler-Maruyama step of the reverse SDE dx = -2 sigma score dsigma + sqrt(2 sigma) dw in time
+    sigma (Karras et al. 2022, Eq. 6 with sigma(t) = t): with dt = sigma - sigma_next,
+    x + 2 sigma dt score + sqrt(2 sigma dt) z = lerp(x, D, 2 dt / sigma) + sqrt(2 sigma dt) z."""
+    dt = sigma - sigma_next
+    return torch.lerp(x, denoised, 2 * dt / sigma).add_(noise, alpha=math.sqrt(2 * sigma * dt))
+
+
+def langevin_step(x, denoised, sigma: float, snr: float, noise, norms: str = "expected"):
+    """One Langevin corrector step at sigma with the signal-to-noise step rule (Song et al. 2021,
+    Alg. 4): g = score, eps = 2 (snr |z| / |g|)^2, x + eps g + sqrt(2 eps) z.
+
+    ``norms="expected"`` puts the norms' expectations in their place, |z| = sqrt(d) (the paper's
+    advice for small batches) and |g| = sqrt(d) / sigma (the score norm of pure noise), so
+    eps = 2 (snr sigma)^2 does not depend on the state and the step leaves p_sigma invariant as
+    eps -> 0. ``norms="sample"`` measures both per sample (diffusers' ScoreSdeVeScheduler at batch
+    size 1; the paper's code averages them over the batch, which would make a sample depend on its
+    batch). A measured step is larger where |g| is small, i.e. near a mode, and that inflates the
+    spread (tests/test_core_sde.py measures it)."""
+    score = (denoised - x) / sigma**2
+    if norms == "expected":
+        step = 2 * (snr * sigma) ** 2
+        return x + step * score + math.sqrt(2 * step) * noise
+    flat = (x.shape[0], -1)
+    step = 2 * (snr * noise.reshape(flat).norm(dim=1) / score.reshape(flat).norm(dim=1)) ** 2
+    step = step.reshape(-1, *([1] * (x.ndim - 1)))
+    return x + step * score + (2 * step).sqrt() * noise
+
+
+PREDICTORS = {"reverse_diffusion": reverse_diffusion_step, "euler_maruyama": euler_maruyama_step}
+
+
+@torch.no_grad()
+def sample_sde_euler(denoiser, x, sigmas, *, cond=None, generator=None, callback=None):
+    """Euler-Maruyama on the reverse-time SDE (Song et al. 2021, Sec. 4.1), in time sigma
+    (``euler_maruyama_step``). The step to sigma = 0 is the denoiser's output (the paper's final
+    noise-free denoising step). First order in the step size: it wants many steps."""
+    s = sigma_list(sigmas)
+    levels = _levels(x, s)
+    for i in range(len(s) - 1):
+        denoised = _den(denoiser, x, levels[i], cond)
+        if callback is not None:
+            callback({"i": i, "x": x, "sigma": s[i], "sigma_next": s[i + 1], "denoised": denoised})
+        if s[i + 1] == 0:
+            x = denoised
+            break
+        x = euler_maruyama_step(x, denoised, s[i], s[i + 1], randn_like(x, generator))
+    return x
+
+
+@torch.no_grad()
+def sample_sde_pc(denoiser, x, sigmas, *, cond=None, generator=None, callback=None,
+                  snr=0.16, corrector_steps=1, predictor="reverse_diffusion", norms="expected"):
+    """Predictor-corrector sampling (Song et al. 2021, Alg. 4): a predictor step from sigma_i to
+    sigma_{i+1} (``reverse_diffusion`` or ``euler_maruyama``), then ``corrector_steps`` Langevin
+    steps at sigma_{i+1} with the signal-to-noise rule ``snr`` (``norms``: see
+    ``langevin_step``). The last predictor step lands on
+    the denoiser's output at sigma = 0, where no corrector runs; a grid of n steps costs
+    n + (n - 1) corrector_steps evaluations."""
+    if predictor not in PREDICTORS:
+        raise ValueError(f"predictor must be one of {sorted(PREDICTORS)}, got {predictor!r}")
+    if not (corrector_steps >= 0 and int(corrector_steps) == corrector_steps):
+        raise ValueError(f"corrector_steps must be a non-negative integer, got {corrector_steps!r}")
+    if not snr > 0:
+        raise ValueError(f"snr must be positive, got {snr!r}")
+    if norms not in ("expected", "sample"):
+        raise ValueError(f"norms must be 'expected' or 'sample', got {norms!r}")
+    step = PREDICTORS[predictor]
+    s = sigma_list(sigmas)
+    levels = _levels(x, s)
+    denoised = _den(denoiser, x, levels[0], cond)
+    for i in range(len(s) - 1):
+        if callback is not None:
+            callback({"i": i, "x": x, "sigma": s[i], "sigma_next": s[i + 1], "denoised": denoised})
+        if s[i + 1] == 0:
+            x = denoised
+            break
+        x = step(x, denoised, s[i], s[i + 1], randn_like(x, generator))
+        for _ in range(int(corrector_steps)):
+            x = langevin_step(x, _den(denoiser, x, levels[i + 1], cond), s[i + 1], snr, randn_like(x, generator),
+                              norms)
+        denoised = _den(denoiser, x, levels[i + 1], cond)
+    return x
+
+
 # --------------------------------------------------------------------------------- UniPC
 def _solve(a: list, b: list) -> list:
     """Solve a small dense system (Gaussian elimination with partial pivoting, Python floats)."""
@@ -601,6 +699,8 @@ SAMPLERS: dict[str, Callable] = {
     "unipc3": _unipc3,
     "flow_euler": sample_flow_euler,
     "flow_midpoint": sample_flow_midpoint,
+    "sde_euler": sample_sde_euler,
+    "sde_pc": sample_sde_pc,
 }
 
 #: Deterministic samplers (probability-flow ODE solvers) and their global order of accuracy
@@ -614,8 +714,12 @@ ODE_ORDER = {"ddim": 1, "euler": 1, "flow_euler": 1, "heun": 2, "flow_midpoint":
              "dpmpp_2m": 2, "dpmpp_3m": 2, "unipc": 2, "unipc3": 3}
 
 
-def evaluations(method: str, n_steps: int) -> int:
-    """Denoiser evaluations a sampler spends on an n_steps grid ending in 0."""
+def evaluations(method: str, n_steps: int, **opts) -> int:
+    """Denoiser evaluations a sampler spends on an n_steps grid ending in 0 with options ``opts``
+    (``sde_pc`` counts its corrector calls: ``corrector_steps``, default 1, at each nonzero level
+    after the first)."""
+    if method == "sde_pc":
+        return n_steps + (n_steps - 1) * int(opts.get("corrector_steps", 1))
     if method == "heun":
         return 2 * n_steps - 1
     if method == "flow_midpoint":
@@ -623,9 +727,9 @@ def evaluations(method: str, n_steps: int) -> int:
     return n_steps
 
 
-def steps_for_evaluations(method: str, nfe: int) -> int:
+def steps_for_evaluations(method: str, nfe: int, **opts) -> int:
     """The largest step count whose evaluations do not exceed nfe (at least 1)."""
     n = 1
-    while evaluations(method, n + 1) <= nfe:
+    while evaluations(method, n + 1, **opts) <= nfe:
         n += 1
     return n
