@@ -1,4 +1,4 @@
-"""The ``multidiff`` command line: ``multidiff train | sample | eval | info | export | encode | mesh | complete | results | demo``.
+"""The ``multidiff`` command line: ``multidiff train | sample | eval | info | export | encode | mesh | complete | results | recipes | demo``.
 
 Each verb lives in its own module with an arguments function (parser) and a run function
 (args -> exit code), both named in VERBS; this file only wires them together, importing a verb's
@@ -23,6 +23,7 @@ VERBS = {
     "mesh": ("multidiff.shapes.mesh", "mesh_arguments", "mesh_run", "surface meshes (OBJ / GLB) from generated point clouds; --held-out scores the method"),
     "complete": ("multidiff.audio.complete", "complete_arguments", "complete_run", "audio continuation / inpainting of held-out clips, scored against the truth"),
     "results": ("multidiff.results", "results_arguments", "results_run", "write the README results tables from result files (--check: verify)"),
+    "recipes": ("multidiff.recipes", "recipes_arguments", "recipes_run", "list the packaged starter recipes (multidiff train NAME data.path=DIR)"),
     "demo": ("multidiff.toy.demo", "demo_arguments", "demo_run", "the demo: every sampler on a 2-D mixture (PNG grid), then train + sample an audio model (WAVs)"),
 }
 

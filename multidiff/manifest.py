@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -41,13 +42,71 @@ def read_manifest(path) -> list[dict]:
 def scan_folder(root, extensions: Iterable[str]) -> list[dict]:
     """Files under root with one of ``extensions`` (lower-case, with the dot), sorted. A file's
     ``class`` is its parent folder relative to root and its ``label`` that folder's index among the
-    sorted class folders (-1 for files directly under root)."""
+    sorted class folders (-1 for files directly under root); its ``text`` (caption) is the content
+    of a sidecar ``<name>.txt`` beside it, else empty."""
     root, extensions = Path(root), set(extensions)
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file())
     classes = sorted({p.parent.relative_to(root).as_posix() for p in files} - {"."})
     index = {c: k for k, c in enumerate(classes)}
-    return [{"path": str(p), "label": index.get(p.parent.relative_to(root).as_posix(), -1),
-             "class": p.parent.relative_to(root).as_posix()} for p in files]
+    rows = []
+    for p in files:
+        folder = p.parent.relative_to(root).as_posix()
+        row = {"path": str(p), "label": index.get(folder, -1), "class": folder}
+        sidecar = p.with_suffix(".txt")
+        if sidecar.is_file():
+            try:
+                row["text"] = " ".join(sidecar.read_text().split())
+            except UnicodeDecodeError:
+                raise DataError(f"{sidecar}: caption file is not UTF-8 text") from None
+        rows.append(row)
+    return rows
+
+
+#: Share of a split-less folder or manifest held out as "val" (by file-name hash), when it has at
+#: least MIN_FILES_TO_HOLD_OUT files; smaller ones train on every file.
+HELD_OUT_FRACTION = 0.1
+MIN_FILES_TO_HOLD_OUT = 10
+
+
+def held_out_split(key: str, fraction: float = HELD_OUT_FRACTION) -> str:
+    """"val" for about ``fraction`` of keys, else "train", by a hash of the key (a file's path relative
+    to its folder or manifest): a file keeps its split on every machine, whatever else is added."""
+    h = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2.0**64
+    return "val" if h < fraction else "train"
+
+
+def select_split(rows: list[dict], source, split: str | None,
+                 fraction: float = HELD_OUT_FRACTION) -> tuple[list[dict], dict | None]:
+    """(the rows of ``split``, a record of how the split was made, or None when the data named it).
+
+    Rows with a ``split`` value are filtered by it. A source where no row has one (a plain folder, a
+    manifest without the column) is split here: ``held_out_split`` of each path relative to the
+    source sends about ``fraction`` to "val" (none below MIN_FILES_TO_HOLD_OUT files). A source
+    where only some rows name a split is refused: its other rows would be dropped unseen."""
+    if split is None:
+        return rows, None
+    named = [r for r in rows if r.get("split") not in (None, "")]
+    if named and len(named) < len(rows):
+        first = next(r for r in rows if r.get("split") in (None, ""))
+        raise DataError(f"{source}: {len(rows) - len(named)} of {len(rows)} rows have no 'split' value "
+                        f"(the first: {first['path']}); give every row one, or none")
+    if named:
+        return [r for r in rows if r["split"] == split], None
+    source = Path(source)
+    base = source if source.is_dir() else source.parent
+    hold = len(rows) >= MIN_FILES_TO_HOLD_OUT
+    splits = {}
+    for r in rows:
+        key = Path(os.path.relpath(r["path"], base)).as_posix()
+        splits[r["path"]] = held_out_split(key, fraction) if hold else "train"
+    held = sorted(Path(os.path.relpath(p, base)).as_posix() for p, s in splits.items() if s == "val")
+    record = {"source": str(source), "split": split, "files": len(rows), "train": len(rows) - len(held),
+              "val": len(held), "held_out_fraction": fraction if hold else 0.0,
+              "rule": ("'val' when the first 8 bytes of sha1(path relative to the source), as a fraction of "
+                       f"2^64, are below {fraction}" if hold else
+                       f"fewer than {MIN_FILES_TO_HOLD_OUT} files: all train, none held out"),
+              "val_files": held}
+    return [{**r, "split": splits[r["path"]]} for r in rows if splits[r["path"]] == split], record
 
 
 def row_label(row: dict, column: str) -> int:
@@ -62,13 +121,6 @@ def row_label(row: dict, column: str) -> int:
         return int(number)
     except (TypeError, ValueError):
         raise DataError(f"{row.get('path')}: column {column!r} holds {value!r}, not an integer class label") from None
-
-
-def no_split_hint(source, split) -> str:
-    """What to do when a split filter left nothing: a folder has no split column at all."""
-    if split and Path(source).is_dir():
-        return " (a folder has no 'split' column: set data.params.split=null, or use a manifest with one)"
-    return ""
 
 
 def check_labels(rows: list[dict], column: str, source) -> None:

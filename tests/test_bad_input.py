@@ -75,6 +75,13 @@ def wav(path, seconds=0.5, rate=8000):
     sf.write(str(path), (0.3 * np.sin(np.arange(int(seconds * rate)) / 5)).astype("float32"), rate, subtype="PCM_16")
 
 
+def audio_partly_split(root):
+    """A manifest where one row names its split and the next does not: the second would be dropped unseen."""
+    wav(root / "aud/a.wav")
+    wav(root / "aud/b.wav")
+    write(root / "aud/manifest.csv", "path,split\na.wav,train\nb.wav,\n")
+
+
 def audio_manifest(folder, rows):
     lines = ["path,label,split"] + [f"{name},{label},train" for name, label in rows]
     write(folder / "manifest.csv", "\n".join(lines) + "\n")
@@ -207,8 +214,8 @@ CASES = [
      ["train", TOY, *AUDIO, "trainer.out_dir=new"], "manifest.csv"),
     ("audio-bad-jsonl", lambda r: write(r / "aud/manifest.jsonl", '{"path": "a.wav"}\n{oops\n'),
      ["train", TOY, *AUDIO, "data.path=aud/manifest.jsonl", "trainer.out_dir=new"], "manifest.jsonl:2"),
-    ("audio-folder-without-split", lambda r: wav(r / "aud/a.wav"),
-     ["train", TOY, *AUDIO, "data.path=aud", "trainer.out_dir=new"], "split"),
+    ("audio-manifest-partly-split", audio_partly_split,
+     ["train", TOY, *AUDIO, "trainer.out_dir=new"], "b.wav"),
     ("video-not-videos", video_not_videos, ["train", TOY, *VIDEO, "trainer.out_dir=new"], "vid"),
     ("video-one-frame", video_too_short, ["train", TOY, *VIDEO, "trainer.out_dir=new"], "vid"),
     ("video-npz-one-frame", lambda r: clips_npz(r, 1),

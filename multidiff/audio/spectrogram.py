@@ -207,6 +207,11 @@ class MelTrainData(torch.utils.data.Dataset):
         """The manifest rows (split, caption ...) of the items (the modality contract's ``rows``)."""
         return self.audio.rows
 
+    @property
+    def split_record(self) -> dict | None:
+        """How a split-less folder was split (multidiff.manifest.select_split); None when the data named it."""
+        return self.audio.split_record
+
     def set_epoch(self, epoch: int) -> None:
         self.audio.set_epoch(epoch)
 

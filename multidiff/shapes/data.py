@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from ..core.utils import item_generator
 from ..errors import DataError
-from ..manifest import ManifestRows, check_labels, no_split_hint, read_manifest, row_label
+from ..manifest import ManifestRows, check_labels, read_manifest, row_label, select_split
 from ..manifest import scan_folder as scan_files
 from .io import (
     MESH_EXTENSIONS,
@@ -68,10 +68,9 @@ class ShapeDataset(ManifestRows, Dataset):
         if not source.exists():
             raise FileNotFoundError(f"shape data source {source} does not exist")
         rows = read_manifest(source) if source.is_file() else scan_folder(source)
-        if split is not None:
-            rows = [r for r in rows if r.get("split") == split]
+        rows, self.split_record = select_split(rows, source, split)
         if not rows:
-            raise DataError(f"{source}: no mesh files" + (f" in split {split!r}" if split else "") + no_split_hint(source, split))
+            raise DataError(f"{source}: no mesh files" + (f" in split {split!r}" if split else ""))
         check_labels(rows, label_column, source)
         self.rows, self.source, self.num_points = rows, source, int(num_points)
         self.coarse_points = int(coarse_points)

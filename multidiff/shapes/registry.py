@@ -136,6 +136,11 @@ class ShapeTrainData(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.shapes) * max(1, self.passes)
 
+    @property
+    def split_record(self) -> dict | None:
+        """How a split-less folder was split (multidiff.manifest.select_split); None when the data named it."""
+        return self.shapes.split_record
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 

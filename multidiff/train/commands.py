@@ -1,6 +1,7 @@
 """The verbs ``multidiff train | sample | eval | info`` (wired up by multidiff/cli.py).
 
     multidiff train RECIPE.yaml [key.sub=value ...]        train (or resume: trainer.resume=PATH|auto)
+    multidiff train audio data.path=DIR                     a packaged starter recipe on your own folder
     multidiff train CHECKPOINT [key.sub=value ...]         continue a run from its own saved config
     multidiff sample CHECKPOINT --num N --steps S --sampler NAME --guidance W --seed K --out DIR
     multidiff eval CHECKPOINT [--samples FILE] [--reference MANIFEST] ...   the modality's metrics, written to DIR/metrics.json
@@ -26,7 +27,8 @@ def _err(verb: str, message: str) -> None:
 
 # ---------------------------------------------------------------------------------- train
 def train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="a YAML recipe, or a checkpoint / run folder to continue from")
+    parser.add_argument("recipe", help="a YAML recipe, a packaged recipe's name (multidiff recipes lists them), "
+                                       "or a checkpoint / run folder to continue from")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
                         help="config overrides, values parsed as YAML (e.g. trainer.batch_size=512)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
@@ -34,10 +36,23 @@ def train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_train_config(recipe: str, overrides: list[str]):
     """A validated Config from a recipe path or a checkpoint folder, plus overrides."""
+    from ..recipes import packaged_recipe
     from . import checkpoint as ckpt
     from .config import load_config
 
     path = Path(recipe)
+    if not path.exists() and packaged_recipe(recipe) is not None:
+        path = packaged_recipe(recipe)
+    elif not path.exists() and path.suffix not in (".yaml", ".yml") and len(path.parts) == 1:
+        import difflib
+
+        from ..recipes import packaged_recipes
+
+        names = list(packaged_recipes())
+        close = difflib.get_close_matches(recipe, names, n=1)
+        raise FileNotFoundError(f"no recipe file or packaged recipe {recipe!r}"
+                                + (f"; did you mean {close[0]!r}?" if close else "")
+                                + f" (packaged: {', '.join(names)}; multidiff recipes lists them)")
     if path.is_dir():
         folder = ckpt.resolve(path)
         raw = ckpt.read_json(folder / "config.json")

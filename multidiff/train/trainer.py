@@ -525,6 +525,12 @@ class Trainer:
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             ckpt.write_json(self.out_dir / "config.json", self.config.to_dict())
+            split_record = getattr(self.dataset, "split_record", None)
+            if split_record is not None:  # a split-less folder: which files were held out, and by what rule
+                ckpt.write_json(self.out_dir / "data_split.json", split_record)
+                acc.print(f"{split_record['source']} has no 'split' column: {split_record['train']} files train, "
+                          f"{split_record['val']} held out as 'val' by file-name hash (listed in "
+                          f"{self.out_dir / 'data_split.json'})")
             csv = CSVLog(self.out_dir / "losses.csv", s.samples_seen if self.resumed_from else None)
         if t.tracker != "none":
             acc.init_trackers("multidiff", config=flat_hparams(self.config.to_dict()))

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from ..core.utils import item_generator
 from ..errors import DataError
-from ..manifest import ManifestRows, check_labels, no_split_hint, read_manifest, row_label
+from ..manifest import ManifestRows, check_labels, read_manifest, row_label, select_split
 from ..manifest import scan_folder as scan_files
 from .io import VIDEO_EXTENSIONS, VideoDecodeError, probe_video, read_video
 from .metrics import constant_velocity_frames, given_frame_mask
@@ -99,8 +99,7 @@ class VideoDataset(ManifestRows, Dataset):
         if not source.exists():
             raise FileNotFoundError(f"video data source {source} does not exist")
         rows = read_manifest(source) if source.is_file() else scan_folder(source)
-        if split is not None:
-            rows = [r for r in rows if r.get("split") == split]
+        rows, self.split_record = select_split(rows, source, split)
         check_labels(rows, label_column, source)
         self.source, self.num_frames, self.size, self.fps, self.channels = source, num_frames, size, fps, channels
         self.random_crop, self.seed, self.label_column = random_crop, seed, label_column
@@ -129,7 +128,7 @@ class VideoDataset(ManifestRows, Dataset):
         if not kept:
             raise DataError(f"{source}: no usable video files" + (f" in split {split!r}" if split else "")
                             + (f" ({len(self.bad_files)} skipped; the first: {next(iter(self.bad_files.values()))})"
-                               if self.bad_files else no_split_hint(source, split)))
+                               if self.bad_files else ""))
         self.rows = kept
 
 

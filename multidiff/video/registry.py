@@ -75,7 +75,8 @@ class TaskParams:
     task: generate | predict | interpolate | mixed; given_frames: frames given for predict
     (the first ones) or interpolate (half at each end); p_unconditional: probability that a
     clip is given no frames (so the model also generates from scratch, and previews, which
-    sample without given frames, show something meaningful); conditional: use class labels;
+    sample without given frames, show something meaningful); conditional: use class labels (None:
+    when the data has them, e.g. class sub-folders);
     extrapolate: none | constant_velocity, a first guess at the frames to predict in the
     conditioning channels (predict task only; see task_conditioning); residual: diffuse
     x - guess instead of x (needs extrapolate), so the untrained model (zero output layer)
@@ -86,7 +87,7 @@ class TaskParams:
     task: str = "generate"
     given_frames: int = 0
     p_unconditional: float = 0.0
-    conditional: bool = False
+    conditional: bool | None = False
     extrapolate: str = "none"
     residual: bool = False
 
@@ -142,9 +143,9 @@ class VideoTrainData(torch.utils.data.Dataset):
             raise ValueError(f"data.params.p_unconditional must lie in [0, 1], got {params.p_unconditional}")
         self.clips, self.params, self.seed = clips, params, seed
         classes = 0
-        if params.conditional:
-            classes = getattr(params, "num_classes", None) or clips.num_classes
-            if classes <= 0:
+        if params.conditional or params.conditional is None:
+            classes = max(0, getattr(params, "num_classes", None) or clips.num_classes)
+            if classes == 0 and params.conditional:
                 raise ValueError("data.params.conditional: the data set has no labels")
         concat = shape[0] + 1 if params.task != "generate" else 0
         meta = {"fps": float(fps or 8.0), "task": params.task, "given_frames": params.given_frames,
@@ -165,6 +166,11 @@ class VideoTrainData(torch.utils.data.Dataset):
     def rows(self) -> list[dict] | None:
         """Each clip's split and caption (the modality contract's ``rows``)."""
         return getattr(self.clips, "rows", None)
+
+    @property
+    def split_record(self) -> dict | None:
+        """How a split-less folder was split (multidiff.manifest.select_split); None when the data named it."""
+        return getattr(self.clips, "split_record", None)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
