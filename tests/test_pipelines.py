@@ -90,7 +90,7 @@ def test_save_load_round_trip_gives_identical_samples(kind, tmp_path):
     pipe.save_pretrained(tmp_path)
     files = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
     name = pipe.backbone_name
-    assert files == {"model_index.json", "multidiff_pipeline.py", "scheduler/scheduler_config.json",
+    assert files == {"model_index.json", "multidiff_pipeline.py", "scheduler/scheduler_config.json", "README.md",
                      f"{name}/config.json", f"{name}/diffusion_pytorch_model.safetensors"}  # JSON + safetensors only
     loaders = [type(pipe).from_pretrained, MultidiffPipeline.from_pretrained,
                partial(DiffusionPipeline.from_pretrained, trust_remote_code=True)]
@@ -196,6 +196,64 @@ def test_a_diffusers_scheduler_drives_the_pipeline(make):
         pipe(scheduler=make(), sampler="heun")
 
 
+def test_assigning_a_diffusers_scheduler_makes_it_step(tmp_path):
+    """The diffusers idiom: pipe.scheduler = X.from_config(pipe.scheduler.config). X gets the model's
+    noise range from the config, steps every call after it, and is saved with the folder."""
+    pipe = audio_pipe()
+    euler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    assert euler.config.use_karras_sigmas and euler.config.sigma_max == 80.0 and euler.config.sigma_min == 0.002
+    euler.set_timesteps(6)
+    assert float(euler.sigmas[0]) == pytest.approx(80.0) and float(euler.sigmas[-2]) == pytest.approx(0.002)
+    edm = EDMEulerScheduler.from_config(pipe.scheduler.config)
+    assert edm.config.sigma_data == 0.5  # the schedule's, not EDMEuler's default
+    ours = _samples(pipe, num_inference_steps=6, length=64)
+    direct = _samples(pipe, num_inference_steps=6, length=64,
+                      scheduler=EulerDiscreteScheduler.from_config(pipe.scheduler.config))
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    assert isinstance(pipe.scheduler, MultidiffSchedulerConfig)  # the schedule and parameterisation stay
+    swapped = _samples(pipe, num_inference_steps=6, length=64)
+    assert torch.equal(swapped, direct) and not torch.equal(swapped, ours)
+    assert torch.equal(_samples(pipe, num_inference_steps=6, length=64, sampler="dpmpp_2m"), ours)  # sampler= wins
+    pipe.save_pretrained(tmp_path)
+    loaded = _quiet(AudioDiffusionPipeline.from_pretrained(tmp_path))
+    assert type(loaded.scheduler.stepping).__name__ == "EulerDiscreteScheduler"
+    assert torch.equal(_samples(loaded, num_inference_steps=6, length=64), swapped)
+    loaded.scheduler.set_stepping_scheduler(None)
+    assert torch.equal(_samples(loaded, num_inference_steps=6, length=64), ours)
+
+
+def test_attention_kernels_are_switched_or_refused(monkeypatch):
+    pipe = video_pipe()
+    layers = pipe._attention_modules()
+    assert layers and all(m.backend == "auto" for m in layers)
+    import multidiff.nn as nn_module
+
+    if not nn_module.xformers_available():
+        with pytest.raises(ValueError, match="xformers attention needs the xformers package and a CUDA device"):
+            pipe.enable_xformers_memory_efficient_attention()
+        assert all(m.backend == "auto" for m in layers)  # nothing half-switched
+    monkeypatch.setattr(nn_module, "xformers_available", lambda: True)
+    pipe.enable_xformers_memory_efficient_attention()
+    assert all(m.backend == "xformers" for m in layers)
+    pipe.disable_xformers_memory_efficient_attention()
+    assert all(m.backend == "auto" for m in layers)
+    with pytest.raises(NotImplementedError, match="SDPA"):
+        pipe.enable_attention_slicing()
+    with pytest.raises(NotImplementedError, match="attention processors"):
+        pipe.set_attn_processor(None)
+
+
+def test_push_to_hub_without_a_token_is_refused_after_saving(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
+    pipe = audio_pipe()
+    with pytest.raises(ValueError, match="push_to_hub needs a Hugging Face token .* the pipeline is saved at"):
+        pipe.save_pretrained(tmp_path / "pipe", push_to_hub=True, repo_id="someone/tones")
+    assert (tmp_path / "pipe" / "model_index.json").is_file() and (tmp_path / "pipe" / "README.md").is_file()
+
+
 # ------------------------------------------------------------------------ shapes and outputs
 def test_shape_overrides_and_outputs_that_write_files(tmp_path):
     out = audio_pipe()(class_labels=[1], length=128, generator=make_generators(0, 1))
@@ -248,8 +306,6 @@ def test_argument_errors_are_named(tmp_path):
         AudioDiffusionPipeline(pipe.unet, _scheduler((2, 32)))
     with pytest.raises(ValueError, match="unknown sampler"):
         _scheduler((1, 32), sampler="nope")
-    with pytest.raises(ValueError, match="local folders only"):
-        pipe.save_pretrained(tmp_path, push_to_hub=True)
 
 
 def test_bad_folders_are_named(tmp_path):
@@ -316,6 +372,19 @@ def test_export_equals_multidiff_sample(audio_run, tmp_path, capsys):
         got = pipe(class_labels=want["labels"], generator=make_generators(4, 3), guidance_scale=float(guidance))
         assert got.audios.shape == (3, 1, 256) and got.class_labels == [0, 1, 0]
         assert torch.equal(got.audios, want["samples"])
+    # the model card: front matter, what it generates, the training, the results given
+    result = tmp_path / "result.json"
+    result.write_text('{"metrics": {"accuracy": 0.875, "n": 8}, "command": "multidiff eval RUN --num 8"}')
+    assert main(["export", str(audio_run), str(tmp_path / "carded"), "--result", str(result), "--license", "mit"]) == 0
+    card = (tmp_path / "carded" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: multidiff\nlicense: mit\n")
+    for text in ("class-conditional, 2 classes", "sample rate: 8000 Hz", "8 training samples seen",
+                 "accuracy 0.875, n 8", "(`multidiff eval RUN --num 8`)", "AudioDiffusionPipeline.from_pretrained"):
+        assert text in card, text
+    assert "None given" in (folder / "README.md").read_text()
+    result.write_text('{"accuracy": 0.875}')
+    assert main(["export", str(audio_run), str(tmp_path / "bad"), "--result", str(result)]) == 2
+    assert "no 'metrics' mapping" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     # --no-ema exports the trained weights
     trained = export_pipeline(audio_run, tmp_path / "raw", use_ema=False)
     raw = read_module_state(resolve(audio_run) / "model.safetensors")

@@ -1,12 +1,13 @@
 """What the three pipelines share: the schedule component, folder handling and the sampling call.
 
-A pipeline folder (``save_pretrained`` / ``multidiff export``; local folders only)::
+A pipeline folder (``save_pretrained`` / ``multidiff export``; loaded from local folders only)::
 
     model_index.json        {"_class_name": ["multidiff_pipeline", "AudioDiffusionPipeline"],
                              "unet": ["multidiff.audio.unet1d", "UNet1D"],
                              "scheduler": ["multidiff.pipelines.base", "MultidiffSchedulerConfig"],
                              "text_encoder": [null, null], ...}
     multidiff_pipeline.py   one import line naming the pipeline class (see below)
+    README.md               the model card (Hub front matter; recipe, data and measured results on export)
     unet/                   (or transformer/) config.json + diffusion_pytorch_model.safetensors
     scheduler/              scheduler_config.json: schedule, prediction type, sampling defaults, shape
 
@@ -82,7 +83,8 @@ class MultidiffSchedulerConfig(SchedulerMixin, ConfigMixin):
                  num_classes: int = 0, class_names: Sequence[str | None] | None = None, sampler: str = "dpmpp_2m",
                  num_inference_steps: int = 32, spacing: str = "karras", rho: float = 7.0,
                  sigma_min: float | None = None, sigma_max: float | None = None, guidance_scale: float = 1.0,
-                 sample_rate: int | None = None, fps: float | None = None, meta: dict | None = None):
+                 sample_rate: int | None = None, fps: float | None = None, meta: dict | None = None,
+                 stepping_scheduler: dict | None = None):
         known = {f.name for f in fields(ScheduleConfig)}
         unknown = sorted(set(schedule or {}) - known)
         if unknown:
@@ -97,6 +99,45 @@ class MultidiffSchedulerConfig(SchedulerMixin, ConfigMixin):
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         self.schedule_config = ScheduleConfig(**(schedule or {}))
         self.noise_schedule = self.schedule_config.build()
+        self.stepping = None if stepping_scheduler is None else _diffusers_scheduler(stepping_scheduler)
+
+    @property
+    def config(self):
+        """The stored config plus the keys diffusers' schedulers read, worked out from the schedule
+        (beta schedule of a discrete VP schedule; sigma range, sigma_data and Karras spacing
+        otherwise), so ``pipe.scheduler = X.from_config(pipe.scheduler.config)`` gives X this model's
+        noise levels, as it does for a diffusers pipeline."""
+        from diffusers.configuration_utils import FrozenDict
+
+        view = {**self._diffusers_keys(), **self._internal_dict}
+        for key in ("sigma_min", "sigma_max"):  # None (the schedule's) as the value it stands for
+            if view.get(key) is None:
+                view[key] = float(getattr(self.noise_schedule, key))
+        # diffusers' from_config gives keys listed here the new class's defaults: these are meant
+        view["_use_default_values"] = [k for k in view.get("_use_default_values", [])
+                                       if k not in ("sigma_min", "sigma_max")]
+        return FrozenDict(view)
+
+    def _diffusers_keys(self) -> dict:
+        sched, internal = self.noise_schedule, self._internal_dict
+        keys = {"prediction_type": "v_prediction" if internal["prediction"] == "v" else "epsilon"}
+        if getattr(sched, "discrete", False):  # VPDiscrete: its own betas
+            sc = self.schedule_config
+            keys.update(num_train_timesteps=sc.num_train_timesteps, beta_schedule=sc.beta_schedule,
+                        beta_start=sc.beta_start, beta_end=sc.beta_end,
+                        rescale_betas_zero_snr=sc.rescale_zero_terminal_snr)
+        else:
+            keys.update(use_karras_sigmas=True, sigma_data=self.schedule_config.sigma_data)
+        return keys
+
+    def set_stepping_scheduler(self, scheduler) -> None:
+        """Step generation with a diffusers scheduler (None: our ``sampler`` again); it is stored by
+        class name and config, so a saved pipeline loads with it."""
+        self.stepping = scheduler
+        record = None if scheduler is None else {"class_name": type(scheduler).__name__,
+                                                 "config": {k: v for k, v in scheduler.config.items()
+                                                            if not k.startswith("_")}}
+        self.register_to_config(stepping_scheduler=record)
 
     @classmethod
     def from_training(cls, config, spec) -> MultidiffSchedulerConfig:
@@ -120,6 +161,16 @@ class MultidiffSchedulerConfig(SchedulerMixin, ConfigMixin):
         lo = c.sigma_min if c.sigma_min is not None else sched.sigma_min
         hi = c.sigma_max if c.sigma_max is not None else sched.sigma_max
         return sigma_grid(num_inference_steps or c.num_inference_steps, lo, hi, c.spacing, rho=c.rho, schedule=sched)
+
+
+def _diffusers_scheduler(record: dict):
+    """A diffusers scheduler from {"class_name", "config"} (a pipeline folder's stepping_scheduler)."""
+    import diffusers
+
+    cls = getattr(diffusers, str(record.get("class_name")), None)
+    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
+        raise ValueError(f"stepping_scheduler: {record.get('class_name')!r} is not a diffusers scheduler class")
+    return cls.from_config(record.get("config") or {})
 
 
 def pipeline_folder(path) -> tuple[Path, dict]:
@@ -190,9 +241,53 @@ class MultidiffPipeline(DiffusionPipeline):
         self.register_modules(**{self.backbone_name: backbone}, scheduler=scheduler, text_encoder=text_encoder, vae=vae)
         self.sample_shape()  # the stored shape must suit the backbone
 
+    def __setattr__(self, name, value):
+        # pipe.scheduler = X.from_config(pipe.scheduler.config): X steps the pipeline; the schedule and
+        # parameterisation (what the model was trained with) stay in our config, which keeps X
+        if (name == "scheduler" and isinstance(value, SchedulerMixin)
+                and not isinstance(value, MultidiffSchedulerConfig) and "scheduler" in self.__dict__):
+            self.scheduler.set_stepping_scheduler(value)
+            return
+        super().__setattr__(name, value)
+
     @property
     def backbone(self) -> torch.nn.Module:
         return getattr(self, self.backbone_name)
+
+    # ------------------------------------------------------------------ attention
+    def _attention_modules(self) -> list:
+        from ..nn import Attention
+
+        return [m for m in self.backbone.modules() if isinstance(m, Attention)]
+
+    def enable_xformers_memory_efficient_attention(self, attention_op=None) -> None:
+        """Run every attention layer of the backbone through xformers (needs the xformers package and
+        a CUDA device; raises otherwise, never a silent no-op). ``attention_op`` is not supported."""
+        from ..nn import xformers_available
+
+        if attention_op is not None:
+            raise ValueError("attention_op is not supported: multidiff picks xformers' memory-efficient kernel")
+        if not xformers_available():
+            raise ValueError("xformers attention needs the xformers package and a CUDA device (pip install "
+                             "multidiff[xformers]); without it attention runs through torch SDPA, whose flash / "
+                             "memory-efficient kernels already avoid the tokens x tokens matrix")
+        for module in self._attention_modules():
+            module.backend = "xformers"
+
+    def disable_xformers_memory_efficient_attention(self) -> None:
+        """Back to torch SDPA (the default) in every attention layer."""
+        for module in self._attention_modules():
+            module.backend = "auto"
+
+    def enable_attention_slicing(self, slice_size=None) -> None:
+        raise NotImplementedError("attention slicing is not supported: multidiff attention runs through torch SDPA "
+                                  "(flash / memory-efficient kernels, no tokens x tokens matrix), or xformers with "
+                                  "enable_xformers_memory_efficient_attention()")
+
+    def set_attn_processor(self, processor) -> None:
+        raise NotImplementedError("multidiff backbones have no diffusers attention processors; choose the attention "
+                                  "kernel with enable_xformers_memory_efficient_attention() / "
+                                  "disable_xformers_memory_efficient_attention()")
 
     @property
     def device(self) -> torch.device:  # the backbone's (diffusers asks every component, text encoders too)
@@ -219,10 +314,12 @@ class MultidiffPipeline(DiffusionPipeline):
 
     # ----------------------------------------------------------------------- folders
     def save_pretrained(self, save_directory, safe_serialization: bool = True, variant: str | None = None,
-                        push_to_hub: bool = False, **kwargs) -> None:
-        """Write the pipeline folder (JSON + safetensors; see the module docstring). Local folders only."""
-        if push_to_hub:
-            raise ValueError("multidiff pipelines are saved to local folders only (push_to_hub is not supported)")
+                        push_to_hub: bool = False, model_card: str | None = None, **kwargs) -> None:
+        """Write the pipeline folder (JSON + safetensors; see the module docstring) with a README.md model
+        card (``model_card``, else one made from the pipeline; an existing card is kept). ``push_to_hub``
+        then uploads the folder (``repo_id``, ``token``, ``private``, ``commit_message``), which needs a
+        Hugging Face token and network access; without them it stops with one line, the folder saved."""
+        hub_options = {k: kwargs.pop(k) for k in ("repo_id", "token", "private", "commit_message") if k in kwargs}
         if not safe_serialization:
             raise ValueError("multidiff pipelines store weights as safetensors only (safe_serialization=False)")
         super().save_pretrained(save_directory, safe_serialization=True, variant=variant, **kwargs)
@@ -233,6 +330,13 @@ class MultidiffPipeline(DiffusionPipeline):
         (folder / f"{SHIM}.py").write_text(
             f'"""Names the pipeline class for diffusers.DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)."""\n'
             f"from {cls.__module__} import {cls.__name__}  # noqa: F401\n")
+        from .card import default_card, push_folder
+
+        card = folder / "README.md"
+        if model_card is not None or not card.is_file():
+            card.write_text(model_card if model_card is not None else default_card(self))
+        if push_to_hub:
+            push_folder(folder, **hub_options)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -349,6 +453,8 @@ class MultidiffPipeline(DiffusionPipeline):
         if output_type not in ("pt", "np"):
             raise ValueError(f"output_type must be 'pt' or 'np', got {output_type!r}")
         c = self.scheduler.config
+        if scheduler is None and sampler is None:  # one assigned to pipe.scheduler steps unless told otherwise
+            scheduler = self.scheduler.stepping
         sampler = c.sampler if sampler is None else sampler
         steps = c.num_inference_steps if num_inference_steps is None else int(num_inference_steps)
         guidance = c.guidance_scale if guidance_scale is None else float(guidance_scale)
