@@ -142,3 +142,18 @@ def test_every_shipped_recipe_parses_and_validates(recipe):
 
     config = load_config(recipe, validate_paths=False)
     assert config.model.name and config.data.name and config.trainer.duration_samples > 0
+
+
+# ------------------------------------------------------------------ trackers and run-folder pictures
+def test_trackers_by_name_and_a_missing_package_is_named(monkeypatch):
+    import importlib.util
+
+    from multidiff.train.config import TRACKERS
+
+    assert {"tensorboard", "wandb", "mlflow", "none"} <= set(TRACKERS)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"trainer.tracker.*'mlflow' needs the mlflow package \(pip install mlflow\)"):
+        load_config(None, ["trainer.tracker=mlflow"])
+    with pytest.raises(ConfigError, match="unknown tracker 'wandbb'; did you mean 'wandb'"):
+        load_config(None, ["trainer.tracker=wandbb"])

@@ -45,10 +45,9 @@ def _read_results(paths) -> list[dict]:
 
 def _export(checkpoint, out, use_ema: bool, results=(), license: str = "other"):
     """(pipeline, checkpoint folder, weights file)."""
-    from .card import export_card
-
     from ..train.registry import MODELS
     from ..train.trainer import load_for_sampling
+    from .card import export_card
 
     records = _read_results(results)  # before minutes of loading
     model, config, spec, state, folder, weights = load_for_sampling(checkpoint, "cpu", use_ema)

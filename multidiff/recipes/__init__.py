@@ -43,5 +43,5 @@ def recipes_run(args: argparse.Namespace) -> int:
     width = max(map(len, recipes))
     for name, path in recipes.items():
         print(f"{name:<{width}}  {summary(path)}")
-    print(f"\ntrain on your own folder: multidiff train NAME data.path=DIR (multidiff recipes NAME prints one)")
+    print("\ntrain on your own folder: multidiff train NAME data.path=DIR (multidiff recipes NAME prints one)")
     return 0

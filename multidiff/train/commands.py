@@ -93,8 +93,11 @@ def train_run(args: argparse.Namespace) -> int:
         print(f"wrote checkpoint: {result.checkpoint}")
         print(f"wrote latest link: {result.out_dir / 'checkpoints' / 'latest'}")
         print(f"wrote loss log: {result.csv}")
+        if (result.out_dir / "losses.png").is_file():
+            print(f"wrote loss curve: {result.out_dir / 'losses.png'}")
         if config.trainer.tracker != "none":
-            print(f"wrote {config.trainer.tracker} logs: {result.out_dir / 'logs'}")
+            where = {"wandb": result.out_dir / "wandb"}.get(config.trainer.tracker, result.out_dir / "logs")
+            print(f"wrote {config.trainer.tracker} logs: {where}")
         for p in result.previews[-1:]:
             print(f"wrote preview: {p}")
         if result.status == "interrupted":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import json
 import math
 import re
@@ -191,7 +192,11 @@ class EMAConfig:
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
 NOISE_GENERATORS = ("per_sample", "per_process")
-TRACKERS = ("tensorboard", "none")
+#: accelerate's trackers (trainer.tracker) and the package each needs; wandb runs offline unless
+#: WANDB_MODE says otherwise
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
+            "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "trackio": "trackio", "swanlab": "swanlab",
+            "none": None}
 
 
 @dataclass
@@ -582,6 +587,10 @@ def validate(config: Config, *, validate_paths: bool = True) -> Config:
     _choice("trainer.mixed_precision", t.mixed_precision, PRECISIONS, "precision")
     _choice("trainer.noise_generators", t.noise_generators, NOISE_GENERATORS)
     _choice("trainer.tracker", t.tracker, TRACKERS, "tracker")
+    package = TRACKERS[t.tracker]
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise ConfigError("trainer.tracker", f"{t.tracker!r} needs the {package} package (pip install {package}), "
+                          f"which is not installed")
     _choice("trainer.ema.kind", t.ema.kind, EMA_KINDS, "EMA kind")
     _positive("trainer.ema.std", t.ema.std)
     if t.ema.kind == "power" and not t.ema.std < 12 ** -0.5:

@@ -37,7 +37,7 @@ from .ema import EMA
 from .modality import get_modality
 from .registry import DataSpec
 from .sampling import Conditioning, default_labels, generate
-from .tracking import CSVLog, flat_hparams
+from .tracking import CSVLog, flat_hparams, log_media, write_loss_curve
 
 
 class NonFiniteLossError(RuntimeError):
@@ -108,7 +108,7 @@ def make_accelerator(config: Config):
     accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=mixed_precision,
-        log_with="tensorboard" if t.tracker == "tensorboard" else None,
+        log_with=None if t.tracker == "none" else t.tracker,
         project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")),
         dynamo_backend=dynamo_backend,
         step_scheduler_with_optimizer=False,
@@ -533,7 +533,10 @@ class Trainer:
                           f"{self.out_dir / 'data_split.json'})")
             csv = CSVLog(self.out_dir / "losses.csv", s.samples_seen if self.resumed_from else None)
         if t.tracker != "none":
-            acc.init_trackers("multidiff", config=flat_hparams(self.config.to_dict()))
+            if t.tracker == "wandb":  # offline into the run folder unless the user chose a mode
+                os.environ.setdefault("WANDB_MODE", "offline")
+            acc.init_trackers("multidiff", config=flat_hparams(self.config.to_dict()),
+                              init_kwargs={"wandb": {"dir": str(self.out_dir)}} if t.tracker == "wandb" else {})
         acc.print(f"multidiff train: {self.config.model.name} ({self.num_parameters:,} parameters) on "
                   f"{self.config.data.name}, {self.world} process(es) on {acc.device}, precision "
                   f"{t.mixed_precision}, global batch {t.batch_size} (micro-batch {self.micro_batch} x "
@@ -585,8 +588,13 @@ class Trainer:
                     self._log(csv)
                 if stop or done or crossed(before, s.samples_seen, t.checkpoint_every_samples):
                     saved = self.save()
+                    if self.is_main:
+                        write_loss_curve(self.out_dir / "losses.csv", self.out_dir / "losses.png")
                 if t.preview_every_samples > 0 and (done or crossed(before, s.samples_seen, t.preview_every_samples)):
-                    previews += self._safe_preview()
+                    written = self._safe_preview()
+                    previews += written
+                    if written and t.tracker != "none":
+                        log_media(acc, written, s.samples_seen)
                 if stop and not done:
                     status = "interrupted"
                     acc.print(f"\nstopped by signal {signal.Signals(self._stop_signal).name} at {s.samples_seen} "
