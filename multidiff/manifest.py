@@ -39,6 +39,17 @@ def read_manifest(path) -> list[dict]:
     return rows
 
 
+def write_manifest(path, rows: list[dict]) -> Path:
+    """Write rows (dicts with a ``path`` and any of label, text, split ...) as a CSV manifest; the
+    columns are those of the first row. Returns the path."""
+    path = Path(path)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def scan_folder(root, extensions: Iterable[str]) -> list[dict]:
     """Files under root with one of ``extensions`` (lower-case, with the dot), sorted. A file's
     ``class`` is its parent folder relative to root and its ``label`` that folder's index among the

@@ -8,6 +8,7 @@ import torch
 
 from multidiff.audio.io import load_audio, save_audio
 from multidiff.cli import main
+from multidiff.manifest import write_manifest
 from multidiff.train.config import load_config
 from multidiff.train.testing import device_under_test
 
@@ -26,10 +27,7 @@ def tone_manifest(tmp_path_factory):
         t = torch.arange(int(8000 * seconds)) / 8000
         save_audio(root / f"{k}.wav", (0.5 * torch.sin(2 * math.pi * freq * t))[None], 8000)
         rows.append({"path": f"{k}.wav", "label": label, "text": f"tone {k}", "split": "train"})
-    with open(root / "manifest.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_manifest(root / "manifest.csv", rows)
     return root / "manifest.csv"
 
 

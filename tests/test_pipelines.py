@@ -1,6 +1,5 @@
 """diffusers pipelines (multidiff/pipelines): save / load round trips with identical samples, guidance,
 diffusers schedulers, outputs that write files, export from trained checkpoints, and errors."""
-import csv
 import math
 from functools import partial
 
@@ -15,6 +14,7 @@ from multidiff.audio.io import load_audio, save_audio
 from multidiff.audio.unet1d import unet1d_tiny
 from multidiff.cli import main
 from multidiff.core import ClassifierFreeGuidance, make_generators, sample
+from multidiff.manifest import write_manifest
 from multidiff.pipelines import (
     AudioDiffusionPipeline,
     MultidiffPipeline,
@@ -342,10 +342,7 @@ def audio_run(tmp_path_factory):
         t = torch.arange(256) / 8000
         save_audio(root / f"{k}.wav", (0.5 * torch.sin(2 * math.pi * (300 + 500 * (k % 2)) * t))[None], 8000)
         rows.append({"path": f"{k}.wav", "label": k % 2, "split": "train"})
-    with open(root / "manifest.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_manifest(root / "manifest.csv", rows)
     return _train(root / "run", "model.name=audio_unet1d", "model.params.preset=tiny", "model.params.channels=[8, 16]",
                   "model.params.factors=[4]", "model.params.attention_heads=2", "model.params.emb_dim=32",
                   "data.name=audio", f"data.path={root / 'manifest.csv'}", "data.params.sample_rate=8000",

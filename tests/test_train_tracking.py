@@ -1,13 +1,13 @@
 """Trackers by name: previews logged as media (wandb offline, TensorBoard) and the loss curve PNG."""
 from __future__ import annotations
 
-import csv
 import math
 
 import pytest
 import torch
 
 from multidiff.audio.io import save_audio
+from multidiff.manifest import write_manifest
 from multidiff.train import Trainer, load_config
 from multidiff.train.tracking import write_loss_curve
 
@@ -20,10 +20,7 @@ def _tones(root):
         t = torch.arange(256) / 8000
         save_audio(root / f"{k}.wav", (0.5 * torch.sin(2 * math.pi * (300 + 400 * (k % 2)) * t))[None], 8000)
         rows.append({"path": f"{k}.wav", "label": k % 2, "split": "train"})
-    with open(root / "manifest.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_manifest(root / "manifest.csv", rows)
     return root / "manifest.csv"
 
 
