@@ -7,6 +7,7 @@ from .guidance import Autoguidance, ClassifierFreeGuidance, cfg, rescale_guidanc
 from .masked import KnownValueDenoiser, sample_repaint
 from .objectives import (
                          WEIGHTINGS,
+                         ConsistencyLoss,
                          CosineInterpolated,
                          DiffusionLoss,
                          LogitNormal,
@@ -36,7 +37,7 @@ from .utils import append_dims, item_generator, make_generators, mix_seed, randn
 __all__ = [
     "PREDICTIONS", "Denoiser", "edm_scalings", "sample_with_diffusers_scheduler", "schedule_from_diffusers",
     "SPACINGS", "sigma_grid", "ClassifierFreeGuidance", "Autoguidance", "cfg", "rescale_guidance", "KnownValueDenoiser",
-    "sample_repaint", "WEIGHTINGS", "CosineInterpolated", "DiffusionLoss", "LogitNormal", "LogNormal",
+    "sample_repaint", "WEIGHTINGS", "ConsistencyLoss", "CosineInterpolated", "DiffusionLoss", "LogitNormal", "LogNormal",
     "NoiseDistribution", "UniformT", "masked_mean", "weighting", "optimize_sigmas", "ODE_ORDER", "SAMPLERS",
     "check_sigmas", "evaluations", "steps_for_evaluations", "get_sampler", "sample", "EDM", "SCHEDULES", "VE",
     "NoiseSchedule", "RectifiedFlow", "ScheduleConfig", "VPContinuous", "VPDiscrete", "alpha_from_sigma",

@@ -11,6 +11,7 @@ from torch import nn
 from ..core import (
     CosineInterpolated,
     Denoiser,
+    ConsistencyLoss,
     DiffusionLoss,
     LogitNormal,
     LogNormal,
@@ -112,6 +113,10 @@ def build_loss(objective: ObjectiveConfig, schedule: NoiseSchedule, modality: st
         extra = hook(modality_params) if hook is not None and modality_params is not None else None
         return AutoencoderLoss(a.kl_weight, a.l1_weight, a.l2_weight, extra, a.adversarial_weight,
                                a.feature_matching_weight)
+    if objective.kind == "consistency":
+        c = objective.consistency
+        return ConsistencyLoss(build_noise_distribution(objective, schedule), q=c.q, stages=c.stages, k=c.k, b=c.b,
+                               huber_c=c.huber_c)
     sd = objective.schedule.sigma_data
     weight = weighting(objective.weighting, sigma_data=sd, gamma=objective.min_snr_gamma)
     return DiffusionLoss(build_noise_distribution(objective, schedule), weight, sigma_data=sd)

@@ -121,7 +121,20 @@ class AutoencoderObjectiveConfig:
     modality_params: dict[str, Any] = field(default_factory=dict)
 
 
-OBJECTIVE_KINDS = ("diffusion", "autoencoder")
+@dataclass
+class ConsistencyObjectiveConfig:
+    """``objective.consistency`` (kind consistency): ECT's r(t) = t (1 - (1 + k sigmoid(-b t)) / q^stage)
+    over ``stages`` equal parts of the run, and the pseudo-Huber constant (0: squared error);
+    multidiff.core.ConsistencyLoss."""
+
+    q: float = 2.0
+    stages: int = 8
+    k: float = 8.0
+    b: float = 1.0
+    huber_c: float = 0.00054
+
+
+OBJECTIVE_KINDS = ("diffusion", "autoencoder", "consistency")
 
 
 @dataclass
@@ -132,11 +145,13 @@ class ObjectiveConfig:
     weighting. ``cond_drop_prob`` replaces class labels by the null label during
     training so classifier-free guidance works at sampling time. ``kind: autoencoder``
     trains an autoencoder for latent diffusion instead (``autoencoder`` section; the
-    diffusion fields are then unused).
+    diffusion fields are then unused); ``kind: consistency`` trains a few-step consistency model
+    from scratch (ECT; ``consistency`` section; sample it with the ``consistency`` sampler).
     """
 
     kind: str = "diffusion"
     autoencoder: AutoencoderObjectiveConfig = field(default_factory=AutoencoderObjectiveConfig)
+    consistency: ConsistencyObjectiveConfig = field(default_factory=ConsistencyObjectiveConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     prediction: str = "edm"
     noise: NoiseConfig = field(default_factory=NoiseConfig)
@@ -557,6 +572,10 @@ def validate(config: Config, *, validate_paths: bool = True) -> Config:
     _positive("data.num_workers", d.num_workers, allow_zero=True)
 
     _choice("objective.kind", o.kind, OBJECTIVE_KINDS, "objective kind")
+    c = o.consistency
+    if not (c.q > 1 and c.stages >= 1 and c.k >= 0 and c.huber_c >= 0):
+        raise ConfigError("objective.consistency", f"needs q > 1, stages >= 1, k >= 0, huber_c >= 0; got q={c.q}, "
+                                                   f"stages={c.stages}, k={c.k}, huber_c={c.huber_c}")
     for name in ("kl_weight", "l1_weight", "l2_weight", "adversarial_weight", "feature_matching_weight"):
         _positive(f"objective.autoencoder.{name}", getattr(o.autoencoder, name), allow_zero=True)
     if o.kind == "autoencoder":

@@ -572,6 +572,8 @@ class Trainer:
                 step_t0 = time.perf_counter()
                 before = s.samples_seen
                 batch, first_batch = (first_batch if first_batch is not None else next(batches)), None
+                if hasattr(self.loss_fn, "set_progress"):  # a loss that changes over the run (ECT's stages)
+                    self.loss_fn.set_progress(s.samples_seen / t.duration_samples)
                 loss = self.forward_backward(batch)
                 self.apply_update(loss)
                 s.elapsed_s += time.perf_counter() - step_t0
