@@ -157,3 +157,13 @@ def test_trackers_by_name_and_a_missing_package_is_named(monkeypatch):
         load_config(None, ["trainer.tracker=mlflow"])
     with pytest.raises(ConfigError, match="unknown tracker 'wandbb'; did you mean 'wandb'"):
         load_config(None, ["trainer.tracker=wandbb"])
+
+
+def test_distillation_needs_a_teacher_and_steps(tmp_path):
+    with pytest.raises(ConfigError, match="objective.distillation.teacher.*needs the teacher checkpoint"):
+        load_config(None, ["objective.kind=distillation", "objective.distillation.student_steps=4"])
+    with pytest.raises(ConfigError, match="objective.distillation.teacher.*no such file"):
+        load_config(None, ["objective.kind=distillation", f"objective.distillation.teacher={tmp_path / 'nope'}",
+                           "objective.distillation.student_steps=4"])
+    with pytest.raises(ConfigError, match="objective.distillation.student_steps.*must be >= 1"):
+        load_config(None, ["objective.kind=distillation", f"objective.distillation.teacher={tmp_path}"])

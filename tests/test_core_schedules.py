@@ -146,7 +146,7 @@ def test_schedule_config_builds_every_schedule():
 
 # ------------------------------------------------------------------------ sigma grids
 def test_spacings_listed():
-    assert set(SPACINGS) == {"karras", "loglinear", "linear_t", "trailing", "flow_shift"}
+    assert set(SPACINGS) == {"karras", "loglinear", "linear_t", "trailing", "flow_shift", "nested"}
 
 
 @pytest.mark.parametrize("spacing", SPACINGS)
@@ -159,9 +159,18 @@ def test_every_spacing_gives_a_valid_grid(spacing, n):
     assert float(grid[-1]) == 0.0
     assert (grid[1:] < grid[:-1]).all()
     assert float(grid[0]) == pytest.approx(hi, rel=1e-9)
+    if spacing == "nested":  # runs down to 0 itself: sigma_min is not used
+        return
     assert float(grid[:-1].min()) >= lo * (1 - 1e-9)
     if spacing != "trailing" and n > 1:  # trailing leaves out the low end by design
         assert float(grid[-2]) == pytest.approx(lo, rel=1e-9)
+
+
+def test_nested_grids_hold_every_level_of_the_halved_grid():
+    for n in (2, 4, 8, 16):
+        fine, coarse = sigma_grid(n, 0.002, 80.0, "nested").tolist(), sigma_grid(n // 2, 0.002, 80.0, "nested").tolist()
+        assert fine[::2] == pytest.approx(coarse, rel=1e-12, abs=0)
+    assert sigma_grid(2, 0.002, 80.0, "nested").tolist() == pytest.approx([80.0, 80.0 * 0.5**7, 0.0])
 
 
 def test_karras_closed_form():

@@ -11,6 +11,9 @@ Spacings (``SPACINGS``):
              shift t = shift u / (1 + (shift - 1) u) (Esser et al. 2024, Sec. 5.3.2), with
              the ends kept at sigma_max and sigma_min (diffusers' FlowMatchEulerDiscrete
              grid when sigma_min is its last nonzero value and sigma_max -> inf)
+  nested     sigma_max (1 - i / n)^rho: Karras' rho-spacing run down to sigma = 0 itself, so
+             sigma_min is not used and the n-step grid holds every level of the n/2-step one
+             (progressive distillation halves the steps of such grids; 2 steps: [80, 0.625, 0])
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import torch
 
 from .schedules import NoiseSchedule
 
-SPACINGS = ("karras", "loglinear", "linear_t", "trailing", "flow_shift")
+SPACINGS = ("karras", "loglinear", "linear_t", "trailing", "flow_shift", "nested")
 
 
 def sigma_grid(n_steps: int, sigma_min: float, sigma_max: float, spacing: str = "karras", *,
@@ -40,6 +43,8 @@ def sigma_grid(n_steps: int, sigma_min: float, sigma_max: float, spacing: str = 
     if spacing == "karras":
         lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
         sigmas = (hi + ramp * (lo - hi)) ** rho
+    elif spacing == "nested":
+        sigmas = sigma_max * (1 - torch.arange(n, dtype=torch.float64) / n) ** rho
     elif spacing == "loglinear":
         sigmas = torch.exp(math.log(sigma_max) + ramp * (math.log(sigma_min) - math.log(sigma_max)))
     elif spacing == "flow_shift":

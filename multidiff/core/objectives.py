@@ -226,3 +226,45 @@ class ConsistencyLoss:
         if self.huber_c > 0:
             err = torch.sqrt(err + self.huber_c**2) - self.huber_c
         return err / (t - r).float()
+
+
+class ProgressiveDistillationLoss:
+    """Progressive distillation (Salimans & Ho 2022, Alg. 2), in sigma space: the student learns to take
+    in one deterministic step what the teacher takes in two.
+
+    The student's grid is the ``student_steps``-step "nested" grid sigma_max (1 - i / n)^rho, the
+    teacher's the 2n-step one (it holds every student level). For a student level i drawn uniformly
+    and x = x0 + sigma_i n, the teacher goes sigma_i -> sigma_mid -> sigma_next in two Euler / DDIM
+    steps (x_next = lerp(D, x, sigma_next / sigma)) to x''; the student's target is the x0 whose one
+    such step lands there, x0~ = (x'' - (sigma_next / sigma_i) x) / (1 - sigma_next / sigma_i), and
+
+        L = weight(sigma_i) || D_student(x, sigma_i) - x0~ ||^2.
+
+    Each round halves the steps: the next round's teacher is this round's student.
+    """
+
+    def __init__(self, teacher, student_steps: int, sigma_max: float, *, rho: float = 7.0,
+                 weight: Callable[[torch.Tensor], torch.Tensor] | str = "snr_plus_one", sigma_data: float = 0.5):
+        from .grids import sigma_grid
+
+        if int(student_steps) != student_steps or student_steps < 1:
+            raise ValueError(f"student_steps must be a positive integer, got {student_steps!r}")
+        self.teacher, self.n = teacher, int(student_steps)
+        self.levels = sigma_grid(2 * self.n, 1.0, sigma_max, "nested", rho=rho)  # the teacher's 2n + 1 levels
+        self.weight = weighting(weight, sigma_data=sigma_data) if isinstance(weight, str) else weight
+
+    def __call__(self, denoiser, x0: torch.Tensor, cond: Mapping[str, Any] | None = None,
+                 generator: Generator = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        batch = x0.shape[0]
+        i = (rand_per_sample(batch, generator, x0.device, torch.float64) * self.n).long().clamp(max=self.n - 1).cpu()
+        sigma, mid, nxt = (self.levels[2 * i + k].to(x0.device) for k in range(3))  # (batch,) float64 each
+        x = x0 + randn_like(x0, generator) * append_dims(sigma.to(x0.dtype), x0.ndim)
+        with torch.no_grad():
+            d = self.teacher(x, sigma.to(x0.dtype), cond)
+            x_mid = torch.lerp(d, x, append_dims((mid / sigma).to(x0.dtype), x0.ndim))
+            d_mid = self.teacher(x_mid, mid.to(x0.dtype), cond)
+            x_next = torch.lerp(d_mid, x_mid, append_dims((nxt / mid).to(x0.dtype), x0.ndim))
+            ratio = append_dims((nxt / sigma).float(), x0.ndim)
+            target = (x_next.float() - ratio * x.float()) / (1 - ratio)
+        err = (denoiser(x, sigma.to(x0.dtype), cond).float() - target) ** 2
+        return self.weight(sigma.float()) * masked_mean(err, mask)

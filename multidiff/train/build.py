@@ -9,13 +9,14 @@ import torch
 from torch import nn
 
 from ..core import (
+    ConsistencyLoss,
     CosineInterpolated,
     Denoiser,
-    ConsistencyLoss,
     DiffusionLoss,
     LogitNormal,
     LogNormal,
     NoiseSchedule,
+    ProgressiveDistillationLoss,
     UniformT,
     weighting,
 )
@@ -104,7 +105,7 @@ def build_noise_distribution(objective: ObjectiveConfig, schedule: NoiseSchedule
 
 
 def build_loss(objective: ObjectiveConfig, schedule: NoiseSchedule, modality: str | None = None,
-               modality_params: Any = None):
+               modality_params: Any = None, teacher=None):
     """The per-sample loss callable: DiffusionLoss, or AutoencoderLoss for objective.kind autoencoder
     (with the modality's own term, from its ``autoencoder_loss`` hook and ``modality_params``)."""
     if objective.kind == "autoencoder":
@@ -113,6 +114,10 @@ def build_loss(objective: ObjectiveConfig, schedule: NoiseSchedule, modality: st
         extra = hook(modality_params) if hook is not None and modality_params is not None else None
         return AutoencoderLoss(a.kl_weight, a.l1_weight, a.l2_weight, extra, a.adversarial_weight,
                                a.feature_matching_weight)
+    if objective.kind == "distillation":  # teacher: the teacher's denoiser
+        d = objective.distillation
+        return ProgressiveDistillationLoss(teacher, d.student_steps, schedule.sigma_max, rho=d.rho,
+                                           weight=objective.weighting, sigma_data=objective.schedule.sigma_data)
     if objective.kind == "consistency":
         c = objective.consistency
         return ConsistencyLoss(build_noise_distribution(objective, schedule), q=c.q, stages=c.stages, k=c.k, b=c.b,

@@ -134,7 +134,19 @@ class ConsistencyObjectiveConfig:
     huber_c: float = 0.00054
 
 
-OBJECTIVE_KINDS = ("diffusion", "autoencoder", "consistency")
+@dataclass
+class DistillationObjectiveConfig:
+    """``objective.distillation`` (kind distillation): progressive distillation from the ``teacher``
+    checkpoint (its EMA weights) into ``student_steps`` steps of the "nested" grid with ``rho``; the
+    student starts from model.init_from (the teacher, or the last round's student);
+    multidiff.core.ProgressiveDistillationLoss."""
+
+    teacher: str | None = None
+    student_steps: int = 0
+    rho: float = 7.0
+
+
+OBJECTIVE_KINDS = ("diffusion", "autoencoder", "consistency", "distillation")
 
 
 @dataclass
@@ -146,12 +158,15 @@ class ObjectiveConfig:
     training so classifier-free guidance works at sampling time. ``kind: autoencoder``
     trains an autoencoder for latent diffusion instead (``autoencoder`` section; the
     diffusion fields are then unused); ``kind: consistency`` trains a few-step consistency model
-    from scratch (ECT; ``consistency`` section; sample it with the ``consistency`` sampler).
+    from scratch (ECT; ``consistency`` section; sample it with the ``consistency`` sampler);
+    ``kind: distillation`` halves a trained model's steps (``distillation`` section; sample the
+    student with a deterministic sampler on the ``nested`` grid).
     """
 
     kind: str = "diffusion"
     autoencoder: AutoencoderObjectiveConfig = field(default_factory=AutoencoderObjectiveConfig)
     consistency: ConsistencyObjectiveConfig = field(default_factory=ConsistencyObjectiveConfig)
+    distillation: DistillationObjectiveConfig = field(default_factory=DistillationObjectiveConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     prediction: str = "edm"
     noise: NoiseConfig = field(default_factory=NoiseConfig)
@@ -576,6 +591,14 @@ def validate(config: Config, *, validate_paths: bool = True) -> Config:
     if not (c.q > 1 and c.stages >= 1 and c.k >= 0 and c.huber_c >= 0):
         raise ConfigError("objective.consistency", f"needs q > 1, stages >= 1, k >= 0, huber_c >= 0; got q={c.q}, "
                                                    f"stages={c.stages}, k={c.k}, huber_c={c.huber_c}")
+    dist = o.distillation
+    if o.kind == "distillation":
+        if not dist.teacher:
+            raise ConfigError("objective.distillation.teacher", "kind distillation needs the teacher checkpoint")
+        if validate_paths and not Path(dist.teacher).expanduser().exists():
+            raise ConfigError("objective.distillation.teacher", f"no such file or directory: {dist.teacher!r}")
+        if dist.student_steps < 1:
+            raise ConfigError("objective.distillation.student_steps", f"must be >= 1, got {dist.student_steps}")
     for name in ("kl_weight", "l1_weight", "l2_weight", "adversarial_weight", "feature_matching_weight"):
         _positive(f"objective.autoencoder.{name}", getattr(o.autoencoder, name), allow_zero=True)
     if o.kind == "autoencoder":

@@ -1,6 +1,5 @@
-"""The CSV loss log (one row per log interval), config flattening for trackers, the loss curve as a
-PNG, and preview files (pictures, sounds, animations, 3D files, told apart by their extension)
-logged to whichever trackers run."""
+"""The CSV loss log (one row per log interval), config flattening for trackers, and the loss curve
+as a PNG (preview files go to the trackers through multidiff.media.log_media)."""
 from __future__ import annotations
 
 import csv
@@ -71,12 +70,6 @@ def flat_hparams(d: dict, prefix: str = "") -> dict[str, Any]:
             out[key] = str(v)
     return out
 
-IMAGES = (".png", ".jpg", ".jpeg")
-SOUNDS = (".wav", ".flac", ".ogg")
-ANIMATIONS = (".gif", ".mp4")
-MODELS_3D = (".obj", ".glb", ".gltf", ".stl")  # what wandb.Object3D reads
-
-
 def write_loss_curve(csv_path, png_path) -> Path | None:
     """Plot losses.csv (loss against samples seen, log-scaled loss) to a PNG; None when it has no rows."""
     xs, ys = [], []
@@ -110,68 +103,3 @@ def write_loss_curve(csv_path, png_path) -> Path | None:
     plt.close(fig)
     tmp.replace(png_path)
     return png_path
-
-
-def log_media(accelerator, paths, step: int) -> int:
-    """Log preview files to every tracker of ``accelerator`` that takes them; returns how many items
-    were logged. TensorBoard: pictures and sounds. wandb: pictures, sounds, animations and 3D files.
-    Other trackers: pictures, through their ``log_images`` where they have one."""
-    paths = [Path(p) for p in paths]
-    logged = 0
-    for tracker in getattr(accelerator, "trackers", []):
-        if tracker.name == "tensorboard":
-            logged += _tensorboard(tracker.writer, paths, step)
-        elif tracker.name == "wandb":
-            logged += _wandb(tracker.run, paths, step)
-        elif hasattr(tracker, "log_images"):
-            images = {f"preview/{p.stem}": _image_array(p) for p in paths if p.suffix.lower() in IMAGES}
-            if images:
-                tracker.log_images(images, step=step)
-                logged += len(images)
-    return logged
-
-
-def _image_array(path):
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-def _tensorboard(writer, paths, step: int) -> int:
-    import soundfile as sf
-    import torch
-
-    n = 0
-    for p in paths:
-        suffix = p.suffix.lower()
-        if suffix in IMAGES:
-            writer.add_image(f"preview/{p.stem}", _image_array(p), step, dataformats="HWC")
-        elif suffix in SOUNDS:
-            wave, rate = sf.read(str(p), dtype="float32", always_2d=True)
-            writer.add_audio(f"preview/{p.stem}", torch.from_numpy(wave.mean(1))[None], step, sample_rate=rate)
-        else:
-            continue
-        n += 1
-    writer.flush()
-    return n
-
-
-def _wandb(run, paths, step: int) -> int:
-    import wandb
-
-    items = {}
-    for p in paths:
-        suffix = p.suffix.lower()
-        if suffix in IMAGES:
-            items[f"preview/{p.stem}"] = wandb.Image(str(p))
-        elif suffix in SOUNDS:
-            items[f"preview/{p.stem}"] = wandb.Audio(str(p))
-        elif suffix in ANIMATIONS:
-            items[f"preview/{p.stem}"] = wandb.Video(str(p), format=suffix[1:])
-        elif suffix in MODELS_3D:
-            items[f"preview/{p.stem}"] = wandb.Object3D(str(p))
-    if items:
-        run.log(items, step=step)
-    return len(items)

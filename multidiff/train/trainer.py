@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from ..media import log_media
 from . import checkpoint as ckpt
 from .build import LRSchedule, build_dataset, build_denoiser, build_loss, build_model, build_optimizer, count_parameters
 from .config import Config, ConfigError, autoencoder_modality_params, config_from_json
@@ -37,7 +38,7 @@ from .ema import EMA
 from .modality import get_modality
 from .registry import DataSpec
 from .sampling import Conditioning, default_labels, generate
-from .tracking import CSVLog, flat_hparams, log_media, write_loss_curve
+from .tracking import CSVLog, flat_hparams, write_loss_curve
 
 
 class NonFiniteLossError(RuntimeError):
@@ -170,8 +171,12 @@ class Trainer:
         self._unwrapped: torch.nn.Module | None = None
         self.autoencoder = config.objective.kind == "autoencoder"
         self.denoiser = build_denoiser(self.model, config.objective)
+        teacher = None
+        if config.objective.kind == "distillation":  # the frozen teacher, in eval mode, on this device
+            teacher_model, teacher_config, *_ = load_for_sampling(config.objective.distillation.teacher, acc.device)
+            teacher = build_denoiser(teacher_model, teacher_config.objective)
         self.loss_fn = build_loss(config.objective, self.denoiser.schedule, self.spec.modality,
-                                  autoencoder_modality_params(config) if self.autoencoder else None)
+                                  autoencoder_modality_params(config) if self.autoencoder else None, teacher)
         if self.autoencoder:  # the loss calls the model's encode / decode itself
             if self.accelerator.num_processes > 1:
                 raise ValueError("objective.kind autoencoder trains in one process for now (its loss calls "
