@@ -34,6 +34,7 @@ def read_manifest(path) -> list[dict]:
     for n, row in enumerate(rows, 1):
         if not isinstance(row, dict) or not row.get("path"):
             raise DataError(f"{path}: row {n} has no 'path' column/value")
+        row["path_as_written"] = row["path"]  # the held-out split hashes this, wherever the manifest sits
         if not os.path.isabs(row["path"]):
             row["path"] = str(path.parent / row["path"])
     return rows
@@ -91,8 +92,8 @@ def select_split(rows: list[dict], source, split: str | None,
     """(the rows of ``split``, a record of how the split was made, or None when the data named it).
 
     Rows with a ``split`` value are filtered by it. A source where no row has one (a plain folder, a
-    manifest without the column) is split here: ``held_out_split`` of each path relative to the
-    source sends about ``fraction`` to "val" (none below MIN_FILES_TO_HOLD_OUT files). A source
+    manifest without the column) is split here: ``held_out_split`` of each file's path relative to
+    the folder, or as written in the manifest, sends about ``fraction`` to "val" (none below MIN_FILES_TO_HOLD_OUT files). A source
     where only some rows name a split is refused: its other rows would be dropped unseen."""
     if split is None:
         return rows, None
@@ -107,13 +108,17 @@ def select_split(rows: list[dict], source, split: str | None,
     base = source if source.is_dir() else source.parent
     hold = len(rows) >= MIN_FILES_TO_HOLD_OUT
     splits = {}
+    def key(row):  # a manifest's path as written; a folder's file relative to the folder
+        return str(row["path_as_written"]) if "path_as_written" in row else Path(os.path.relpath(row["path"], base)).as_posix()
+
     for r in rows:
-        key = Path(os.path.relpath(r["path"], base)).as_posix()
-        splits[r["path"]] = held_out_split(key, fraction) if hold else "train"
-    held = sorted(Path(os.path.relpath(p, base)).as_posix() for p, s in splits.items() if s == "val")
-    record = {"source": str(source), "split": split, "files": len(rows), "train": len(rows) - len(held),
-              "val": len(held), "held_out_fraction": fraction if hold else 0.0,
-              "rule": ("'val' when the first 8 bytes of sha1(path relative to the source), as a fraction of "
+        splits[r["path"]] = held_out_split(key(r), fraction) if hold else "train"
+    held = sorted({key(r) for r in rows if splits[r["path"]] == "val"})
+    record = {"source": str(source), "split": split, "files": len(rows),
+              "train": sum(1 for r in rows if splits[r["path"]] == "train"),
+              "val": sum(1 for r in rows if splits[r["path"]] == "val"), "held_out_fraction": fraction if hold else 0.0,
+              "rule": ("'val' when the first 8 bytes of sha1(the path relative to the folder, or as written in the "
+                       "manifest), as a fraction of "
                        f"2^64, are below {fraction}" if hold else
                        f"fewer than {MIN_FILES_TO_HOLD_OUT} files: all train, none held out"),
               "val_files": held}

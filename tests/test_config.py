@@ -167,3 +167,8 @@ def test_distillation_needs_a_teacher_and_steps(tmp_path):
                            "objective.distillation.student_steps=4"])
     with pytest.raises(ConfigError, match="objective.distillation.student_steps.*must be >= 1"):
         load_config(None, ["objective.kind=distillation", f"objective.distillation.teacher={tmp_path}"])
+    with pytest.raises(ConfigError, match="model.init_from.*starts the student from its teacher"):
+        load_config(None, ["objective.kind=distillation", f"objective.distillation.teacher={tmp_path}",
+                           "objective.distillation.student_steps=2"])
+    with pytest.raises(ConfigError, match="sampling.sampler.*consistency sampler, not 'heun'"):
+        load_config(None, ["objective.kind=consistency", "sampling.sampler=heun"])

@@ -101,7 +101,8 @@ def test_consistency_training_gives_one_and_two_step_draws(tmp_path):
               "trainer.preview_every_samples=0", "trainer.checkpoint_every_samples=256000"]
     scores = {}
     for kind, extra in (("consistency", ["objective.kind=consistency", "objective.noise.p_mean=-1.1",
-                                         "objective.noise.p_std=2.0"]), ("diffusion", [])):
+                                         "objective.noise.p_std=2.0", "sampling.sampler=consistency"]),
+                        ("diffusion", [])):
         out_dir = tmp_path / kind
         recipe = Path(__file__).resolve().parents[1] / "recipes/toy/gmm.yaml"
         Trainer(load_config(recipe, [f"trainer.out_dir={out_dir}", *common, *extra])).fit()

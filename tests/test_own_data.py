@@ -144,3 +144,16 @@ def test_a_manifest_without_a_split_column_is_split_too(tmp_path, capsys):
     val = AudioDataset(tmp_path / "clips.csv", split="val")
     assert len(train) + len(val) == 12 and train.split_record["val"] == len(val) >= 1
     assert train.split_record["val_files"] == sorted(r["path"][len(str(tmp_path)) + 1:] for r in val.rows)
+
+
+def test_a_manifest_split_does_not_depend_on_where_the_manifest_sits(tmp_path):
+    """Absolute paths in a manifest hash as written: the same rows from two folders split alike."""
+    lines = "path\n" + "".join(f"/corpus/clips/{k:03d}.wav\n" for k in range(80))
+    for where in ("a", "b/c/d"):
+        (tmp_path / where).mkdir(parents=True)
+        (tmp_path / where / "m.csv").write_text(lines)
+    from multidiff.manifest import read_manifest
+
+    splits = [select_split(read_manifest(tmp_path / w / "m.csv"), tmp_path / w / "m.csv", "val")[1]["val_files"]
+              for w in ("a", "b/c/d")]
+    assert splits[0] == splits[1] and splits[0] and splits[0][0].startswith("/corpus/clips/")

@@ -106,7 +106,8 @@ class MultidiffSchedulerConfig(SchedulerMixin, ConfigMixin):
         """The stored config plus the keys diffusers' schedulers read, worked out from the schedule
         (beta schedule of a discrete VP schedule; sigma range, sigma_data and Karras spacing
         otherwise), so ``pipe.scheduler = X.from_config(pipe.scheduler.config)`` gives X this model's
-        noise levels, as it does for a diffusers pipeline."""
+        noise levels where X reads those keys (Euler, UniPC, the EDM schedulers; others keep their
+        beta schedule's range), as for a diffusers pipeline."""
         from diffusers.configuration_utils import FrozenDict
 
         view = {**self._diffusers_keys(), **self._internal_dict}

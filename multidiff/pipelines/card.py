@@ -15,9 +15,10 @@ import yaml
 PIPELINE_TAGS = {"audio": "text-to-audio", "video": "text-to-video", "shapes": "text-to-3d", "images": "text-to-image"}
 
 
-def _front_matter(modality: str, license: str) -> str:
-    meta = {"library_name": "multidiff", "license": license,
-            "tags": ["diffusion", "multidiff", modality], "pipeline_tag": PIPELINE_TAGS.get(modality, "other")}
+def _front_matter(modality: str, license: str, captions: bool = False) -> str:
+    meta = {"library_name": "multidiff", "license": license, "tags": ["diffusion", "multidiff", modality]}
+    if captions and modality in PIPELINE_TAGS:  # the Hub's text-to-X tags mean caption-conditioned models
+        meta["pipeline_tag"] = PIPELINE_TAGS[modality]
     return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
 
 
@@ -48,13 +49,14 @@ def _about(pipe) -> list[str]:
              f'pipe = {name}.from_pretrained("PATH_TO_THIS_FOLDER")',
              "out = pipe(" + ("class_labels=0, " if c.num_classes else "") + "num_samples=4)", "```", "",
              "Any diffusers scheduler can step it: "
-             "`pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)`."]
+             "`pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)`."]
     return lines + facts + usage
 
 
 def default_card(pipe, license: str = "other") -> str:
     """The card of a pipeline saved from Python: what it generates and how to load it."""
-    return _front_matter(pipe.modality, license) + f"\n# {type(pipe).__name__}\n\n" + "\n".join(_about(pipe)) + "\n"
+    captions = getattr(pipe, "text_encoder", None) is not None
+    return _front_matter(pipe.modality, license, captions) + f"\n# {type(pipe).__name__}\n\n" + "\n".join(_about(pipe)) + "\n"
 
 
 def export_card(pipe, config: dict, *, checkpoint: str, samples_seen: int, results: list[dict],
@@ -75,7 +77,8 @@ def export_card(pipe, config: dict, *, checkpoint: str, samples_seen: int, resul
         metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in record.get("metrics", {}).items())
         lines += [f"- {metrics}", f"  (`{record.get('command', 'command not recorded')}`)"]
-    return _front_matter(pipe.modality, license) + "\n" + "\n".join(lines) + "\n"
+    captions = getattr(pipe, "text_encoder", None) is not None
+    return _front_matter(pipe.modality, license, captions) + "\n" + "\n".join(lines) + "\n"
 
 
 def push_folder(folder, repo_id: str | None = None, token: str | None = None, private: bool | None = None,

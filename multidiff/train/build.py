@@ -116,8 +116,8 @@ def build_loss(objective: ObjectiveConfig, schedule: NoiseSchedule, modality: st
                                a.feature_matching_weight)
     if objective.kind == "distillation":  # teacher: the teacher's denoiser
         d = objective.distillation
-        return ProgressiveDistillationLoss(teacher, d.student_steps, schedule.sigma_max, rho=d.rho,
-                                           weight=objective.weighting, sigma_data=objective.schedule.sigma_data)
+        weight = weighting(objective.weighting, sigma_data=objective.schedule.sigma_data, gamma=objective.min_snr_gamma)
+        return ProgressiveDistillationLoss(teacher, d.student_steps, schedule.sigma_max, rho=d.rho, weight=weight)
     if objective.kind == "consistency":
         c = objective.consistency
         return ConsistencyLoss(build_noise_distribution(objective, schedule), q=c.q, stages=c.stages, k=c.k, b=c.b,

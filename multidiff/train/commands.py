@@ -41,8 +41,9 @@ def resolve_train_config(recipe: str, overrides: list[str]):
     from .config import load_config
 
     path = Path(recipe)
-    if not path.exists() and packaged_recipe(recipe) is not None:
-        path = packaged_recipe(recipe)
+    holds_run = path.is_dir() and ((path / "state.json").is_file() or (path / "checkpoints").is_dir())
+    if packaged_recipe(recipe) is not None and not path.is_file() and not holds_run:
+        path = packaged_recipe(recipe)  # also when a data folder of that name sits in the working directory
     elif not path.exists() and path.suffix not in (".yaml", ".yml") and len(path.parts) == 1:
         import difflib
 

@@ -599,6 +599,12 @@ def validate(config: Config, *, validate_paths: bool = True) -> Config:
             raise ConfigError("objective.distillation.teacher", f"no such file or directory: {dist.teacher!r}")
         if dist.student_steps < 1:
             raise ConfigError("objective.distillation.student_steps", f"must be >= 1, got {dist.student_steps}")
+        if not m.init_from:
+            raise ConfigError("model.init_from", "kind distillation starts the student from its teacher: set "
+                                                 "model.init_from to the teacher checkpoint")
+    if o.kind == "consistency" and config.sampling.sampler != "consistency":
+        raise ConfigError("sampling.sampler", f"a consistency model (objective.kind consistency) samples with the "
+                                              f"consistency sampler, not {config.sampling.sampler!r}")
     for name in ("kl_weight", "l1_weight", "l2_weight", "adversarial_weight", "feature_matching_weight"):
         _positive(f"objective.autoencoder.{name}", getattr(o.autoencoder, name), allow_zero=True)
     if o.kind == "autoencoder":

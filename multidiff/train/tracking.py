@@ -84,12 +84,12 @@ def write_loss_curve(csv_path, png_path) -> Path | None:
                 ys.append(y)
     if not xs:
         return None
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig = Figure(figsize=(6, 3.5), dpi=100)  # no pyplot: a notebook's backend stays as it is
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     ax.plot(xs, ys, lw=1.2)
     if min(ys) > 0:
         ax.set_yscale("log")
@@ -100,6 +100,5 @@ def write_loss_curve(csv_path, png_path) -> Path | None:
     png_path = Path(png_path)
     tmp = png_path.with_suffix(".tmp.png")
     fig.savefig(tmp)
-    plt.close(fig)
     tmp.replace(png_path)
     return png_path

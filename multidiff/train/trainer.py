@@ -453,6 +453,15 @@ class Trainer:
         return list(fn(samples, self.out_dir / "previews", f"samples-{self.state.samples_seen:012d}", labels=labels,
                        spec=self.spec))
 
+    def _side_effect(self, what: str, fn, *args):
+        """Run a picture or tracker call that must not end a training run: errors are reported."""
+        try:
+            return fn(*args)
+        except Exception as e:  # noqa: BLE001 - a plotting or tracker failure must not lose a long run
+            self.accelerator.print(f"warning: {what} at {self.state.samples_seen} samples failed: "
+                                   f"{type(e).__name__}: {e}")
+            return None
+
     def _safe_preview(self) -> list:
         """A preview that cannot end a training run: errors are reported and training goes on."""
         if self._last_preview == self.state.samples_seen:
@@ -596,12 +605,13 @@ class Trainer:
                 if stop or done or crossed(before, s.samples_seen, t.checkpoint_every_samples):
                     saved = self.save()
                     if self.is_main:
-                        write_loss_curve(self.out_dir / "losses.csv", self.out_dir / "losses.png")
+                        self._side_effect("the loss curve", write_loss_curve, self.out_dir / "losses.csv",
+                                          self.out_dir / "losses.png")
                 if t.preview_every_samples > 0 and (done or crossed(before, s.samples_seen, t.preview_every_samples)):
                     written = self._safe_preview()
                     previews += written
                     if written and t.tracker != "none":
-                        log_media(acc, written, s.samples_seen)
+                        self._side_effect("logging previews to the tracker", log_media, acc, written, s.samples_seen)
                 if stop and not done:
                     status = "interrupted"
                     acc.print(f"\nstopped by signal {signal.Signals(self._stop_signal).name} at {s.samples_seen} "
