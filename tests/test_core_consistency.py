@@ -150,3 +150,15 @@ def test_consistency_training_runs_on_every_modality_backbone(overrides, tmp_pat
 
     samples = load_file(tmp_path / "s" / "samples.safetensors")["samples"]
     assert samples.shape[0] == 2 and torch.isfinite(samples).all()
+
+
+def test_a_longer_run_on_resume_warns_that_the_stage_moves(tmp_path):
+    from multidiff.train import Trainer, load_config
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes/toy/gmm_consistency.yaml"
+    common = [f"trainer.out_dir={tmp_path}", "trainer.progress=false", "trainer.tracker=none",
+              "trainer.preview_every_samples=0", "trainer.batch_size=256"]
+    Trainer(load_config(recipe, [*common, "trainer.resume=null", "trainer.duration_samples=2048"])).fit()
+    resumed = Trainer(load_config(recipe, [*common, "trainer.resume=auto", "trainer.duration_samples=8192"]))
+    assert any("consistency stages now span 8,192 samples instead of 2,048" in line and "from 7 to 2" in line
+               for line in resumed.resume_changes), resumed.resume_changes

@@ -424,6 +424,15 @@ class Trainer:
                 f"{self.lr_schedule.duration_samples:,} samples instead of {saved_horizon:,} "
                 f"(trainer.duration_samples): at {s:,} samples seen the lr moves from {old.lr(s):.4g} to "
                 f"{self.lr_schedule.lr(s):.4g}")
+        if (self.config.objective.kind == "consistency" and saved_horizon is not None
+                and saved_horizon != self.lr_schedule.duration_samples):
+            s, stages = train_state.samples_seen, self.config.objective.consistency.stages
+            was, now = (min(int(s / d * stages), stages - 1) for d in (saved_horizon, self.lr_schedule.duration_samples))
+            if was != now:
+                self.resume_changes.append(
+                    f"warning: the consistency stages now span {self.lr_schedule.duration_samples:,} samples instead "
+                    f"of {saved_horizon:,} (trainer.duration_samples): at {s:,} samples seen the stage moves from "
+                    f"{was} to {now}")
 
     def _unchanged_since_load(self) -> bool:
         return self._loaded_at == (self.state.step, self.state.samples_seen)
