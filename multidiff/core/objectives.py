@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .grids import sigma_grid
 from .schedules import NoiseSchedule, RectifiedFlow
 from .utils import Generator, append_dims, rand_per_sample, randn_like
 
@@ -245,8 +246,6 @@ class ProgressiveDistillationLoss:
 
     def __init__(self, teacher, student_steps: int, sigma_max: float, *, rho: float = 7.0,
                  weight: Callable[[torch.Tensor], torch.Tensor] | str = "snr_plus_one", sigma_data: float = 0.5):
-        from .grids import sigma_grid
-
         if int(student_steps) != student_steps or student_steps < 1:
             raise ValueError(f"student_steps must be a positive integer, got {student_steps!r}")
         self.teacher, self.n = teacher, int(student_steps)
