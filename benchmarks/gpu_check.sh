@@ -70,6 +70,20 @@ echo "== the rest of the test suite on CUDA, reported only ($(elapsed))"
 grep -E "^(FAILED|ERROR)|^/.*Error|passed|failed" /tmp/rest_of_suite.log | tail -60
 echo "(rest of the suite: exit status $rest_status)"
 
+echo "== FSDP on the GPU: train with sharded checkpoints, resume, read the shards whole ($(elapsed))"
+rm -rf /tmp/fsdp-gpu
+timeout 120 "$PY" tests/test_train_fsdp.py --worker /tmp/fsdp-gpu/a trainer.sharding=fsdp trainer.device=cuda \
+    trainer.mixed_precision=bf16 > /tmp/fsdp-gpu.log 2>&1 \
+  && timeout 120 "$PY" tests/test_train_fsdp.py --worker /tmp/fsdp-gpu/b trainer.sharding=fsdp trainer.device=cuda \
+    trainer.mixed_precision=bf16 trainer.resume=/tmp/fsdp-gpu/a/checkpoints/ckpt-000000000064 >> /tmp/fsdp-gpu.log 2>&1 \
+  && "$PY" - <<'EOF' || { tail -20 /tmp/fsdp-gpu.log; echo "FSDP on the GPU: FAILED"; }
+import torch
+from multidiff.train import checkpoint as ckpt
+a, b = (ckpt.read_module_state(ckpt.resolve(f"/tmp/fsdp-gpu/{r}") / "ema.safetensors") for r in "ab")
+same = all(torch.equal(a[k], b[k]) for k in a)
+print(f"FSDP on the GPU: trained, resumed from its shards, EMA {'bit-exact' if same else 'DIFFERENT'} after resume")
+EOF
+
 echo "== training throughput ($(elapsed))"
 timeout 150 "$PY" benchmarks/train_throughput.py --steps 12 --warmup 4 --timeout 40 \
     --json "$OUTDIR/train_throughput_cuda.json"

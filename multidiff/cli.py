@@ -1,4 +1,4 @@
-"""The ``multidiff`` command line: ``multidiff train | sample | eval | info | export | encode | mesh | complete | results | recipes | demo``.
+"""The ``multidiff`` command line: ``multidiff train | sample | eval | info | export | pack | encode | mesh | complete | results | recipes | demo``.
 
 Each verb lives in its own module with an arguments function (parser) and a run function
 (args -> exit code), both named in VERBS; this file only wires them together, importing a verb's
@@ -19,6 +19,7 @@ VERBS = {
     "eval": ("multidiff.train.commands", "evaluate_arguments", "evaluate_run", "evaluate a checkpoint's samples with the modality's metrics"),
     "info": ("multidiff.train.commands", "info_arguments", "info_run", "print a checkpoint's config, step, samples seen and sizes"),
     "export": ("multidiff.pipelines.export", "export_arguments", "export_run", "write a checkpoint as a diffusers pipeline folder (save_pretrained)"),
+    "pack": ("multidiff.train.pack", "pack_arguments", "pack_run", "write a folder or manifest of audio / video / mesh files as WebDataset tar shards (data.path=SHARDS)"),
     "encode": ("multidiff.train.latents", "encode_arguments", "encode_run", "cache an autoencoder's latents of its data set (latent diffusion)"),
     "mesh": ("multidiff.shapes.mesh", "mesh_arguments", "mesh_run", "surface meshes (OBJ / GLB) from generated point clouds; --held-out scores the method"),
     "complete": ("multidiff.audio.complete", "complete_arguments", "complete_run", "audio continuation / inpainting of held-out clips, scored against the truth"),

@@ -87,42 +87,66 @@ def held_out_split(key: str, fraction: float = HELD_OUT_FRACTION) -> str:
     return "val" if h < fraction else "train"
 
 
-def select_split(rows: list[dict], source, split: str | None,
-                 fraction: float = HELD_OUT_FRACTION) -> tuple[list[dict], dict | None]:
-    """(the rows of ``split``, a record of how the split was made, or None when the data named it).
+def assign_splits(rows: list[dict], source, fraction: float = HELD_OUT_FRACTION) -> tuple[list[dict], dict | None]:
+    """(every row with its ``split``, a record of how the split was made, or None when the data named it).
 
-    Rows with a ``split`` value are filtered by it. A source where no row has one (a plain folder, a
-    manifest without the column) is split here: ``held_out_split`` of each file's path relative to
-    the folder, or as written in the manifest, sends about ``fraction`` to "val" (none below MIN_FILES_TO_HOLD_OUT files). A source
+    A source where no row has a ``split`` value (a plain folder, a manifest without the column) is
+    split here: ``held_out_split`` of each file's path relative to the folder, or as written in the
+    manifest, sends about ``fraction`` to "val" (none below MIN_FILES_TO_HOLD_OUT files). A source
     where only some rows name a split is refused: its other rows would be dropped unseen."""
-    if split is None:
-        return rows, None
     named = [r for r in rows if r.get("split") not in (None, "")]
     if named and len(named) < len(rows):
         first = next(r for r in rows if r.get("split") in (None, ""))
         raise DataError(f"{source}: {len(rows) - len(named)} of {len(rows)} rows have no 'split' value "
                         f"(the first: {first['path']}); give every row one, or none")
     if named:
-        return [r for r in rows if r["split"] == split], None
+        return rows, None
     source = Path(source)
     base = source if source.is_dir() else source.parent
     hold = len(rows) >= MIN_FILES_TO_HOLD_OUT
-    splits = {}
+
     def key(row):  # a manifest's path as written; a folder's file relative to the folder
         return str(row["path_as_written"]) if "path_as_written" in row else Path(os.path.relpath(row["path"], base)).as_posix()
 
-    for r in rows:
-        splits[r["path"]] = held_out_split(key(r), fraction) if hold else "train"
-    held = sorted({key(r) for r in rows if splits[r["path"]] == "val"})
-    record = {"source": str(source), "split": split, "files": len(rows),
-              "train": sum(1 for r in rows if splits[r["path"]] == "train"),
-              "val": sum(1 for r in rows if splits[r["path"]] == "val"), "held_out_fraction": fraction if hold else 0.0,
+    rows = [{**r, "split": held_out_split(key(r), fraction) if hold else "train"} for r in rows]
+    record = {"source": str(source), "files": len(rows),
+              "train": sum(1 for r in rows if r["split"] == "train"),
+              "val": sum(1 for r in rows if r["split"] == "val"), "held_out_fraction": fraction if hold else 0.0,
               "rule": ("'val' when the first 8 bytes of sha1(the path relative to the folder, or as written in the "
                        "manifest), as a fraction of "
                        f"2^64, are below {fraction}" if hold else
                        f"fewer than {MIN_FILES_TO_HOLD_OUT} files: all train, none held out"),
-              "val_files": held}
-    return [{**r, "split": splits[r["path"]]} for r in rows if splits[r["path"]] == split], record
+              "val_files": sorted(key(r) for r in rows if r["split"] == "val")}
+    return rows, record
+
+
+def select_split(rows, source, split: str | None,
+                 fraction: float = HELD_OUT_FRACTION) -> tuple[list[dict], dict | None]:
+    """(the rows of ``split``, a record of how the split was made, or None when the data named it);
+    see :func:`assign_splits`. Shard rows (multidiff.shards) carry the split made when packing."""
+    if split is None:
+        return rows, None
+    select = getattr(rows, "select_split", None)
+    if select is not None:
+        return select(split)
+    rows, record = assign_splits(rows, source, fraction)
+    return [r for r in rows if r["split"] == split], (None if record is None else {**record, "split": split})
+
+
+def read_rows(source, extensions: Iterable[str]):
+    """The rows of a data source: a shard folder (lazy :class:`multidiff.shards.ShardRows`), a CSV /
+    JSONL manifest, or a folder of files with one of ``extensions``."""
+    from .shards import ShardRows, ShardSet, is_shard_folder
+
+    source = Path(source)
+    if is_shard_folder(source):
+        shards = ShardSet(source)
+        packed = set(shards.header["extensions"])
+        if not packed & set(extensions):
+            raise DataError(f"{source}: the shards hold {shards.header.get('modality') or 'other'} files "
+                            f"({', '.join(sorted(packed))}); this data set reads {', '.join(extensions)}")
+        return ShardRows(shards)
+    return read_manifest(source) if source.is_file() else scan_folder(source, extensions)
 
 
 def row_label(row: dict, column: str) -> int:
@@ -140,7 +164,10 @@ def row_label(row: dict, column: str) -> int:
 
 
 def check_labels(rows: list[dict], column: str, source) -> None:
-    """DataError naming the manifest, its row and column at the first label that is not an integer."""
+    """DataError naming the manifest, its row and column at the first label that is not an integer
+    (shard rows were checked when packed)."""
+    if hasattr(rows, "select_split"):
+        return
     for n, row in enumerate(rows, 1):
         try:
             row_label(row, column)
@@ -160,6 +187,9 @@ class ManifestRows:
 
     @property
     def labels(self) -> list[int]:
+        packed = getattr(self.rows, "labels", None)  # shard rows: from the index, no row read
+        if packed is not None and self.label_column == getattr(self.rows, "label_column", None):
+            return packed
         return [row_label(r, self.label_column) for r in self.rows]
 
     @property

@@ -7,8 +7,8 @@ import torch
 
 from multidiff.audio.builders import SYNTH_TIMBRES, build_synth_notes, synth_note
 from multidiff.audio.complete import completion_mask, copy_baseline
-from multidiff.audio.data import read_manifest
 from multidiff.audio.metrics import estimate_pitch, midi_to_hz
+from multidiff.manifest import read_manifest
 
 
 def test_synth_note_has_the_requested_pitch_and_harmonics():

@@ -103,10 +103,12 @@ def test_optimised_grid_beats_karras_on_fresh_noise_dpmpp_2m(bench):
     x_eval = torch.randn(400, 2, generator=torch.Generator().manual_seed(12), dtype=torch.float64) * problem.start_scale
     ref_calib = bench.reference(problem, x_calib, 300)
     ref_eval = bench.reference(problem, x_eval, 300)
-    grids, _ = bench.optimised_grids(problem, "dpmpp_2m", x_calib, ref_calib, cfg)
+    grids, _, cost = bench.optimised_grids(problem, "dpmpp_2m", x_calib, ref_calib, cfg)
 
     karras = sigma_grid(10, problem.sigma_min, problem.sigma_max, "karras")
     err_karras = bench.rms(sample(problem.denoiser, x_eval, karras, "dpmpp_2m"), ref_eval)
     err_opt = bench.rms(sample(problem.denoiser, x_eval, grids[10], "dpmpp_2m"), ref_eval)
     assert len(grids[10]) == 11 and float(grids[10][-1]) == 0.0
     assert err_opt < 0.7 * err_karras, (err_opt, err_karras)
+    # the calibration's cost is counted: at least the start grid's 10 calls and one Powell evaluation's 10
+    assert cost["denoiser_calls"] >= 20 and cost["calibration_batch"] == 128 and cost["seconds"] > 0

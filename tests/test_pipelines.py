@@ -179,6 +179,16 @@ def test_prompts_need_a_text_encoder_and_go_to_cond_when_there_is_one():
     context, mask = text(["", ""])
     want = sample(d, x, sigmas, "dpmpp_2m", cond={"context": context, "context_mask": mask})
     assert torch.equal(pipe(num_samples=2, generator=make_generators(0, 2)).audios, want)
+    # one negative caption per sample; the captions are encoded once per generation, not per step
+    calls = []
+    text.register_forward_hook(lambda module, args, out: calls.append(list(args[0])))
+    context, mask = text(["low", "high", "hiss", "hum"])
+    guided = ClassifierFreeGuidance(d, 2.0, {"context": context[2:], "context_mask": mask[2:]})
+    want = sample(guided, x, sigmas, "dpmpp_2m", cond={"context": context[:2], "context_mask": mask[:2]})
+    calls.clear()
+    got = pipe(prompt=["low", "high"], negative_prompt=["hiss", "hum"], guidance_scale=2.0,
+               generator=make_generators(0, 2))
+    assert torch.equal(got.audios, want) and calls == [["low", "high", "hiss", "hum"]]
 
 
 # ---------------------------------------------------------------------- diffusers schedulers

@@ -26,8 +26,9 @@ from torch.utils.data import Dataset
 
 from ..core.utils import item_generator
 from ..errors import DataError
-from ..manifest import ManifestRows, check_labels, read_manifest, row_label, select_split
+from ..manifest import ManifestRows, check_labels, read_rows, row_label, select_split
 from ..manifest import scan_folder as scan_files
+from ..shards import cache_key
 from .io import AUDIO_EXTENSIONS, AudioDecodeError, load_audio
 
 
@@ -78,7 +79,7 @@ class AudioDataset(ManifestRows, Dataset):
         source = Path(source)
         if not source.exists():
             raise FileNotFoundError(f"audio data source {source} does not exist")
-        rows = read_manifest(source) if source.is_file() else scan_folder(source)
+        rows = read_rows(source, AUDIO_EXTENSIONS)
         rows, self.split_record = select_split(rows, source, split)
         if not rows:
             raise DataError(f"{source}: no audio files" + (f" in split {split!r}" if split else ""))
@@ -102,15 +103,15 @@ class AudioDataset(ManifestRows, Dataset):
         return (self.channels, self.length)
 
     # ------------------------------------------------------------------ the loading hook
-    def _cache_path(self, path: str) -> Path | None:
+    def _cache_path(self, path) -> Path | None:
         if self.cache_dir is None:
             return None
-        stat = os.stat(path)
-        key = f"{os.path.abspath(path)}|{stat.st_mtime_ns}|{stat.st_size}|{self.sample_rate}|{self.channels}|{self.trim_db}"
+        file_key = cache_key(path)
+        key = f"{file_key}|{self.sample_rate}|{self.channels}|{self.trim_db}"
         return self.cache_dir / (hashlib.sha1(key.encode()).hexdigest() + ".npy")
 
-    def load(self, path: str) -> torch.Tensor:
-        """Decode (or read from cache) one file -> (channels, samples) at the dataset's rate."""
+    def load(self, path) -> torch.Tensor:
+        """Decode (or read from cache) one file or shard member -> (channels, samples) at the dataset's rate."""
         cached = self._cache_path(path)
         if cached is not None and cached.is_file():
             return torch.from_numpy(np.load(cached))
@@ -137,7 +138,7 @@ class AudioDataset(ManifestRows, Dataset):
             if row["path"] in self.bad_files:
                 continue
             try:
-                wave = self.load(row["path"])
+                wave = self.load(row.get("member") or row["path"])
             except (AudioDecodeError, OSError, ValueError) as err:
                 self.bad_files[row["path"]] = str(err)
                 warnings.warn(f"skipping unreadable audio file {row['path']}: {err} "

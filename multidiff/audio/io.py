@@ -22,13 +22,15 @@ class AudioDecodeError(DataError):
     """A file could not be decoded as audio; the message names the file and the cause."""
 
 
-def check_wav_payload(path: str) -> None:
+def check_wav_payload(path, data: bytes | None = None) -> None:
     """AudioDecodeError when a RIFF/WAVE file's data chunk is shorter than its header declares (a
-    copy or download cut short): libsndfile would read the part that is there without a word."""
+    copy or download cut short): libsndfile would read the part that is there without a word.
+    ``data``: the file's bytes when they are already read (a shard member)."""
+    import io
     import struct
 
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    size = os.path.getsize(path) if data is None else len(data)
+    with (open(path, "rb") if data is None else io.BytesIO(data)) as f:
         head = f.read(12)
         if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
             return
@@ -48,17 +50,17 @@ def check_wav_payload(path: str) -> None:
             offset += 8 + declared + (declared & 1)
 
 
-def _read_soundfile(path: str):
+def _read_soundfile(path):
     import soundfile as sf
 
     data, sr = sf.read(path, dtype="float32", always_2d=True)  # (samples, channels)
     return torch.from_numpy(np.ascontiguousarray(data.T)), int(sr)
 
 
-def _read_pyav(path: str):
+def _read_pyav(path):
     import av
 
-    with av.open(path) as container:
+    with av.open(path) as container:  # a path or a file object
         streams = container.streams.audio
         if not streams:
             raise AudioDecodeError(f"{path}: no audio stream")
@@ -79,19 +81,40 @@ def _read_pyav(path: str):
 def load_audio(path, sample_rate: int | None = None, channels: int | None = None):
     """Read an audio file -> (waveform (channels, samples) float32 in [-1, 1], sample_rate).
 
+    path: a file, or a shard member (multidiff.shards.Member).
     sample_rate: resample to this rate (torchaudio's band-limited sinc).
     channels: 1 averages to mono; 2 duplicates mono or keeps the first two channels.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise AudioDecodeError(f"{path}: no such file")
-    if path.lower().endswith((".wav", ".wave")):
-        check_wav_payload(path)
+    from ..shards import Member
+
+    data = None
+    if isinstance(path, Member):
+        try:
+            data, ext, path = path.read(), path.ext, path.name
+        except OSError as err:
+            raise AudioDecodeError(str(err)) from None
+    else:
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise AudioDecodeError(f"{path}: no such file")
+        ext = os.path.splitext(path)[1].lower()
+    if ext in (".wav", ".wave"):
+        check_wav_payload(path, data)
+
+    def opened():  # each decoder gets its own file object over the bytes
+        if data is None:
+            return path
+        import io
+
+        f = io.BytesIO(data)
+        f.name = f"member{ext}"
+        return f
+
     try:
         try:
-            wave, sr = _read_soundfile(path)
+            wave, sr = _read_soundfile(opened())
         except Exception:  # soundfile lacks the codec (mp3 on old libsndfile, m4a, opus-in-mp4, ...)
-            wave, sr = _read_pyav(path)
+            wave, sr = _read_pyav(opened())
     except AudioDecodeError:
         raise
     except Exception as err:
@@ -108,6 +131,35 @@ def load_audio(path, sample_rate: int | None = None, channels: int | None = None
         wave = AF.resample(wave, sr, sample_rate)
         sr = sample_rate
     return wave.clamp(-1, 1).contiguous(), sr
+
+
+def probe_audio(path) -> dict:
+    """{"duration" (s), "rate" (samples/s)} of an audio file from its header (soundfile, else PyAV),
+    without decoding; AudioDecodeError names a file that cannot be opened or is cut short."""
+    path = os.fspath(path)
+    if path.lower().endswith((".wav", ".wave")):
+        check_wav_payload(path)
+    try:
+        import soundfile as sf
+
+        info = sf.info(path)
+        return {"duration": float(info.duration), "rate": float(info.samplerate)}
+    except Exception:  # noqa: BLE001 - soundfile lacks the codec; ask PyAV
+        pass
+    try:
+        import av
+
+        with av.open(path) as container:
+            if not container.streams.audio:
+                raise AudioDecodeError(f"{path}: no audio stream")
+            s = container.streams.audio[0]
+            duration = (float(s.duration * s.time_base) if s.duration is not None and s.time_base is not None
+                        else container.duration / 1e6 if container.duration is not None else None)
+            return {"duration": duration, "rate": float(s.sample_rate or 0) or None}
+    except AudioDecodeError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        raise AudioDecodeError(f"{path}: cannot open as audio ({type(err).__name__}: {err})") from None
 
 
 def mix_channels(wave: torch.Tensor, channels: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ from ..train.modality import Modality, register_modality
 from ..train.registry import DataSpec, register_dataset, register_model
 from .autoencoder import AudioAutoencoderParams, OobleckParams, build_oobleck_entry, stft_discriminator, stft_term
 from .data import AudioLoadParams
-from .io import save_wav, spectrogram_sheet
+from .io import AUDIO_EXTENSIONS, probe_audio, save_wav, spectrogram_sheet
 from .metrics import mel_conditioning
 from .spectrogram import MODALITY as MEL_MODALITY
 from .spectrogram import MelDataParams, MelTrainData, audio_spec, decode_samples
@@ -215,7 +215,7 @@ def audio_evaluate(samples: torch.Tensor, config, *, labels=None, spec=None) -> 
 
 def _label_pitches(manifest, label_column: str) -> dict:
     """label -> MIDI pitch, for manifests with a 'pitch' column (the notes set)."""
-    from .data import read_manifest
+    from ..manifest import read_manifest
 
     rows = read_manifest(manifest)
     if not rows or "pitch" not in rows[0] or label_column not in rows[0]:
@@ -236,6 +236,7 @@ register_modality(Modality(
     MODALITY, preview=audio_preview, evaluate=audio_evaluate, reconstruction_metrics=audio_reconstruction_metrics,
     autoencoder_params=AudioAutoencoderParams, autoencoder_loss=stft_term, discriminator=stft_discriminator,
     deterministic_data={"split": None, "random_crop": False, "polarity_flip": 0.0},
+    file_extensions=tuple(AUDIO_EXTENSIONS), probe=probe_audio,
     description="waveforms (channels, samples): WAV previews, classifier / pitch metrics"))
 
 

@@ -215,6 +215,11 @@ class TextConditioned(nn.Module):
     def __init__(self, backbone: nn.Module, text_encoder: nn.Module):
         super().__init__()
         self.backbone, self.text_encoder = backbone, text_encoder
+        self._encoded = None  # (captions, device, context, mask) of the last call without gradients
+
+    def train(self, mode: bool = True):
+        self._encoded = None  # the encoder's weights may change while training
+        return super().train(mode)
 
     @property
     def config(self):
@@ -229,7 +234,12 @@ class TextConditioned(nn.Module):
         if captions is not None:
             if len(captions) != x.shape[0]:
                 raise ValueError(f"cond['text'] has {len(captions)} captions for a batch of {x.shape[0]}")
-            context, mask = self.text_encoder(list(captions))
+            key = (tuple(captions), x.device)
+            if not torch.is_grad_enabled() and self._encoded is not None and self._encoded[0] == key:
+                context, mask = self._encoded[1:]  # sampling: every step asks for the same captions
+            else:
+                context, mask = self.text_encoder(list(captions))
+                self._encoded = (key, context, mask) if not torch.is_grad_enabled() else None
             cond["context"], cond["context_mask"] = context.to(x.dtype), mask
         return self.backbone(x, noise_level, cond)
 

@@ -54,6 +54,8 @@ from ..core import (
     sample_with_diffusers_scheduler,
     sigma_grid,
 )
+from ..nn.text import TextConditioned
+from ..train.sampling import Conditioning
 
 #: stem of the file in a pipeline folder that names the pipeline class for diffusers
 SHIM = "multidiff_pipeline"
@@ -386,22 +388,21 @@ class MultidiffPipeline(DiffusionPipeline):
             ids.append(int(v))
         return torch.tensor(ids, dtype=torch.long)
 
-    def _conditioning(self, labels, prompt, negative_prompt, n: int, guided: bool) -> tuple[dict | None, dict]:
-        """(cond, uncond) mappings for the backbone; uncond (the null label, the negative or empty
-        caption) is filled only when ``guided``. Captions of both branches are encoded in one call,
-        so their contexts have one width (as the trainer's TextConditioned sees them under CFG)."""
-        device = self.device
-        cond, uncond = {}, {}
+    def _conditioning(self, labels, prompt, negative_prompt, n: int) -> tuple[torch.nn.Module, Conditioning]:
+        """(the model to denoise with, the samples' conditioning), built as ``multidiff sample`` builds
+        them (multidiff.train.sampling.Conditioning): no labels is the null label, i.e. an
+        unconditional sample of a conditional model; with a text encoder the backbone is wrapped in
+        TextConditioned (as in training), no prompt is the empty caption, and under guidance the
+        captions of both branches are encoded in one call, once per generation."""
         k = self.scheduler.config.num_classes
-        if k:  # no labels given: the null label, i.e. an unconditional sample of a conditional model
-            cond["label"] = (labels if labels is not None else torch.full((n,), k, dtype=torch.long)).to(device)
-            uncond["label"] = torch.full((1,), k, dtype=torch.long, device=device)
+        if k and labels is None:
+            labels = torch.full((n,), k, dtype=torch.long)
         encoder = getattr(self, "text_encoder", None)
         if encoder is None:
             if prompt is not None or negative_prompt is not None:
                 raise ValueError(f"{type(self).__name__} has no text encoder, so prompt / negative_prompt cannot be "
                                  f"used; condition on class_labels, or add a text_encoder component")
-            return cond or None, uncond
+            return self.backbone, Conditioning(labels=labels if k else None)
 
         def captions(p):
             out = [p] * n if isinstance(p, str) else list(p)
@@ -409,14 +410,10 @@ class MultidiffPipeline(DiffusionPipeline):
                 raise ValueError(f"{len(out)} captions for {n} samples")
             return out
 
-        texts = captions("" if prompt is None else prompt)  # no prompt: the empty caption, as multidiff sample
-        if guided:
-            texts += captions("" if negative_prompt is None else negative_prompt)
-        context, mask = encoder(texts)
-        cond.update(context=context[:n], context_mask=mask[:n])
-        if guided:
-            uncond.update(context=context[n:], context_mask=mask[n:])
-        return cond, uncond
+        negative = "" if negative_prompt is None else negative_prompt
+        return TextConditioned(self.backbone, encoder), Conditioning(
+            labels=labels if k else None, prompts=captions("" if prompt is None else prompt),
+            negative_prompt=negative if isinstance(negative, str) else captions(negative))
 
     def _noise(self, n: int, shape: tuple[int, ...], generator) -> torch.Tensor:
         """Standard normal (n, *shape), drawn on the generators' device: with one generator per
@@ -469,14 +466,15 @@ class MultidiffPipeline(DiffusionPipeline):
             if guidance_scale is not None and guidance != 1.0:
                 raise ValueError(f"guidance_scale={guidance} needs class_labels or a prompt to guide towards")
             guidance = 1.0
-        cond, uncond = self._conditioning(labels, prompt, negative_prompt, n, guidance != 1.0)
+        model, conditioning = self._conditioning(labels, prompt, negative_prompt, n)
+        cond = conditioning.batch(0, n, self.device, uses_concat=False)
         sample_shape = self.sample_shape(**shape)
-        model = self.backbone
         denoiser = self.scheduler.denoiser(model)
         if guidance != 1.0:
-            denoiser = ClassifierFreeGuidance(denoiser, guidance, uncond)
+            denoiser = ClassifierFreeGuidance(denoiser, guidance,
+                                              conditioning.unconditional(cond, self.scheduler.config.num_classes, 0, n))
         noise = self._noise(n, sample_shape, generator)
-        was_training = model.training
+        modes = [(m, m.training) for m in model.modules()]  # the components' own modes, restored after
         model.eval()
         try:
             if scheduler is not None:
@@ -487,7 +485,8 @@ class MultidiffPipeline(DiffusionPipeline):
                     x = sample(denoiser, noise * float(sigmas[0]), sigmas, sampler, cond=cond, generator=generator,
                                callback=lambda info: bar.update())
         finally:
-            model.train(was_training)
+            for m, training in modes:
+                m.training = training
         x = self.decode_latents(x).float().cpu()
         samples = x.numpy() if output_type == "np" else x
         out = self._output(samples, None if labels is None else labels.tolist())

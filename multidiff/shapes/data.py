@@ -28,8 +28,9 @@ from torch.utils.data import Dataset
 
 from ..core.utils import item_generator
 from ..errors import DataError
-from ..manifest import ManifestRows, check_labels, read_manifest, row_label, select_split
+from ..manifest import ManifestRows, check_labels, read_rows, row_label, select_split
 from ..manifest import scan_folder as scan_files
+from ..shards import cache_key
 from .io import (
     MESH_EXTENSIONS,
     MeshLoadError,
@@ -67,7 +68,7 @@ class ShapeDataset(ManifestRows, Dataset):
         source = Path(source)
         if not source.exists():
             raise FileNotFoundError(f"shape data source {source} does not exist")
-        rows = read_manifest(source) if source.is_file() else scan_folder(source)
+        rows = read_rows(source, MESH_EXTENSIONS)
         rows, self.split_record = select_split(rows, source, split)
         if not rows:
             raise DataError(f"{source}: no mesh files" + (f" in split {split!r}" if split else ""))
@@ -87,23 +88,24 @@ class ShapeDataset(ManifestRows, Dataset):
         self.stats = stats
         fit_normalization(torch.zeros(2, 3), normalize, stats or Normalization(torch.zeros(3), torch.ones(1)))  # check mode
         if normalize == "global" and stats is None:
-            pools = list(self._pools(progress))
-            if not pools:
+            try:
+                self.stats = global_statistics(self._pools(progress))  # one pool in memory at a time
+            except ValueError:
                 raise DataError(f"{source}: no usable mesh ({len(self.bad_files)} skipped; the first: "
-                                f"{next(iter(self.bad_files.values()), '')})")
-            self.stats = global_statistics(pools)
+                                f"{next(iter(self.bad_files.values()), '')})") from None
 
     # properties the trainer and recipes read
 
     # ------------------------------------------------------------------ loading
     def _row_seed(self, row: dict) -> int:
-        return int.from_bytes(hashlib.sha1(os.path.abspath(row["path"]).encode()).digest()[:4], "little")
+        key = row["path_as_written"] if "member" in row else os.path.abspath(row["path"])  # a shard's: where it was packed from
+        return int.from_bytes(hashlib.sha1(str(key).encode()).digest()[:4], "little")
 
-    def _cache_path(self, path: str) -> Path | None:
+    def _cache_path(self, path) -> Path | None:
         if self.cache_dir is None:
             return None
-        stat = os.stat(path)
-        key = f"{os.path.abspath(path)}|{stat.st_mtime_ns}|{stat.st_size}|{self.pool_size}|v1"
+        file_key = cache_key(path)
+        key = f"{file_key}|{self.pool_size}|v1"
         return self.cache_dir / (hashlib.sha1(key.encode()).hexdigest() + ".npy")
 
     def pool(self, index: int) -> torch.Tensor:
@@ -111,13 +113,14 @@ class ShapeDataset(ManifestRows, Dataset):
         Raises MeshLoadError for an unusable mesh."""
         row = self.rows[index]
         path = row["path"]
+        source = row.get("member") or path  # a file, or a shard member
         try:
-            cached = self._cache_path(path)
+            cached = self._cache_path(source)
         except OSError as err:
             raise MeshLoadError(f"{path}: {err}") from None
         if cached is not None and cached.is_file():
             return torch.from_numpy(np.load(cached))
-        pts = sample_mesh(load_mesh(path), self.pool_size, self._row_seed(row))
+        pts = sample_mesh(load_mesh(source), self.pool_size, self._row_seed(row))
         if cached is not None:
             tmp = cached.with_suffix(f".{os.getpid()}.tmp.npy")
             np.save(tmp, pts)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,11 +36,21 @@ def load_mesh(path):
     """
     import trimesh
 
-    path = Path(path)
-    if not path.is_file():
-        raise MeshLoadError(f"{path}: no such mesh file")
+    from ..shards import Member
+
+    if isinstance(path, Member):  # a shard member: trimesh reads the bytes, told the format by extension
+        member, path = path, path.name
+        try:
+            source = {"file_obj": member.open(), "file_type": member.ext.lstrip(".")}
+        except OSError as err:
+            raise MeshLoadError(str(err)) from None
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise MeshLoadError(f"{path}: no such mesh file")
+        source = {"file_obj": str(path)}
     try:
-        loaded = trimesh.load(str(path), force="mesh", process=False)
+        loaded = trimesh.load(**source, force="mesh", process=False)
     except Exception as err:  # noqa: BLE001 - trimesh raises many kinds; all mean "unreadable"
         raise MeshLoadError(f"{path}: cannot read mesh ({type(err).__name__}: {err})") from None
     if isinstance(loaded, trimesh.Scene):  # defensive: force="mesh" normally flattens already
@@ -52,6 +62,17 @@ def load_mesh(path):
     if not float(loaded.area) > 0:
         raise MeshLoadError(f"{path}: mesh is degenerate (total surface area 0)")
     return loaded
+
+
+def probe_mesh(path) -> dict:
+    """Packing check of a mesh file: it must load from its own bytes (a .gltf whose buffers sit in
+    other files does not) with faces of positive area; MeshLoadError names it otherwise."""
+    from ..shards import Member
+
+    path = Path(path)
+    data = path.read_bytes() if path.is_file() else b""
+    load_mesh(Member(str(path), 0, len(data), path.suffix.lower(), str(path)))
+    return {}
 
 
 def sample_mesh(mesh, num_points: int, seed: int = 0, *, return_normals: bool = False):
@@ -138,12 +159,20 @@ def fit_normalization(points: torch.Tensor, mode: str, stats: Normalization | No
     return Normalization((lo + hi) / 2, ((hi - lo).max() / 2).clamp(min=1e-8).reshape(1))
 
 
-def global_statistics(clouds: Sequence[torch.Tensor]) -> Normalization:
+def global_statistics(clouds: Iterable[torch.Tensor]) -> Normalization:
     """PointFlow's global normalisation: per-axis mean over every point of every cloud, and
-    one standard deviation over all coordinates after centring."""
-    allp = torch.cat([c.reshape(-1, 3).double() for c in clouds])
-    center = allp.mean(0)
-    std = (allp - center).std().clamp(min=1e-8)
+    one standard deviation over all coordinates after centring. Accumulated cloud by cloud (sums
+    in float64), so a generator of clouds is never held in memory at once."""
+    count, total, square = 0, torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    for c in clouds:
+        p = c.reshape(-1, 3).double()
+        count, total, square = count + len(p), total + p.sum(0), square + p.square().sum(0)
+    if count == 0:
+        raise ValueError("global_statistics: no points")
+    center = total / count
+    # unbiased variance over all 3 * count coordinates around their per-axis means
+    variance = (square - count * center.square()).sum() / max(3 * count - 1, 1)
+    std = variance.clamp(min=0).sqrt().clamp(min=1e-8)
     return Normalization(center.float(), std.float().reshape(1))
 
 

@@ -11,11 +11,12 @@ from pathlib import Path
 import torch
 
 from ..core.utils import item_generator
+from ..manifest import read_manifest
 from ..nn.presets import build_preset, preset_params
 from ..train.modality import Modality, register_modality
 from ..train.registry import DataSpec, register_dataset, register_model
-from .data import ShapeDataset, read_manifest, scan_folder
-from .io import NORMALIZATIONS, Normalization, render_sheet, save_ply
+from .data import ShapeDataset, scan_folder
+from .io import MESH_EXTENSIONS, NORMALIZATIONS, Normalization, probe_mesh, render_sheet, save_ply
 from .tasks import cut_order, resample_points
 from .transformer import POINT_PRESETS, PointCloudTransformer
 
@@ -248,6 +249,7 @@ def shapes_evaluate(samples: torch.Tensor, config, *, labels=None, spec=None, em
 
 register_modality(Modality(MODALITY, preview=shapes_preview, evaluate=shapes_evaluate,
                            deterministic_data={"split": None, "augment": False},
+                           file_extensions=MESH_EXTENSIONS, probe=probe_mesh,
                            description="point clouds (points, 3 + features): PLY + rendered previews, MMD / COV / 1-NNA"))
 
 __all__ = ["PointTransformerParams", "ShapeDataParams", "ShapeTrainData", "build_point_transformer", "reference_clouds",

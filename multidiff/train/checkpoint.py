@@ -171,8 +171,15 @@ def write_module(path: Path, module: torch.nn.Module) -> None:
 
 
 def read_module_state(path: Path, device="cpu") -> dict[str, torch.Tensor]:
+    """A module's weights from a file of :func:`write_module`, or from a sharded checkpoint's shards
+    (``CKPT/model.safetensors`` or ``CKPT/ema.safetensors`` named as if it were written whole)."""
     from safetensors import safe_open
 
+    sharded = _sharded_part(path)
+    if sharded is not None:
+        from .sharding import read_full_state
+
+        return {k: v.to(device) for k, v in read_full_state(*sharded).items()}
     state = read_tensors(path, device)
     with safe_open(str(path), framework="pt") as f:
         aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
@@ -270,7 +277,7 @@ def warm_start(module: torch.nn.Module, path: str | Path) -> WarmStart:
     """
     folder = resolve(path, need=WEIGHTS)
     weights = folder / "ema.safetensors"
-    if not weights.exists():
+    if not has_weights(weights):
         weights = folder / "model.safetensors"
     source = read_module_state(weights)
     report = WarmStart(str(weights))
@@ -398,7 +405,36 @@ def missing_files(folder: Path) -> list[str]:
             listed += json.load(f).get("files", LEGACY_FILES)
     except (OSError, ValueError, AttributeError):
         listed += LEGACY_FILES
-    return sorted({f for f in listed if not (folder / f).is_file()})
+    return sorted({f for f in listed if not has_weights(folder / f)})
+
+
+def _sharded_part(path: Path) -> tuple[Path, str] | None:
+    """(checkpoint folder, "model" or "ema") when ``path`` names the weights of a sharded
+    checkpoint (trainer.sharding=fsdp), which live in its ``sharded/`` folder instead."""
+    from .sharding import has_sharded
+
+    path = Path(path)
+    part = {"model.safetensors": "model", "ema.safetensors": "ema"}.get(path.name)
+    if part is None or path.is_file() or not has_sharded(path.parent):
+        return None
+    return path.parent, part
+
+
+def has_weights(path: Path) -> bool:
+    """A checkpoint file, or model / EMA weights held as shards (and the shard folder itself)."""
+    path = Path(path)
+    if path.is_file():
+        return True
+    if path.name == "sharded":
+        from .sharding import has_sharded
+
+        return has_sharded(path.parent)
+    found = _sharded_part(path)
+    if found is None:
+        return False
+    from .sharding import sharded_parts
+
+    return found[1] in sharded_parts(found[0])
 
 
 def _numbered(root: Path) -> list[Path]:
@@ -469,7 +505,7 @@ def resolve(path: str | Path, *, need: tuple[str, ...] | None = None) -> Path:
     checkpoint."""
     path = Path(path).expanduser()
     if path.is_dir() and (NAME_RE.match(path.resolve().name) or (path / "state.json").exists()):
-        missing = missing_files(path) if need is None else [f for f in need if not (path / f).is_file()]
+        missing = missing_files(path) if need is None else [f for f in need if not has_weights(path / f)]
         if missing:
             raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
         return path.resolve()

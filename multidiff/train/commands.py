@@ -420,8 +420,11 @@ def info_run(args: argparse.Namespace) -> int:
     print(f"batch          {state['batch_size']} global over {state['num_processes']} process(es); lr now {state['lr']:.4g}")
     print(f"ema            {state['ema']}")
     print(f"saved          {state['time']} with torch {state['torch']}")
+    if state.get("sharding", "none") != "none":
+        print(f"sharding       {state['sharding']}: model, EMA and optimizer as shards in sharded/")
     for f in sorted(folder.iterdir()):
-        print(f"  {f.name:<24} {f.stat().st_size / 1e6:9.3f} MB")
+        size = sum(p.stat().st_size for p in f.rglob("*") if p.is_file()) if f.is_dir() else f.stat().st_size
+        print(f"  {f.name + ('/' if f.is_dir() else ''):<24} {size / 1e6:9.3f} MB")
     if args.config:
         print(yaml.safe_dump(config, sort_keys=False), end="")
     return 0

@@ -239,7 +239,10 @@ class TrainerConfig:
     process count; per_process uses one generator per process (faster on GPU for large
     batches). ``cpu_threads`` sets torch's intra-op threads during fit (small models on
     shared CPUs run faster and steadier with 1); null keeps torch's default. ``resume``: "auto" continues from out_dir's latest checkpoint when there is
-    one, null starts afresh, anything else is a checkpoint path.
+    one, null starts afresh, anything else is a checkpoint path. ``sharding``: "none" (each process
+    holds the whole model; several processes are data parallel, DDP) or "fsdp" (weights, gradients,
+    optimizer and EMA state sharded over the processes, FSDP2; checkpoints written as shards by
+    torch.distributed.checkpoint; multidiff.train.sharding).
     """
 
     out_dir: str = "runs/default"
@@ -262,6 +265,7 @@ class TrainerConfig:
     progress: bool = True
     cpu_threads: int | None = None
     resume: str | None = "auto"
+    sharding: str = "none"
 
 
 @dataclass
@@ -652,6 +656,16 @@ def validate(config: Config, *, validate_paths: bool = True) -> Config:
         _positive(f"trainer.{name}", getattr(t, name), allow_zero=True)
     if t.batch_size % t.grad_accum:
         raise ConfigError("trainer.batch_size", f"{t.batch_size} is not divisible by trainer.grad_accum={t.grad_accum}")
+    _choice("trainer.sharding", t.sharding, ("none", "fsdp"), "sharding")
+    if t.sharding == "fsdp":
+        if t.compile:
+            raise ConfigError("trainer.compile", "torch.compile is not applied under trainer.sharding=fsdp yet; "
+                              "set trainer.compile=false")
+        if t.mixed_precision == "fp16":
+            raise ConfigError("trainer.mixed_precision", "fp16 loss scaling is not set up for trainer.sharding=fsdp; "
+                              "use bf16 or fp32")
+        if config.objective.kind == "autoencoder":
+            raise ConfigError("trainer.sharding", "objective.kind autoencoder trains in one process, unsharded")
 
     _choice("sampling.sampler", s.sampler, SAMPLERS, "sampler")
     lo, hi = s.guidance_interval

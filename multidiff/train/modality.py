@@ -13,6 +13,8 @@ sets (:func:`multidiff.train.registry.register_model`, ``register_dataset``) and
         autoencoder_loss=multires_stft_term,    # (params) -> extra loss term or None
         discriminator=stft_discriminator,       # (params, spec) -> nn.Module for adversarial training
         deterministic_data={"split": None, "random_crop": False},   # data.params for latent caching
+        file_extensions=(".wav", ".flac", ...),  # what `multidiff pack` collects from a folder
+        probe=probe_length,                     # packing: file -> {"duration", "rate"} (DataError: skip it)
     ))
 
 ``multidiff.train`` calls these hooks by ``spec.modality`` and never names a modality; a new
@@ -30,6 +32,10 @@ Signatures (``samples``: (n, *sample_shape) float32 on the CPU):
 * ``deterministic_data``: ``data.params`` values that make a data set give every item once, as
   it is (no split filter, crop or augmentation), for ``multidiff encode``; keys a data set lacks
   are skipped.
+* ``file_extensions``: lower-case suffixes (with the dot) of this modality's files, for ``multidiff pack``.
+* ``probe(path) -> dict``: read once per file while packing; its ``duration`` (s) and ``rate``
+  (frames/s) go into the shard index (a video data set then needs no probe at start-up); a
+  DataError skips the file (listed in the shard header).
 
 Data sets of a modality may expose ``rows``: one dict per item with its ``split`` and ``text``
 (caption), which ``multidiff encode`` keeps beside the latents.
@@ -53,6 +59,8 @@ class Modality:
     autoencoder_loss: Callable[[Any], Callable | None] | None = None
     discriminator: Callable[..., Any] | None = None
     deterministic_data: Mapping[str, Any] = field(default_factory=dict)
+    file_extensions: tuple[str, ...] = ()
+    probe: Callable[[Any], dict] | None = None
     description: str = ""
 
 

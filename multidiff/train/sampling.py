@@ -50,7 +50,7 @@ class Conditioning:
 
     labels (num,): classes (the value spec.num_classes is "no class"); prompts: captions, for models
     with a text encoder ("" = none); negative_prompt: the caption guidance steers away from ("" =
-    the unconditional model); concat (num, channels, ...): extra input channels given directly (a
+    the unconditional model), one for all or one per sample; concat (num, channels, ...): extra input channels given directly (a
     vocoder's mel); known (num, *shape) with mask (num or 1, ...; 1 = known): masked sampling
     (continuation, inpainting, completion; a model trained with masked conditioning also gets
     [mask, known * mask] as input channels, and ``replace=False`` then leaves the given part to the
@@ -58,7 +58,7 @@ class Conditioning:
 
     labels: torch.Tensor | None = None
     prompts: list[str] | None = None
-    negative_prompt: str = ""
+    negative_prompt: str | list[str] = ""
     concat: torch.Tensor | None = None
     known: torch.Tensor | None = None
     mask: torch.Tensor | None = None
@@ -82,14 +82,21 @@ class Conditioning:
                 cond.update(known=given, mask=part)
         return cond or None
 
-    def unconditional(self, cond: dict, null_label: int) -> dict:
-        """The branch guidance contrasts with: the null label and / or the negative caption; the given
-        signals (concat, known part) kept."""
+    def unconditional(self, cond: dict, null_label: int, start: int | None = None, stop: int | None = None) -> dict:
+        """The branch guidance contrasts with, for the batch ``cond`` of samples [start, stop): the null
+        label and / or the negative caption; the given signals (concat, known part) kept. A
+        per-sample negative prompt needs start and stop."""
         out = {k: v for k, v in cond.items() if k not in ("label", "text")}
         if self.labels is not None:
             out["label"] = torch.full_like(cond["label"], null_label)
         if self.prompts is not None:
-            out["text"] = [self.negative_prompt] * len(cond["text"])
+            negative = self.negative_prompt
+            if isinstance(negative, str):
+                out["text"] = [negative] * len(cond["text"])
+            elif start is None or stop is None:
+                raise ValueError("a per-sample negative_prompt needs the batch's sample range")
+            else:
+                out["text"] = list(negative[start:stop])
         return out
 
 

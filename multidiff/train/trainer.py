@@ -31,6 +31,7 @@ import torch
 from ..errors import CheckpointError
 from ..media import log_media
 from . import checkpoint as ckpt
+from . import sharding
 from .build import LRSchedule, build_dataset, build_denoiser, build_loss, build_model, build_optimizer, count_parameters
 from .config import Config, ConfigError, autoencoder_modality_params, config_from_json
 from .data import make_loader, mix_seed, sample_generators
@@ -166,8 +167,16 @@ class Trainer:
         if config.model.init_from:  # before the EMA copies the weights; a resume below overrides both
             self.warm_start = ckpt.warm_start(backbone, config.model.init_from)
         self.ema = EMA(backbone, t.ema) if t.ema.kind != "none" else None
+        self.sharded = t.sharding == "fsdp"
+        if self.sharded:  # FSDP2 units per block; the EMA copy sharded alike so its update stays local
+            sharding.shard_blocks(backbone, acc.device)
+            if self.ema is not None:
+                sharding.shard_blocks(self.ema.module, acc.device)
         optimizer = build_optimizer(backbone, config.optimizer)
-        self.model, self.optimizer = acc.prepare(backbone, optimizer)
+        if self.sharded:  # accelerate would wrap the sharded model in DDP: it prepares the optimizer only
+            self.model, self.optimizer = backbone, acc.prepare(optimizer)
+        else:
+            self.model, self.optimizer = acc.prepare(backbone, optimizer)
         self._unwrapped: torch.nn.Module | None = None
         self.autoencoder = config.objective.kind == "autoencoder"
         self.denoiser = build_denoiser(self.model, config.objective)
@@ -279,7 +288,10 @@ class Trainer:
             gens = self._generators(positions[sl])
             cond = self._cond(batch, sl, gens)
             sync = j == t.grad_accum - 1
-            with contextlib.nullcontext() if sync else acc.no_sync(self.model):
+            if self.sharded:  # reduce-scatter the gradients on the last micro-batch only
+                self.model.set_requires_gradient_sync(sync)
+            with contextlib.nullcontext() if sync or self.sharded else acc.no_sync(self.model), \
+                    acc.autocast() if self.sharded else contextlib.nullcontext():
                 extra = {"mask": batch["loss_mask"][sl].to(acc.device)} if "loss_mask" in batch else {}
                 per_sample = self.loss_fn(self.denoiser, x_all[sl], cond, gens, **extra)  # (micro,)
                 acc.backward(per_sample.sum() / self.local_batch)
@@ -298,7 +310,8 @@ class Trainer:
         grad_norm = None
         if finite:
             max_norm = self.config.optimizer.grad_clip or float("inf")
-            grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), max_norm))
+            norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
+            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
             # with fp16 loss scaling an overflow is routine: the scaler skips that step itself
             finite = math.isfinite(grad_norm) or t.mixed_precision == "fp16"
         s.step += 1
@@ -334,9 +347,12 @@ class Trainer:
         acc, s = self.accelerator, self.state
         name = ckpt.checkpoint_name(s.samples_seen)
         final = self.ckpt_root / name
-        for p in self.unwrapped().parameters():
-            if not torch.isfinite(p).all():
-                raise NonFiniteLossError("the weights contain NaN/inf; refusing to write a checkpoint")
+        finite = torch.tensor(int(all(bool(torch.isfinite(sharding.local(p)).all()) for p in self.unwrapped().parameters())),
+                              device=acc.device)
+        if self.world > 1:
+            finite = acc.reduce(finite, "min")
+        if not bool(finite):
+            raise NonFiniteLossError("the weights contain NaN/inf; refusing to write a checkpoint")
         if (final.exists() and self.resumed_from is not None and final.resolve() == self.resumed_from.resolve()
                 and self._unchanged_since_load()):  # e.g. a signal right after resuming: nothing new to write
             acc.wait_for_everyone()
@@ -347,17 +363,22 @@ class Trainer:
         tmp = self.ckpt_root / f".tmp-{name}"
         ckpt.write_json(tmp / f"rng-{self.rank}.json", ckpt.rng_state())
         acc.wait_for_everyone()
+        if self.sharded:  # every process writes its own shards
+            sharding.save(tmp, self.model, None if self.ema is None else self.ema.module, self.optimizer.optimizer)
+            acc.wait_for_everyone()
         if self.is_main:
-            ckpt.write_module(tmp / "model.safetensors", self.unwrapped())
-            if self.ema is not None:
-                ckpt.write_module(tmp / "ema.safetensors", self.ema.module)
-            ckpt.write_state(tmp, "optimizer", self.optimizer.state_dict())
+            if not self.sharded:
+                ckpt.write_module(tmp / "model.safetensors", self.unwrapped())
+                if self.ema is not None:
+                    ckpt.write_module(tmp / "ema.safetensors", self.ema.module)
+                ckpt.write_state(tmp, "optimizer", self.optimizer.state_dict())
             state = {
                 "format": 1,
                 "train": asdict(s),
                 "spec": self.spec.to_json(),
                 "batch_size": self.config.trainer.batch_size,
                 "num_processes": self.world,
+                "sharding": self.config.trainer.sharding,
                 "lr": self._lr,
                 "lr_schedule": self.lr_schedule.state_dict(),
                 "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None,
@@ -395,16 +416,23 @@ class Trainer:
             raise CheckpointError(f"cannot resume from {path}: it was trained with {'; '.join(conflicts)}. Train into "
                                   f"a new trainer.out_dir, set trainer.resume=null to start afresh here, or start "
                                   f"from its weights with model.init_from")
-        ckpt.load_module(self.unwrapped(), path / "model.safetensors")
-        if self.ema is not None:
-            ema_file = path / "ema.safetensors"
-            ckpt.load_module(self.ema.module, ema_file if ema_file.exists() else path / "model.safetensors")
-        optimizer_state = ckpt.read_state(path, "optimizer")
-        try:
-            self.optimizer.load_state_dict(optimizer_state)
-        except (KeyError, ValueError, RuntimeError) as err:
-            raise CheckpointError(f"{path / 'optimizer.safetensors'}: the optimizer state does not fit optimizer "
-                                  f"{self.config.optimizer.name!r} ({type(err).__name__}: {err})") from None
+        if sharding.has_sharded(path) != self.sharded:
+            raise CheckpointError(f"checkpoint {path} was written with trainer.sharding="
+                                  f"{state.get('sharding', 'none')!r}; resume it with the same setting (or start from "
+                                  f"its weights with model.init_from)")
+        if self.sharded:  # on any process count: torch.distributed.checkpoint reshards
+            sharding.load(path, self.model, None if self.ema is None else self.ema.module, self.optimizer.optimizer)
+        else:
+            ckpt.load_module(self.unwrapped(), path / "model.safetensors")
+            if self.ema is not None:
+                ema_file = path / "ema.safetensors"
+                ckpt.load_module(self.ema.module, ema_file if ema_file.exists() else path / "model.safetensors")
+            optimizer_state = ckpt.read_state(path, "optimizer")
+            try:
+                self.optimizer.load_state_dict(optimizer_state)
+            except (KeyError, ValueError, RuntimeError) as err:
+                raise CheckpointError(f"{path / 'optimizer.safetensors'}: the optimizer state does not fit optimizer "
+                                      f"{self.config.optimizer.name!r} ({type(err).__name__}: {err})") from None
         if state.get("scaler") and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
         self.state = train_state
@@ -438,9 +466,23 @@ class Trainer:
         return self._loaded_at == (self.state.step, self.state.samples_seen)
 
     # ------------------------------------------------------------------ previews and logs
+    def gathered_sampling_model(self) -> torch.nn.Module | None:
+        """The sampling model whole, on the main process (None elsewhere): under sharding every
+        process gathers its shards (all must call this) into a plain copy; else ``sampling_model()``."""
+        if not self.sharded:
+            return self.sampling_model() if self.is_main else None
+        state = sharding.full_state_dict(self.sampling_model())
+        if not self.is_main:
+            return None
+        model = build_model(self.config, self.spec)
+        model.load_state_dict(state)
+        return model.to(self.accelerator.device).eval()
+
     def preview(self) -> list:
         """Sample with the EMA model and write the modality's preview files (main process)."""
         self._last_preview = self.state.samples_seen
+        if self.sharded:
+            whole = self.gathered_sampling_model()  # a collective: before the main-process-only part
         if not self.is_main:
             return []
         fn = get_modality(self.spec.modality).preview
@@ -457,7 +499,7 @@ class Trainer:
             return list(fn(torch.cat([x.float().cpu(), recon]), self.out_dir / "previews",
                            f"recon-{self.state.samples_seen:012d}", spec=self.spec))
         labels = default_labels(num, self.spec)
-        samples = generate(self.sampling_model(), self.config.objective, self.spec, sampling, Conditioning(labels=labels),
+        samples = generate(whole if self.sharded else self.sampling_model(), self.config.objective, self.spec, sampling, Conditioning(labels=labels),
                            num=num, device=self.accelerator.device)
         return list(fn(samples, self.out_dir / "previews", f"samples-{self.state.samples_seen:012d}", labels=labels,
                        spec=self.spec))
@@ -740,7 +782,7 @@ def load_for_sampling(path: str | Path, device=None, use_ema: bool = True):
     folder, config, state, spec = read_checkpoint(path)
     model = build_model(config, spec)
     weights = folder / "ema.safetensors"
-    if not (use_ema and weights.exists()):
+    if not (use_ema and ckpt.has_weights(weights)):
         weights = folder / "model.safetensors"
     model.to(device)
     ckpt.load_module(model, weights)

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from ..core.utils import item_generator
 from ..errors import DataError
-from ..manifest import ManifestRows, check_labels, read_manifest, row_label, select_split
+from ..manifest import ManifestRows, check_labels, read_rows, row_label, select_split
 from ..manifest import scan_folder as scan_files
 from .io import VIDEO_EXTENSIONS, VideoDecodeError, probe_video, read_video
 from .metrics import constant_velocity_frames, given_frame_mask
@@ -98,7 +98,7 @@ class VideoDataset(ManifestRows, Dataset):
         source = Path(source)
         if not source.exists():
             raise FileNotFoundError(f"video data source {source} does not exist")
-        rows = read_manifest(source) if source.is_file() else scan_folder(source)
+        rows = read_rows(source, VIDEO_EXTENSIONS)
         rows, self.split_record = select_split(rows, source, split)
         check_labels(rows, label_column, source)
         self.source, self.num_frames, self.size, self.fps, self.channels = source, num_frames, size, fps, channels
@@ -107,6 +107,9 @@ class VideoDataset(ManifestRows, Dataset):
         self.bad_files: dict[str, str] = {}
         from tqdm.auto import tqdm
 
+        if hasattr(rows, "subset"):  # shards: probed when packed; only the length check depends on these settings
+            self.rows = self._long_enough(rows)
+            return
         kept = []
         for row in tqdm(rows, desc=f"probing {source.name}", disable=not progress or len(rows) < 50):
             try:
@@ -131,6 +134,17 @@ class VideoDataset(ManifestRows, Dataset):
                                if self.bad_files else ""))
         self.rows = kept
 
+    def _long_enough(self, rows):
+        """Shard rows of clips long enough for ``num_frames`` at the data set's rate (from the index)."""
+        rate = np.full(len(rows), float(self.fps)) if self.fps else np.nan_to_num(rows.column("rate"), nan=25.0)
+        duration = rows.column("duration")
+        short = np.isfinite(duration) & (duration + 0.5 / rate < self.num_frames / rate)
+        if short.any():
+            warnings.warn(f"{self.source}: skipped {int(short.sum())} video files shorter than {self.num_frames} "
+                          f"frames", stacklevel=3)
+        if short.all():
+            raise DataError(f"{self.source}: no video long enough for {self.num_frames} frames")
+        return rows.subset(~short)
 
     def _rng(self, index: int) -> torch.Generator:
         return item_generator(self.seed, self.epoch, index)
@@ -142,12 +156,12 @@ class VideoDataset(ManifestRows, Dataset):
             if row["path"] in self.bad_files:
                 continue
             start = float(row.get("start") or 0.0)
-            duration = row["_duration"]
+            duration = row.get("_duration")
             if self.random_crop and duration is not None:
-                slack = duration - start - self.num_frames / row["_rate"]
+                slack = duration - start - self.num_frames / (self.fps or row.get("_rate") or 25.0)
                 start += max(slack, 0.0) * float(torch.rand((), generator=g))
             try:
-                x, _ = read_video(row["path"], self.fps, self.num_frames, start, self.size, self.channels)
+                x, _ = read_video(row.get("member") or row["path"], self.fps, self.num_frames, start, self.size, self.channels)
             except (VideoDecodeError, OSError) as err:
                 self.bad_files[row["path"]] = str(err)
                 warnings.warn(f"skipping unreadable video file {row['path']}: {err} "

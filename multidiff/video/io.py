@@ -56,13 +56,29 @@ def resize_crop(frames: torch.Tensor, size) -> torch.Tensor:
     return x[:, :, top:top + th, left:left + tw].permute(1, 0, 2, 3).contiguous()
 
 
+def _opened(path):
+    """(name for messages, what av.open takes): a path, or a file object over a shard member's bytes."""
+    from ..shards import Member
+
+    if isinstance(path, Member):
+        try:
+            return path.name, path.open()
+        except OSError as err:
+            raise VideoDecodeError(str(err)) from None
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise VideoDecodeError(f"{path}: no such file")
+    return path, path
+
+
 def probe_video(path) -> dict:
-    """{"fps", "frames" (may be 0 when the container does not say), "duration" (s), "width", "height", "codec"}."""
+    """{"fps", "frames" (may be 0 when the container does not say), "duration" (s), "width", "height", "codec"}
+    of a video file or shard member."""
     import av
 
-    path = os.fspath(path)
+    path, opened = _opened(path)
     try:
-        with av.open(path) as container:
+        with av.open(opened) as container:
             if not container.streams.video:
                 raise VideoDecodeError(f"{path}: no video stream")
             s = container.streams.video[0]
@@ -81,6 +97,12 @@ def probe_video(path) -> dict:
         raise VideoDecodeError(f"{path}: cannot open as video ({type(err).__name__}: {err})") from err
 
 
+def probe_clip_length(path) -> dict:
+    """{"duration" (s), "rate" (frames/s)} of a video, for the shard index (multidiff pack)."""
+    info = probe_video(path)
+    return {"duration": info["duration"], "rate": info["fps"]}
+
+
 def read_video(path, fps: float | None = None, num_frames: int | None = None, start: float = 0.0, size=None,
                channels: int = 3):
     """Decode a clip -> (frames (channels, frames, height, width) float32 in [-1, 1], fps).
@@ -89,20 +111,18 @@ def read_video(path, fps: float | None = None, num_frames: int | None = None, st
     (None: to the end; a clip that has fewer raises VideoDecodeError "too short"); start: seconds
     from the beginning (the demuxer seeks to the keyframe at or before it); size: int or
     (height, width), resize + centre crop; channels: 3 (RGB) or 1 (luma, ITU-R BT.601).
-    Returns the fps of the frames returned.
+    Returns the fps of the frames returned. path: a file or a shard member (multidiff.shards.Member).
     """
     import av
 
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise VideoDecodeError(f"{path}: no such file")
+    path, opened = _opened(path)
     if channels not in (1, 3):
         raise ValueError(f"read_video: channels must be 1 or 3, got {channels}")
     if num_frames is not None and num_frames < 1:
         raise ValueError(f"read_video: num_frames must be >= 1, got {num_frames}")
     picked: list[np.ndarray] = []
     try:
-        with av.open(path) as container:
+        with av.open(opened) as container:
             if not container.streams.video:
                 raise VideoDecodeError(f"{path}: no video stream")
             stream = container.streams.video[0]

@@ -15,7 +15,7 @@ from ..train.modality import Modality, register_modality
 from ..train.registry import DataSpec, register_dataset, register_model
 from .autoencoder import FrameVAEParams, build_frame_vae_entry
 from .data import EXTRAPOLATIONS, TASKS, ClipArrayDataset, VideoDataset, task_conditioning
-from .io import frame_grid, write_gif
+from .io import VIDEO_EXTENSIONS, frame_grid, probe_clip_length, write_gif
 from .transformer import TRANSFORMER_PRESETS, VideoTransformer
 from .unet3d import UNET3D_PRESETS, UNet3D
 
@@ -280,6 +280,7 @@ def video_reconstruction_metrics(recon: torch.Tensor, x: torch.Tensor) -> dict:
 register_modality(Modality(MODALITY, preview=video_preview, evaluate=video_evaluate,
                            reconstruction_metrics=video_reconstruction_metrics,
                            deterministic_data={"split": None, "random_crop": False},
+                           file_extensions=VIDEO_EXTENSIONS, probe=probe_clip_length,
                            description="clips (channels, frames, height, width): MP4 / GIF previews, classifier metrics"))
 
 
