@@ -133,16 +133,17 @@ def select_split(rows, source, split: str | None,
     return [r for r in rows if r["split"] == split], (None if record is None else {**record, "split": split})
 
 
-def read_rows(source, extensions: Iterable[str]):
-    """The rows of a data source: a shard folder (lazy :class:`multidiff.shards.ShardRows`), a CSV /
-    JSONL manifest, or a folder of files with one of ``extensions``."""
+def read_rows(source, extensions: Iterable[str], modality: str | None = None):
+    """The rows of a data source: a shard folder (lazy :class:`multidiff.shards.ShardRows`; packed
+    for ``modality`` when given), a CSV / JSONL manifest, or a folder of files with one of ``extensions``."""
     from .shards import ShardRows, ShardSet, is_shard_folder
 
     source = Path(source)
     if is_shard_folder(source):
         shards = ShardSet(source)
         packed = set(shards.header["extensions"])
-        if not packed & set(extensions):
+        packed_for = shards.header.get("modality")
+        if (modality and packed_for and packed_for != modality) or not packed <= set(extensions):
             raise DataError(f"{source}: the shards hold {shards.header.get('modality') or 'other'} files "
                             f"({', '.join(sorted(packed))}); this data set reads {', '.join(extensions)}")
         return ShardRows(shards)

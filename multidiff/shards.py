@@ -10,8 +10,9 @@ A shard folder holds
 * ``index.npy``: one fixed-size record per sample (shard, byte offsets and sizes of both members,
   label, split code, duration, rate), memory-mapped when read, so a process holds no per-sample
   Python objects whatever the corpus size;
-* ``shards.json``: the header (count, shards, split names, classes, the held-out split rule, files
-  skipped while packing).
+* ``shards.json``: the header (count, shards, split names, classes, the held-out split rule, how
+  many files were skipped while packing); ``val_files.json`` and ``skipped.json`` beside it list
+  the held-out files and the skipped ones with their reasons.
 
 Training reads the shards as a map-style data set (as wids does): sample k is one ``pread`` of its
 bytes at the indexed offset, decoded in the DataLoader worker that asks for it. So the trainer's
@@ -24,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tarfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +37,8 @@ from .errors import DataError
 
 HEADER = "shards.json"
 INDEX = "index.npy"
+VAL_FILES = "val_files.json"  # the held-out files of a split made when packing
+SKIPPED = "skipped.json"      # files packing could not read: path -> reason
 FORMAT = "multidiff-shards"
 VERSION = 1
 #: A new shard starts once the current one holds this many bytes (WebDataset's usual 0.1-1 GB).
@@ -122,6 +126,13 @@ class ShardSet:
     def __len__(self) -> int:
         return len(self.index)
 
+    def __getstate__(self):  # a DataLoader worker started by spawn re-maps the index instead of copying it
+        return {k: v for k, v in self.__dict__.items() if k != "index"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.index = np.load(self.folder / INDEX, mmap_mode="r")
+
     def member(self, k: int) -> Member:
         r = self.index[k]
         shard = self.shards[int(r["shard"])]
@@ -194,7 +205,8 @@ class ShardRows(Sequence):
         code = self.shards.splits.index(split)
         keep = self.indices[np.asarray(self.shards.index["split"][self.indices]) == code]
         record = self.shards.header.get("split_record")
-        record = {**record, "split": split} if record else None
+        if record:
+            record = {**record, "split": split, "val_files_in": str(self.shards.folder / record["val_files_in"])}
         return ShardRows(self.shards, keep, record), record
 
 
@@ -222,10 +234,12 @@ def pack(rows: Sequence[dict], out, *, source, split_record: dict | None = None,
 
     from .manifest import row_label
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise DataError(f"{out}: the output folder exists and is not empty; pack into a new folder")
-    out.mkdir(parents=True, exist_ok=True)
+    final = Path(out)
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        raise DataError(f"{final}: the output folder exists and is not empty; pack into a new folder")
+    out = final.parent / f".{final.name}.partial"  # renamed into place at the end: a stopped pack leaves no half folder
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     splits: list[str] = []
     records, extensions, shards, skipped = [], [], [], {}
     tar, shard_size = None, 0
@@ -271,14 +285,22 @@ def pack(rows: Sequence[dict], out, *, source, split_record: dict | None = None,
     index = np.array(records, dtype=INDEX_DTYPE)
     np.save(out / INDEX, index)
     labels = index["label"]
-    classes = sorted({(int(r["label"]), r.get("class", "")) for r in rows if row_label(r, label_column) >= 0})
+    classes = sorted({(row_label(r, label_column), r.get("class", "")) for r in rows
+                      if row_label(r, label_column) >= 0})
+    if split_record is not None:  # per-file lists go beside the header, which every process loads
+        (out / VAL_FILES).write_text(json.dumps(split_record.get("val_files", []), indent=0))
+        split_record = {k: v for k, v in split_record.items() if k != "val_files"} | {"val_files_in": VAL_FILES}
+    (out / SKIPPED).write_text(json.dumps(skipped, indent=1))
     header = {"format": FORMAT, "version": VERSION, "modality": modality, "source": str(source),
               "count": len(records), "shards": shards, "splits": splits, "extensions": extensions,
               "num_classes": int(labels.max()) + 1 if (labels >= 0).any() else 0,
               "classes": [c for _, c in classes] if classes and all(c for _, c in classes) else None,
-              "label_column": label_column, "split_record": split_record, "skipped": skipped,
+              "label_column": label_column, "split_record": split_record, "skipped": len(skipped),
               "bytes": int(sum((out / s).stat().st_size for s in shards))}
     (out / HEADER).write_text(json.dumps(header, indent=1))
+    if final.exists():
+        final.rmdir()  # empty, checked above
+    os.replace(out, final)
     return header
 
 

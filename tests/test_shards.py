@@ -51,7 +51,9 @@ def test_shards_are_webdataset_tars_of_the_files_bytes(audio_shards):
         assert row["path_as_written"] == path.relative_to(folder).as_posix() and row["class"] == path.parent.name
     # the split is the folder's own held-out rule, recorded once
     _, record = select_split(scan_folder(folder, {".wav"}), folder, "train")
-    assert {k: v for k, v in header["split_record"].items()} == {k: v for k, v in record.items() if k != "split"}
+    packed = {**header["split_record"], "val_files": json.loads((shards / "val_files.json").read_text())}
+    assert packed.pop("val_files_in") == "val_files.json"
+    assert packed == {k: v for k, v in record.items() if k != "split"}
 
 
 def test_items_from_shards_equal_items_from_the_folder(audio_shards):
@@ -62,7 +64,9 @@ def test_items_from_shards_equal_items_from_the_folder(audio_shards):
         a = AudioDataset(folder, length=4000, split=split, seed=5)
         b = AudioDataset(shards, length=4000, split=split, seed=5)
         assert isinstance(b.rows, ShardRows) and len(a) == len(b) and a.labels == b.labels
-        assert b.split_record == a.split_record
+        assert {k: v for k, v in b.split_record.items() if k != "val_files_in"} == {
+            k: v for k, v in a.split_record.items() if k != "val_files"}
+        assert json.loads(open(b.split_record["val_files_in"]).read()) == a.split_record["val_files"]
         for epoch in (0, 3):
             a.set_epoch(epoch), b.set_epoch(epoch)
             for k in range(len(a)):
@@ -156,7 +160,9 @@ def test_bad_shard_input_is_one_line(audio_shards, tmp_path, capsys):
     assert _pack(tmp_path / "src", tmp_path / "out") == 0
     out = capsys.readouterr().out
     assert "packed 3 audio files" in out and "skipped 1 unreadable files" in out and "9.wav" in out
-    assert list(json.loads((tmp_path / "out" / "shards.json").read_text())["skipped"]) == [str(tmp_path / "src" / "a" / "9.wav")]
+    assert json.loads((tmp_path / "out" / "shards.json").read_text())["skipped"] == 1
+    assert list(json.loads((tmp_path / "out" / "skipped.json").read_text())) == [str(tmp_path / "src" / "a" / "9.wav")]
+    assert not list(tmp_path.glob(".*partial*"))  # packed in a side folder, renamed into place
     # files of two modalities: name one
     (tmp_path / "src" / "a" / "m.obj").write_text("v 0 0 0\n")
     assert _pack(tmp_path / "src", tmp_path / "out2") == 2
@@ -166,6 +172,11 @@ def test_bad_shard_input_is_one_line(audio_shards, tmp_path, capsys):
 
     with pytest.raises(DataError, match=r"the shards hold audio files \(.wav\); this data set reads .mp4"):
         VideoDataset(tmp_path / "out")
+    import pickle
+
+    opened = ShardSet(tmp_path / "out")  # as a spawn-started DataLoader worker receives it: the index re-mapped
+    again = pickle.loads(pickle.dumps(opened))
+    assert isinstance(again.index, np.memmap) and again.member(1) == opened.member(1)
     # a missing shard: named when the data set opens
     (tmp_path / "out" / "shard-000000.tar").rename(tmp_path / "moved.tar")
     with pytest.raises(DataError, match="1 shard files are missing"):

@@ -257,3 +257,34 @@ def test_text_encoder_config_errors_name_the_key(captioned_tones, tmp_path):
         load_config(recipe, text_overrides(captioned_tones, tmp_path) + ["model.text_encoder.kind=pretrained",
                                                                          f"model.text_encoder.path={tmp_path}"])
     assert main(["sample", "/nonexistent/ckpt", "--prompt", "x"]) == 2
+
+
+def test_text_conditioned_encodes_once_per_generation_and_never_caches_while_training():
+    """Sampling asks for the same captions at every step: encoded once in eval mode without
+    gradients; in train mode (a consistency target is computed without gradients too) every call
+    encodes, since the encoder's weights move between steps."""
+    from multidiff.nn.text import TextConditioned
+
+    calls = []
+
+    class Encoder(torch.nn.Module):
+        def forward(self, captions):
+            calls.append(list(captions))
+            return torch.ones(len(captions), 2, 4), torch.ones(len(captions), 2, dtype=torch.bool)
+
+    class Backbone(torch.nn.Module):
+        def forward(self, x, noise_level, cond):
+            return x + cond["context"].sum()
+
+    model, x = TextConditioned(Backbone(), Encoder()), torch.zeros(2, 3)
+    with torch.no_grad():
+        model.eval()
+        for _ in range(3):
+            model(x, torch.ones(2), {"text": ["a", "b"]})
+        assert calls == [["a", "b"]]
+        model(x, torch.ones(2), {"text": ["a", "c"]})  # other captions: encoded again
+        assert len(calls) == 2
+        model.train()
+        for _ in range(2):
+            model(x, torch.ones(2), {"text": ["a", "c"]})
+        assert len(calls) == 4

@@ -79,7 +79,7 @@ class AudioDataset(ManifestRows, Dataset):
         source = Path(source)
         if not source.exists():
             raise FileNotFoundError(f"audio data source {source} does not exist")
-        rows = read_rows(source, AUDIO_EXTENSIONS)
+        rows = read_rows(source, AUDIO_EXTENSIONS, "audio")
         rows, self.split_record = select_split(rows, source, split)
         if not rows:
             raise DataError(f"{source}: no audio files" + (f" in split {split!r}" if split else ""))

@@ -215,7 +215,7 @@ class TextConditioned(nn.Module):
     def __init__(self, backbone: nn.Module, text_encoder: nn.Module):
         super().__init__()
         self.backbone, self.text_encoder = backbone, text_encoder
-        self._encoded = None  # (captions, device, context, mask) of the last call without gradients
+        self._encoded = None  # (captions, device, context, mask) of the last call in eval mode without gradients
 
     def train(self, mode: bool = True):
         self._encoded = None  # the encoder's weights may change while training
@@ -235,11 +235,12 @@ class TextConditioned(nn.Module):
             if len(captions) != x.shape[0]:
                 raise ValueError(f"cond['text'] has {len(captions)} captions for a batch of {x.shape[0]}")
             key = (tuple(captions), x.device)
-            if not torch.is_grad_enabled() and self._encoded is not None and self._encoded[0] == key:
+            sampling = not self.training and not torch.is_grad_enabled()  # training may change the encoder's weights
+            if sampling and self._encoded is not None and self._encoded[0] == key:
                 context, mask = self._encoded[1:]  # sampling: every step asks for the same captions
             else:
                 context, mask = self.text_encoder(list(captions))
-                self._encoded = (key, context, mask) if not torch.is_grad_enabled() else None
+                self._encoded = (key, context, mask) if sampling else None
             cond["context"], cond["context_mask"] = context.to(x.dtype), mask
         return self.backbone(x, noise_level, cond)
 

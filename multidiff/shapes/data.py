@@ -68,7 +68,7 @@ class ShapeDataset(ManifestRows, Dataset):
         source = Path(source)
         if not source.exists():
             raise FileNotFoundError(f"shape data source {source} does not exist")
-        rows = read_rows(source, MESH_EXTENSIONS)
+        rows = read_rows(source, MESH_EXTENSIONS, "shapes")
         rows, self.split_record = select_split(rows, source, split)
         if not rows:
             raise DataError(f"{source}: no mesh files" + (f" in split {split!r}" if split else ""))

@@ -434,7 +434,10 @@ def has_weights(path: Path) -> bool:
         return False
     from .sharding import sharded_parts
 
-    return found[1] in sharded_parts(found[0])
+    try:
+        return found[1] in sharded_parts(found[0])
+    except CheckpointError:  # unreadable shard metadata: an incomplete checkpoint, passed over like one
+        return False
 
 
 def _numbered(root: Path) -> list[Path]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import DataError, InputError
 from ..manifest import HELD_OUT_FRACTION, assign_splits, check_labels, read_manifest, scan_folder
-from ..shards import SHARD_BYTES, pack, verify
+from ..shards import SHARD_BYTES, SKIPPED, pack, verify
 from .modality import MODALITIES, get_modality
 
 
@@ -66,15 +66,16 @@ def pack_run(args) -> int:
                   shard_bytes=int(args.shard_mb * 2**20), label_column=args.label_column, modality=modality.name,
                   progress=not args.no_progress)
     verify(out)
+    skipped = set(json.loads((out / SKIPPED).read_text()))
     counts = {}
     for r in rows:
-        if str(r["path"]) not in header["skipped"]:
+        if str(r["path"]) not in skipped:
             counts[r["split"]] = counts.get(r["split"], 0) + 1
     print(f"packed {header['count']} {modality.name} files ({header['bytes'] / 2**20:.1f} MB) into "
           f"{len(header['shards'])} shards in {out}: " + ", ".join(f"{v} {k or '(no split)'}" for k, v in counts.items()))
     if header["skipped"]:
-        first = next(iter(header["skipped"].values()))
-        print(f"skipped {len(header['skipped'])} unreadable files (listed in {out / 'shards.json'}; the first: {first})")
+        skipped = json.loads((out / SKIPPED).read_text())
+        print(f"skipped {len(skipped)} unreadable files (listed in {out / SKIPPED}; the first: {next(iter(skipped.values()))})")
     print(f"train with: multidiff train RECIPE data.path={out}")
     (out / "pack_command.json").write_text(json.dumps({"argv": ["multidiff", "pack", *getattr(args, "argv", [])]}))
     return 0

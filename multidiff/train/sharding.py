@@ -10,7 +10,9 @@ from GPU launches, and one code path for both keeps CPU tests honest.
 Checkpoints are written with torch.distributed.checkpoint (``sharded/`` in the checkpoint folder:
 every process writes its own shards, no process gathers the model), resume on any process count,
 and read in one process without a process group (:func:`read_full_state`), which is how sampling,
-evaluation and ``multidiff export`` turn them into single-file weights.
+evaluation and ``multidiff export`` turn them into single-file weights. torch.distributed.checkpoint
+stores its ``.metadata`` with pickle: load sharded checkpoints only from sources you trust (the
+unsharded ones are safetensors and JSON only).
 """
 from __future__ import annotations
 
@@ -47,8 +49,8 @@ def shard_blocks(module: nn.Module, device: torch.device) -> nn.Module:
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     lists = [m for m in module.modules() if isinstance(m, nn.ModuleList)]
     for blocks in reversed(lists):  # reversed pre-order: nested lists before the lists that hold them
-        for block in blocks:
-            if any(p.requires_grad for p in block.parameters()) and not _is_sharded(block):
+        for block in blocks:  # frozen blocks too: the EMA copy gets the same units as the model
+            if next(block.parameters(), None) is not None and not _is_sharded(block):
                 fully_shard(block, mesh=mesh)
     fully_shard(module, mesh=mesh)
     return module
@@ -100,17 +102,20 @@ def load(folder: Path, model: nn.Module, ema: nn.Module | None, optimizer: torch
         set_optimizer_state_dict,
     )
 
+    parts = sharded_parts(folder)
     state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
-    if ema is not None:
+    if ema is not None and "ema" in parts:
         state["ema"] = get_model_state_dict(ema)
     dcp.load(state, checkpoint_id=str(Path(folder) / SHARDED))
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optimizer"])
-    if ema is not None:
-        set_model_state_dict(ema, state["ema"])
+    if ema is not None:  # a checkpoint without an EMA starts it from the weights, as the unsharded resume does
+        set_model_state_dict(ema, state.get("ema", state["model"]))
 
 
 def has_sharded(folder: Path) -> bool:
+    """True when ``folder`` holds a sharded checkpoint's metadata (its files are checked against
+    state.json's list by multidiff.train.checkpoint.missing_files)."""
     return (Path(folder) / SHARDED / ".metadata").is_file()
 
 

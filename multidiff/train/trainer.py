@@ -347,11 +347,11 @@ class Trainer:
         acc, s = self.accelerator, self.state
         name = ckpt.checkpoint_name(s.samples_seen)
         final = self.ckpt_root / name
-        finite = torch.tensor(int(all(bool(torch.isfinite(sharding.local(p)).all()) for p in self.unwrapped().parameters())),
-                              device=acc.device)
-        if self.world > 1:
-            finite = acc.reduce(finite, "min")
-        if not bool(finite):
+        bad = torch.tensor(int(not all(bool(torch.isfinite(sharding.local(p)).all()) for p in self.unwrapped().parameters())),
+                           device=acc.device)
+        if self.world > 1:  # under sharding each process sees only its part of the weights
+            bad = acc.reduce(bad, "max")
+        if bool(bad):
             raise NonFiniteLossError("the weights contain NaN/inf; refusing to write a checkpoint")
         if (final.exists() and self.resumed_from is not None and final.resolve() == self.resumed_from.resolve()
                 and self._unchanged_since_load()):  # e.g. a signal right after resuming: nothing new to write
@@ -389,7 +389,8 @@ class Trainer:
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             }
             ckpt.write_json(tmp / "config.json", self.config.to_dict())
-            state["files"] = sorted(p.name for p in tmp.iterdir())  # what a complete copy holds
+            state["files"] = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*")
+                                    if p.is_file())  # what a complete copy holds (each shard file too)
             ckpt.write_json(tmp / "state.json", state)
             ckpt.commit(self.ckpt_root, name, self.config.trainer.keep_checkpoints)
         acc.wait_for_everyone()
@@ -421,7 +422,13 @@ class Trainer:
                                   f"{state.get('sharding', 'none')!r}; resume it with the same setting (or start from "
                                   f"its weights with model.init_from)")
         if self.sharded:  # on any process count: torch.distributed.checkpoint reshards
-            sharding.load(path, self.model, None if self.ema is None else self.ema.module, self.optimizer.optimizer)
+            try:
+                sharding.load(path, self.model, None if self.ema is None else self.ema.module, self.optimizer.optimizer)
+            except CheckpointError:
+                raise
+            except Exception as err:  # noqa: BLE001 - another model or optimizer than the shards hold
+                raise CheckpointError(f"{path / sharding.SHARDED}: the shards do not fit this model / optimizer "
+                                      f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
         else:
             ckpt.load_module(self.unwrapped(), path / "model.safetensors")
             if self.ema is not None:
@@ -474,7 +481,8 @@ class Trainer:
         state = sharding.full_state_dict(self.sampling_model())
         if not self.is_main:
             return None
-        model = build_model(self.config, self.spec)
+        with torch.random.fork_rng(devices=[]):  # a fresh init must not move the RNG a resume restores
+            model = build_model(self.config, self.spec)
         model.load_state_dict(state)
         return model.to(self.accelerator.device).eval()
 

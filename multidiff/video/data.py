@@ -98,7 +98,7 @@ class VideoDataset(ManifestRows, Dataset):
         source = Path(source)
         if not source.exists():
             raise FileNotFoundError(f"video data source {source} does not exist")
-        rows = read_rows(source, VIDEO_EXTENSIONS)
+        rows = read_rows(source, VIDEO_EXTENSIONS, "video")
         rows, self.split_record = select_split(rows, source, split)
         check_labels(rows, label_column, source)
         self.source, self.num_frames, self.size, self.fps, self.channels = source, num_frames, size, fps, channels
