@@ -97,6 +97,18 @@ def cache_key(source) -> str:
     return f"{os.path.abspath(source)}|{stat.st_mtime_ns}|{stat.st_size}"
 
 
+def packed_from(path):
+    """The manifest or folder a shard folder was packed from, when it still exists (evaluation
+    finds its judges and held-out splits beside it); any other path as it is."""
+    if path is None or not is_shard_folder(path):
+        return path
+    try:
+        source = json.loads((Path(path) / HEADER).read_text()).get("source")
+    except (OSError, json.JSONDecodeError):
+        return path
+    return source if source and Path(source).exists() else path
+
+
 # ------------------------------------------------------------------------------------- reading
 class ShardSet:
     """An opened shard folder: ``len``, ``member(k)``, ``meta(k)``; the index is memory-mapped."""

@@ -91,6 +91,20 @@ def test_video_items_from_shards_equal_items_from_the_folder(tmp_path):
         VideoDataset(tmp_path / "shards", 40, 32, fps=10, split="train")
 
 
+def test_evaluation_of_a_shard_trained_model_finds_the_judges_beside_the_packed_manifest(tmp_path):
+    from multidiff.shards import packed_from
+
+    _write_audio(tmp_path / "clips")
+    rows = "path,label\n" + "".join(f"{p.relative_to(tmp_path).as_posix()},{int(p.parent.name == 'tone')}\n"
+                                     for p in sorted((tmp_path / "clips").rglob("*.wav")))
+    (tmp_path / "m.csv").write_text(rows)
+    assert _pack(tmp_path / "m.csv", tmp_path / "shards") == 0
+    assert packed_from(tmp_path / "shards") == str(tmp_path / "m.csv")  # where classifier.safetensors would sit
+    (tmp_path / "m.csv").unlink()
+    assert packed_from(tmp_path / "shards") == tmp_path / "shards"  # moved away: the shards themselves
+    assert packed_from(tmp_path / "clips") == tmp_path / "clips"
+
+
 def test_stream_over_shards_is_the_same_for_any_process_count_workers_and_resume(audio_shards):
     """Process r of P reads its slice of every global batch straight from the shards, decoded in
     DataLoader workers; the slices make up the one-process batch, and a loader started mid-epoch

@@ -10,6 +10,7 @@ import torch
 
 from ..core.utils import item_generator
 from ..nn.presets import build_preset, preset_params
+from ..shards import packed_from
 from ..train.modality import Modality, register_modality
 from ..train.registry import DataSpec, register_dataset, register_model
 from .autoencoder import AudioAutoencoderParams, OobleckParams, build_oobleck_entry, stft_discriminator, stft_term
@@ -170,7 +171,7 @@ def audio_evaluate(samples: torch.Tensor, config, *, labels=None, spec=None) -> 
     out = {"rms_mean": float(rms.mean()), "peak_mean": float(x.abs().amax(dim=tuple(range(1, x.ndim))).mean()),
            "clipped_fraction": float((x.abs() >= 0.999).float().mean()),
            "silent_fraction": float((rms < 1e-3).float().mean()), "n": int(len(x))}
-    path = getattr(getattr(config, "data", None), "path", None)
+    path = packed_from(getattr(getattr(config, "data", None), "path", None))  # shards: the manifest they came from
     judges = {prefix: Path(path).parent / name for prefix, name in JUDGES.items()} if path and Path(path).is_file() else {}
     judges = {prefix: f for prefix, f in judges.items() if f.is_file()}
     requested = None

@@ -11,6 +11,7 @@ import torch
 
 from ..core.utils import item_generator
 from ..nn.presets import build_preset, preset_params
+from ..shards import packed_from
 from ..train.modality import Modality, register_modality
 from ..train.registry import DataSpec, register_dataset, register_model
 from .autoencoder import FrameVAEParams, build_frame_vae_entry
@@ -241,7 +242,7 @@ def video_evaluate(samples: torch.Tensor, config, *, labels=None, spec=None) -> 
     diffs = (x[:, :, 1:] - x[:, :, :-1]).abs().mean() if x.shape[2] > 1 else torch.tensor(0.0)
     out = {"mean": float(x.mean()), "std": float(x.std()), "clipped_fraction": float((x.abs() >= 0.999).float().mean()),
            "frame_difference": float(diffs), "n": int(len(x))}
-    path = getattr(getattr(config, "data", None), "path", None)
+    path = packed_from(getattr(getattr(config, "data", None), "path", None))  # shards: the manifest they came from
     classifier = Path(path).parent / "video_classifier.safetensors" if path and Path(path).is_file() else None
     if classifier is not None and classifier.is_file() and str(path).endswith(".npz"):
         from .metrics import VideoClassifier, classifier_accuracy, classifier_frechet_distance
