@@ -189,3 +189,41 @@ def test_stacked_layout_from_the_registry_takes_the_data_clip_length():
     assert model.in_conv.in_channels == 3 * 6 and model(torch.randn(1, 1, 6, 8, 8), torch.ones(1)).shape == (1, 1, 6, 8, 8)
     with pytest.raises(ValueError, match="stacked_frames=4 must equal the data's clip length 6"):
         build_unet3d(UNet3DParams(preset="tiny", stacked_frames=4), spec)
+
+
+def test_concatenated_skips_shapes_gradients_and_temporal_identity():
+    """skips="concat" (the image UNet2D's topology): blocks at every level, [path, skip] into each up
+    level; the output starts at zero, every parameter gets gradient, and with the temporal layers at
+    their initialisation a clip is its frames denoised one by one."""
+    model = unet3d_tiny(num_classes=3, extra_in_channels=2, cross_attention_dim=8, skips="concat", blocks_per_level=2)
+    x = torch.randn(2, 1, 4, 8, 8)
+    cond = {"label": torch.tensor([0, 2]), "concat": torch.randn(2, 2, 4, 8, 8), "context": torch.randn(2, 5, 8)}
+    out = model(x, torch.tensor([0.5, 2.0]), cond)
+    assert out.shape == x.shape and float(out.detach().abs().max()) == 0.0
+    assert len(model.down_blocks) == len(model.up_blocks) == 2  # a skip from the coarsest level too
+    assert model.up_blocks[0][0].conv1.in_channels == 2 * 32  # the coarsest up level reads [path, skip]
+    plain = _randomise_all_but_temporal(unet3d_tiny(in_channels=2, skips="concat")).eval()
+    clip = torch.randn(2, 2, 5, 8, 8, generator=torch.Generator().manual_seed(1))
+    sigma = torch.tensor([0.3, 3.0])
+    with torch.no_grad():
+        video = plain(clip, sigma)
+        per_frame = torch.stack([plain(clip[:, :, t:t + 1], sigma)[:, :, 0] for t in range(5)], dim=2)
+    assert float(video.abs().mean()) > 1e-3
+    torch.testing.assert_close(video, per_frame, rtol=1e-5, atol=1e-5)
+    _randomise_all_but_temporal(model)
+    for m in model.modules():
+        if isinstance(m, TemporalConv):
+            torch.nn.init.normal_(m.proj.weight, std=0.1)
+        if isinstance(m, TemporalAttention):
+            torch.nn.init.normal_(m.attn.out.weight, std=0.1)
+    model(x, torch.tensor([0.5, 2.0]), cond).square().sum().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None or float(p.grad.abs().sum()) == 0.0] == []
+    with pytest.raises(ValueError, match="skips must be 'add' or 'concat'"):
+        unet3d_tiny(skips="sum")
+
+
+def test_added_skips_keep_the_parameter_names_of_earlier_checkpoints():
+    names = [n for n, _ in unet3d_tiny().named_parameters()]
+    assert "down_blocks.0.0.conv1.weight" in names
+    assert not any(n.startswith("down_blocks.1.") for n in names)  # no blocks at the coarsest level: as before
+    assert any(n.startswith("upsamplers.0.") for n in names) and not any(n.startswith("up_blocks.1.") for n in names)

@@ -204,6 +204,10 @@ class UNet3D(SafetensorsModelMixin, ConfigMixin, ConditionedBackbone):
     ``cond["concat"]`` (zeros when absent). ``patch_size`` > 1 embeds non-overlapping patches
     (strided conv in, transposed conv out), the fast choice on CPUs.
 
+    ``skips``: "add" (one skip per level, added to the upsampled path and scaled by ``skip_scale``) or
+    "concat" (ADM / the image UNet2D's topology: blocks at every level including the coarsest, and
+    each up level's first block reads [path, skip * skip_scale] concatenated on channels).
+
     ``stacked_frames`` = T > 0 selects the stacked layout instead: the T frames of a clip (exactly T)
     are stacked on the channel axis of one 2D U-Net (no temporal layers), as in MCVD (Voleti et al.
     2022, Sec. 3) and SimVP (Gao et al. 2022): every convolution sees every frame, so content moving
@@ -221,9 +225,11 @@ class UNet3D(SafetensorsModelMixin, ConfigMixin, ConditionedBackbone):
                  temporal_kernel: int = 3, attention_backend: str = "auto", skip_scale: float = 2 ** -0.5,
                  label_factors: Sequence[int] | None = None, patch_size: int = 1,
                  temporal_attention_levels: Sequence[int] | None = None, stacked_frames: int = 0,
-                 pooled_context: bool = False):
+                 pooled_context: bool = False, skips: str = "add"):
         super().__init__()
         channels = list(channels)
+        if skips not in ("add", "concat"):
+            raise ValueError(f"skips must be 'add' or 'concat', got {skips!r}")
         if stacked_frames < 0:
             raise ValueError(f"stacked_frames must be >= 0, got {stacked_frames}")
         stack = max(stacked_frames, 1)
@@ -247,20 +253,23 @@ class UNet3D(SafetensorsModelMixin, ConfigMixin, ConditionedBackbone):
         spatial = set(spatial_attention_levels) | ({n_levels - 1} if attention_heads > 0 else set())
         temporal_levels = set(range(n_levels) if temporal_attention_levels is None else temporal_attention_levels)
 
-        def make_blocks(ch, level):
+        def make_blocks(ch, level, first_in=None):
             blocks = nn.ModuleList()
-            for _ in range(blocks_per_level):
-                blocks.append(ResBlock3d(ch, ch, emb_dim, dropout, temporal_kernel))
+            for k in range(blocks_per_level):
+                blocks.append(ResBlock3d(first_in if k == 0 and first_in else ch, ch, emb_dim, dropout, temporal_kernel))
                 if attention_heads > 0 and level in spatial:
                     blocks.append(SpatialAttention(ch, attention_heads, cross_attention_dim, attention_backend))
                 if attention_heads > 0 and temporal_attention and level in temporal_levels:
                     blocks.append(TemporalAttention(ch, attention_heads, attention_backend))
             return blocks
 
+        concat = skips == "concat"
         self.down_blocks, self.downsamplers = nn.ModuleList(), nn.ModuleList()
         for level in range(n_levels - 1):
             self.down_blocks.append(make_blocks(channels[level], level))
             self.downsamplers.append(nn.Conv2d(channels[level], channels[level + 1], 3, stride=2, padding=1))
+        if concat:  # the coarsest level has blocks (and a skip) of its own too
+            self.down_blocks.append(make_blocks(channels[-1], n_levels - 1))
         c = channels[-1]
         self.mid_blocks = nn.ModuleList([ResBlock3d(c, c, emb_dim, dropout, temporal_kernel)])
         if attention_heads > 0:
@@ -269,9 +278,15 @@ class UNet3D(SafetensorsModelMixin, ConfigMixin, ConditionedBackbone):
                 self.mid_blocks.append(TemporalAttention(c, attention_heads, attention_backend))
         self.mid_blocks.append(ResBlock3d(c, c, emb_dim, dropout, temporal_kernel))
         self.upsamplers, self.up_blocks = nn.ModuleList(), nn.ModuleList()
-        for level in reversed(range(n_levels - 1)):
-            self.upsamplers.append(nn.Conv2d(channels[level + 1], channels[level], 3, padding=1))
-            self.up_blocks.append(make_blocks(channels[level], level))
+        if concat:  # up level k: [path, skip] (2 c_k) -> c_k, then up to level k - 1
+            for level in reversed(range(n_levels)):
+                self.up_blocks.append(make_blocks(channels[level], level, first_in=2 * channels[level]))
+                if level > 0:
+                    self.upsamplers.append(nn.Conv2d(channels[level], channels[level - 1], 3, padding=1))
+        else:
+            for level in reversed(range(n_levels - 1)):
+                self.upsamplers.append(nn.Conv2d(channels[level + 1], channels[level], 3, padding=1))
+                self.up_blocks.append(make_blocks(channels[level], level))
         self.out_norm = nn.GroupNorm(_groups(channels[0]), channels[0])
         if patch_size == 1:
             self.out_conv = nn.Conv2d(channels[0], self.out_ch * stack, 3, padding=1)
@@ -308,17 +323,26 @@ class UNet3D(SafetensorsModelMixin, ConfigMixin, ConditionedBackbone):
         h = self.in_conv(rearrange(x, "b c f h w -> (b f) c h w"))
         args = (emb, frames, temporal, gate, context, context_mask)
         skips = []
-        for blocks, down in zip(self.down_blocks, self.downsamplers):
+        for k, blocks in enumerate(self.down_blocks):
             for block in blocks:
                 h = self.run(block, h, *args)
-            skips.append(h)
-            h = down(h)
+            skips.append(h)                                                  # ((b f), c_k, h_k, w_k)
+            if k < len(self.downsamplers):
+                h = self.downsamplers[k](h)
         for block in self.mid_blocks:
             h = self.run(block, h, *args)
-        for up, blocks in zip(self.upsamplers, self.up_blocks):
-            h = (up(F.interpolate(h, scale_factor=2.0, mode="nearest")) + skips.pop()) * self.config.skip_scale
-            for block in blocks:
-                h = self.run(block, h, *args)
+        if self.config.skips == "concat":
+            for k, blocks in enumerate(self.up_blocks):
+                h = torch.cat([h, skips.pop() * self.config.skip_scale], dim=1)  # ((b f), 2 c_k, h_k, w_k)
+                for block in blocks:
+                    h = self.run(block, h, *args)
+                if k < len(self.upsamplers):
+                    h = self.upsamplers[k](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        else:
+            for up, blocks in zip(self.upsamplers, self.up_blocks):
+                h = (up(F.interpolate(h, scale_factor=2.0, mode="nearest")) + skips.pop()) * self.config.skip_scale
+                for block in blocks:
+                    h = self.run(block, h, *args)
         out = self.out_conv(F.silu(self.out_norm(h)))
         if stacked:
             return rearrange(out, "b (c f) h w -> b c f h w", f=stacked)
