@@ -187,8 +187,9 @@ class ShapeDataset(ManifestRows, Dataset):
         if self.augment:
             pts = augment(pts, g, rotate=self.rotate, scale_range=self.scale_range)
         pts = self.normalization(pts[: self.num_points]).apply(pts).float()
-        item = {"x": pts[: self.num_points].contiguous(), "label": row_label(self.rows[k], self.label_column), "index": k,
-                "text": str(self.rows[k].get("text", "") or "")}
+        row = self.rows[k]  # once: a shard row is read from its shard on every access
+        item = {"x": pts[: self.num_points].contiguous(), "label": row_label(row, self.label_column), "index": k,
+                "text": str(row.get("text", "") or "")}
         if self.coarse_points:  # an independent, disjoint sample of the same surface, same normalisation
             item["coarse"] = pts[self.num_points:].contiguous()
         return item
