@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from multidiff.audio.metrics import (
@@ -69,3 +70,27 @@ def test_classifier_learns_separable_tones():
                              augment_shift=400)
     scores = classifier_scores(model, waves[60:], labels[60:], waves[:60])
     assert scores["accuracy"] >= 0.9 and scores["inception_score"] > 2.0
+
+
+def test_noise_floor_of_a_sine_in_white_noise_matches_the_closed_form():
+    """Energy outside the harmonics of a sine under white noise of variance s^2: per frame of n_fft
+    samples, s^2 n_out / (s^2 (n_fft/2 + 1) + A^2 n_fft / 4) (Parseval, any window), whether f0 is
+    given or found by pYIN; a pure tone and a band-limited saw sit below -60 dB."""
+    import numpy as np
+
+    from multidiff.audio.metrics import harmonic_mask, midi_to_hz, noise_floor_db
+
+    sr, n, n_fft = 16000, 32000, 4096
+    t = torch.arange(n) / sr
+    f0 = midi_to_hz(60)
+    sine = torch.sin(2 * math.pi * f0 * t)
+    n_out = int((~harmonic_mask(np.full(1, f0), n_fft, sr)).sum())
+    g = torch.Generator().manual_seed(0)
+    for s in (0.001, 0.01, 0.05, 0.3):
+        expected = 10 * math.log10(s ** 2 * n_out / (s ** 2 * (n_fft // 2 + 1) + n_fft / 4))
+        noisy = sine + s * torch.randn(n, generator=g)
+        assert noise_floor_db(noisy, sr, f0) == pytest.approx(expected, abs=0.3)
+        assert noise_floor_db(noisy, sr) == pytest.approx(expected, abs=0.3)
+    saw = sum((-1) ** (k + 1) * torch.sin(2 * math.pi * k * f0 * t) / k for k in range(1, int(sr / 2 // f0)))
+    assert noise_floor_db(sine, sr) < -70 and noise_floor_db(0.6 * saw, sr) < -60
+    assert math.isnan(noise_floor_db(torch.zeros(n), sr))  # no pitch, no harmonics: no answer rather than a guess

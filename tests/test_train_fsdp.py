@@ -8,6 +8,7 @@ CPU processes talking over gloo). Run as a script (``--worker OUT [overrides]``)
 """
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -51,12 +52,23 @@ def launch(out: Path, *extra: str, processes: int = 2) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(free_port()), __file__, "--worker", str(out), *extra]
-    return subprocess.Popen(cmd, env=env, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc.relaunch = (out, extra, processes)
+    return proc
 
 
 def finish(*procs: subprocess.Popen) -> None:
+    """Wait for the runs. A worker aborted by the C++ runtime ("terminate called without an active
+    exception", seen once in a fresh-clone CI run on a loaded machine, not reproduced in 2 reruns
+    under load) is the process group's transport, not the trainer: that run starts once more from
+    nothing; any other failure, or the same one twice, fails the test."""
     for proc in procs:
         output, _ = proc.communicate(timeout=300)
+        if proc.returncode != 0 and "terminate called without an active exception" in output:
+            out, extra, processes = proc.relaunch
+            shutil.rmtree(out, ignore_errors=True)
+            proc = launch(out, *extra, processes=processes)
+            output, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, output[-5000:]
 
 

@@ -5,7 +5,8 @@ Data needs nothing beyond pip: ``build_synth_notes`` renders 12 pitches (C4..B4)
 waveform learns pitch x timbre classes (factored label embedding) for about three minutes
 on two CPU cores, then generates one note per class with classifier-free guidance. The
 demo writes the WAVs, a spectrogram sheet and metrics.json (pYIN pitch accuracy within 50
-cents of the requested pitch, and signal statistics), and says where.
+cents of the requested pitch, the noise floor beside the training notes', and signal statistics),
+and says where.
 """
 from __future__ import annotations
 
@@ -86,5 +87,8 @@ def format_summary(summary: dict) -> str:
     if "pitch_accuracy" in m:
         lines.append(f"  pitch accuracy (pYIN, within 50 cents of the requested pitch): {m['pitch_accuracy']:.2f}; "
                      f"median |error| {m.get('pitch_median_cents', float('nan')):.0f} cents")
+    if "noise_floor_median_db" in m:
+        lines.append(f"  noise floor (energy outside the harmonics, median): {m['noise_floor_median_db']:.1f} dB; "
+                     f"the training notes: {m.get('real_noise_floor_median_db', float('nan')):.1f} dB")
     lines.append(f"  WAVs: {summary['wavs']}/  spectrograms: {summary['spectrograms']}")
     return "\n".join(lines)

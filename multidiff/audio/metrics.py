@@ -6,6 +6,8 @@
   Frechet distance of its penultimate embeddings against held-out real audio.
 * ``pitch_accuracy``: share of generated notes within ``tolerance_cents`` of the
   requested pitch, from librosa's pYIN (Mauch & Dixon 2014) median f0.
+* ``noise_floor_db``: energy outside the harmonics of pYIN's f0, relative to all energy
+  (dB), the hiss or buzz of a pitched note that pitch accuracy cannot see.
 * ``multires_stft_distance`` (Yamamoto et al. 2020, Eq. 4-6) and ``si_sdr``
   (Le Roux et al. 2019) for continuation / inpainting against the truth.
 """
@@ -129,6 +131,67 @@ def intonation(waves: Sequence[torch.Tensor], sample_rate: int, fmin: float = 60
             "in_tune_cents": float(np.median(deviations)) if deviations else float("nan"),
             "in_tune_fraction": float(np.mean(np.asarray(deviations) <= 5.0)) if deviations else float("nan"),
             "distinct_semitones": float(np.mean(distinct)) if distinct else float("nan"), "n": len(voiced_share)}
+
+
+def harmonic_mask(f0: np.ndarray, n_fft: int, sample_rate: int, lobe_bins: float = 4.5,
+                  f0_tolerance_cents: float = 10.0) -> np.ndarray:
+    """(n_fft // 2 + 1, frames) bool: the bins within ``lobe_bins`` (the 4-term Blackman-Harris main
+    lobe is +-4 bins)
+    plus the f0 tolerance (pYIN's 10-cent grid, scaled by the harmonic number) of any harmonic of
+    each frame's f0; a frame with f0 nan has no harmonic bins."""
+    bins = np.arange(n_fft // 2 + 1)[:, None] * (sample_rate / n_fft)  # Hz
+    mask = np.zeros((bins.shape[0], len(f0)), dtype=bool)
+    stretch = 2 ** (f0_tolerance_cents / 1200) - 1
+    for t, f in enumerate(f0):
+        if not np.isfinite(f) or f <= 0:
+            continue
+        harmonics = np.arange(1, int(sample_rate / 2 // f) + 1) * f  # (H,)
+        width = lobe_bins * sample_rate / n_fft + harmonics * stretch
+        mask[:, t] = (np.abs(bins - harmonics[None]) <= width[None]).any(1)
+    return mask
+
+
+def noise_floor_db(wave: torch.Tensor, sample_rate: int, f0: float | np.ndarray | None = None, *,
+                   n_fft: int = 4096, hop: int = 1024, fmin: float = 50.0, fmax: float = 2000.0) -> float:
+    """Energy outside the harmonics, relative to all the energy, in dB (10 log10 of the ratio):
+    -inf for a pure periodic tone, 0 for silence-free noise with no pitch. A pitched note's
+    broadband hiss or a buzz between harmonics raises it; pitch accuracy cannot see either.
+
+    The harmonics are those of each STFT frame's f0 (4-term Blackman-Harris window ``n_fft``, whose
+    side lobes at -92 dB keep a pure tone's leakage far below any audible floor; hop ``hop``; frames
+    wholly inside the clip, so its edges are not a click): ``f0`` given (Hz, one value or one per frame), else pYIN's per-frame f0 on the same frames, and
+    for frames pYIN calls unvoiced the clip's median voiced f0 (their hiss is noise too). nan when
+    pYIN finds no voiced frame. For white noise of variance s^2 under a sine of amplitude A over N
+    samples the expected value is s^2 n_out / (s^2 (n_fft/2 + 1) + A^2 n_fft / 4) per frame, n_out
+    the bins outside the harmonics (tests/test_audio_metrics.py checks it)."""
+    import librosa
+
+    y = wave.detach().float().cpu().reshape(-1, wave.shape[-1]).mean(0).numpy().astype(np.float64)
+    spec = np.abs(librosa.stft(y, n_fft=n_fft, hop_length=hop, window="blackmanharris", center=False)) ** 2
+    frames = spec.shape[1]
+    if f0 is None:
+        f0, voiced, _ = librosa.pyin(y.astype(np.float32), fmin=fmin, fmax=fmax, sr=sample_rate, frame_length=n_fft,
+                                     hop_length=hop, center=False)
+        f0 = np.where(voiced & np.isfinite(f0), f0, np.nan)[:frames]
+        if not np.isfinite(f0).any():
+            return float("nan")
+        f0 = np.where(np.isfinite(f0), f0, np.nanmedian(f0))
+    f0 = np.broadcast_to(np.asarray(f0, dtype=np.float64), (frames,))
+    mask = harmonic_mask(f0, n_fft, sample_rate)
+    total = spec.sum()
+    if total <= 0:
+        return float("nan")
+    outside = spec[~mask].sum()
+    return float(10 * np.log10(max(outside / total, 1e-30)))
+
+
+def noise_floor(waves: Sequence[torch.Tensor], sample_rate: int, f0s: Sequence[float] | None = None) -> dict:
+    """Median and 90th percentile of :func:`noise_floor_db` over waves (nan ones left out)."""
+    values = np.asarray([noise_floor_db(w, sample_rate, None if f0s is None else f0s[k])
+                         for k, w in enumerate(waves)])
+    values = values[np.isfinite(values)]
+    return {"median_db": float(np.median(values)) if values.size else float("nan"),
+            "p90_db": float(np.percentile(values, 90)) if values.size else float("nan"), "n": int(values.size)}
 
 
 # ---------------------------------------------------------------------------- classifier

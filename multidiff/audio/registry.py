@@ -20,6 +20,7 @@ from .metrics import mel_conditioning
 from .spectrogram import MODALITY as MEL_MODALITY
 from .spectrogram import MelDataParams, MelTrainData, audio_spec, decode_samples
 from .unet1d import UNET1D_PRESETS, UNet1D
+from .vocoder import MelVocoderParams, build_mel_vocoder
 
 MODALITY = "audio"
 
@@ -198,6 +199,7 @@ def audio_evaluate(samples: torch.Tensor, config, *, labels=None, spec=None) -> 
                 result = pitch_accuracy([samples[k] for k in keep], [pitches[int(labels[k])] for k in keep],
                                         _sample_rate(spec))
                 out.update({f"pitch_{k}": v for k, v in result.items()})
+                out.update(_noise_floors([samples[k] for k in keep], path, _sample_rate(spec), x.shape[-1]))
     if not pitches and not (classifier_path is not None and classifier_path.is_file()):
         # music without labels (melodies): is it pitched and in tune, next to real held-out clips
         from .metrics import intonation, load_split
@@ -211,6 +213,27 @@ def audio_evaluate(samples: torch.Tensor, config, *, labels=None, spec=None) -> 
                 real = []
             if len(real):
                 out.update({f"real_intonation_{k}": v for k, v in intonation(list(real), sr).items()})
+        out.update(_noise_floors(list(samples[:64]), path, sr, x.shape[-1]))
+    return out
+
+
+def _noise_floors(waves, manifest, sample_rate: int, length: int, limit: int = 64) -> dict:
+    """Pitched audio's noise floor (multidiff.audio.metrics.noise_floor_db: energy outside the
+    harmonics, dB) of generated waves, and beside it the real clips' (the test split, else the
+    training clips when the data holds no test split; ``real_noise_floor_test_split`` 1 or 0 says which)."""
+    from .metrics import load_split, noise_floor
+
+    out = {f"noise_floor_{k}": v for k, v in noise_floor(waves[:limit], sample_rate).items()}
+    if manifest and Path(manifest).is_file():
+        for split in ("test", "train"):
+            try:
+                real, _ = load_split(manifest, split, sample_rate, length, limit=limit)
+            except ValueError:  # the data holds no such split
+                continue
+            if len(real):
+                out.update({f"real_noise_floor_{k}": v for k, v in noise_floor(list(real), sample_rate).items()})
+                out["real_noise_floor_test_split"] = float(split == "test")
+                break
     return out
 
 
@@ -246,20 +269,43 @@ register_model("audio_oobleck", build_oobleck_entry, params=OobleckParams, modal
                description="audio VAE for latent diffusion: diffusers' AutoencoderOobleck (multidiff.audio.autoencoder)")
 
 
+register_model("audio_mel_vocoder", build_mel_vocoder, params=MelVocoderParams, modality=MODALITY, kind="autoencoder",
+               example_shape=(1, 8192), example_batch=16,
+               description="learned mel vocoder (Vocos: ConvNeXt -> STFT -> iSTFT) for the log-mel recipes "
+                           "(multidiff.audio.vocoder)")
+
+
 # log-mel spectrogram diffusion (multidiff.audio.spectrogram): same backbone, mel bins as channels
 def mel_preview(samples, out_dir, name, *, labels=None, spec=None, **kw):
-    """Decode to audio (Griffin-Lim), then the audio previews (WAVs and a spectrogram sheet)."""
+    """Decode to audio (the vocoder spec.meta names, else Griffin-Lim), then the audio previews (WAVs and a
+    spectrogram sheet)."""
     return audio_preview(decode_samples(samples, spec), out_dir, name, labels=labels, spec=audio_spec(spec), **kw)
 
 
+def check_vocoder(spec) -> None:
+    """Before sampling: the vocoder spec.meta names loads and hears this model's mel (else InputError)."""
+    from .spectrogram import GRIFFIN_LIM, codec_from_meta, vocoder_for
+
+    vocoder_for(spec.meta.get("vocoder") or GRIFFIN_LIM, codec_from_meta(spec.meta))
+
+
 def mel_evaluate(samples, config, *, labels=None, spec=None):
-    """Decode to audio (Griffin-Lim), then the audio metrics (classifier scores, pitch accuracy)."""
-    return audio_evaluate(decode_samples(samples, spec), config, labels=labels, spec=audio_spec(spec))
+    """Decode to audio (the vocoder spec.meta names, else Griffin-Lim), then the audio metrics (classifier
+    scores, pitch accuracy); ``decoded_by_vocoder`` says which decoded them (1: the vocoder, 0: Griffin-Lim)."""
+    from .spectrogram import GRIFFIN_LIM, codec_from_meta, vocoder_for
+
+    by_vocoder = vocoder_for(spec.meta.get("vocoder") or GRIFFIN_LIM, codec_from_meta(spec.meta)) is not None
+    metrics = audio_evaluate(decode_samples(samples, spec), config, labels=labels, spec=audio_spec(spec))
+    return {**metrics, "decoded_by_vocoder": float(by_vocoder)}
 
 
 register_dataset("audio_mel", MelTrainData, params=MelDataParams, modality=MEL_MODALITY, needs_path=True,
                  description="log-mel spectrograms of an audio folder or manifest, decoded by Griffin-Lim "
                              "(multidiff.audio.spectrogram)")
 register_modality(Modality(MEL_MODALITY, preview=mel_preview, evaluate=mel_evaluate,
+                           decode_options={"vocoder": "decode log-mel samples with this mel vocoder checkpoint "
+                                                      "(recipes/audio/mel_vocoder.yaml) or griffin-lim (default: "
+                                                      "the recipe's data.params.vocoder)"},
+                           check_decode=check_vocoder,
                            deterministic_data={"split": None, "random_crop": False, "polarity_flip": 0.0},
                            description="log-mel spectrograms (mel bins, frames) decoded to audio for previews and metrics"))

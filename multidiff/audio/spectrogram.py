@@ -24,6 +24,7 @@ from ..train.registry import DataSpec
 from .data import AudioLoadParams
 
 MODALITY = "audio_mel"
+GRIFFIN_LIM = "griffin-lim"
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,9 @@ class MelDataParams(AudioLoadParams):
     scale: float = 3.6
     frame_multiple: int = 4
     griffin_lim_iters: int = 64
+    #: how samples become audio in previews and metrics: a mel vocoder checkpoint
+    #: (recipes/audio/mel_vocoder.yaml) or "griffin-lim"; `multidiff sample / eval --vocoder` overrides it
+    vocoder: str = GRIFFIN_LIM
 
     def codec(self) -> MelCodec:
         return MelCodec(**{k: getattr(self, k) for k in CODEC_KEYS})
@@ -196,7 +200,7 @@ class MelTrainData(torch.utils.data.Dataset):
         self._mels: dict[int, torch.Tensor] = {}
         shape = (params.n_mels, self.codec.frames(params.length))
         meta = {"sample_rate": params.sample_rate, "length": params.length, "channels": params.channels,
-                "mel": {k: getattr(self.codec, k) for k in CODEC_KEYS}}
+                "mel": {k: getattr(self.codec, k) for k in CODEC_KEYS}, "vocoder": params.vocoder}
         self.spec = DataSpec(shape, classes, MODALITY, meta)
 
     def __len__(self) -> int:
@@ -229,11 +233,60 @@ class MelTrainData(torch.utils.data.Dataset):
 
 
 def decode_samples(samples: torch.Tensor, spec, batch_size: int = 64) -> torch.Tensor:
-    """Generated mels (batch, n_mels, frames) -> audio (batch, 1, the data's length)."""
+    """Generated mels (batch, n_mels, frames) -> audio (batch, 1, the data's length), by the vocoder
+    ``spec.meta["vocoder"]`` names (a checkpoint of recipes/audio/mel_vocoder.yaml), else Griffin-Lim.
+    A named vocoder that is not there yet is said on stderr, and Griffin-Lim decodes."""
     codec = codec_from_meta(spec.meta)
     length = int(spec.meta["length"])
-    out = [codec.decode(samples[k:k + batch_size].float().cpu(), length) for k in range(0, len(samples), batch_size)]
+    vocoder = vocoder_for(spec.meta.get("vocoder") or GRIFFIN_LIM, codec)
+    with torch.no_grad():
+        if vocoder is None:
+            out = [codec.decode(samples[k:k + batch_size].float().cpu(), length)
+                   for k in range(0, len(samples), batch_size)]
+        else:
+            frames = 1 + length // codec.hop  # the frames the clip has; the rest pad to frame_multiple
+            out = [vocoder.decode(samples[k:k + batch_size, :, :frames].float().cpu(), length).sample
+                   for k in range(0, len(samples), batch_size)]
     return torch.cat(out) if out else samples.new_zeros(0, 1, length)
+
+
+def vocoder_for(name: str, codec: MelCodec):
+    """The mel vocoder checkpoint ``name`` (None for "griffin-lim", or, said on stderr, when the
+    checkpoint does not exist yet); a vocoder that hears another mel than ``codec`` is an InputError."""
+    import sys
+    from pathlib import Path
+
+    from ..errors import InputError
+
+    if name == GRIFFIN_LIM:
+        return None
+    if not Path(name).exists():
+        if name not in _MISSING_SAID:
+            _MISSING_SAID.add(name)
+            print(f"vocoder {name} not found (train it: multidiff train recipes/audio/mel_vocoder.yaml): decoding "
+                  f"with Griffin-Lim", file=sys.stderr)
+        return None
+    vocoder = _load_vocoder(str(Path(name).resolve()))
+    if not isinstance(getattr(vocoder, "codec", None), MelCodec):
+        raise InputError(f"vocoder {name}: the checkpoint holds a {type(vocoder).__name__}, not a mel vocoder "
+                         f"(model.name audio_mel_vocoder)")
+    theirs = {k: getattr(vocoder.codec, k) for k in CODEC_KEYS if k not in ("frame_multiple", "griffin_lim_iters")}
+    ours = {k: getattr(codec, k) for k in theirs}
+    if theirs != ours:
+        diff = ", ".join(f"{k} {theirs[k]} vs {ours[k]}" for k in theirs if theirs[k] != ours[k])
+        raise InputError(f"vocoder {name} hears another mel than this model makes ({diff}): train one on these "
+                         f"settings or decode with --vocoder griffin-lim")
+    return vocoder
+
+
+_MISSING_SAID: set[str] = set()  # a missing vocoder is said once per process, not once per batch
+
+
+@functools.lru_cache(maxsize=2)
+def _load_vocoder(path: str):
+    from ..train.latents import load_autoencoder
+
+    return load_autoencoder(path)
 
 
 def audio_spec(spec):

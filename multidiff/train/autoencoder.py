@@ -87,7 +87,7 @@ class AutoencoderLoss:
             raise ValueError(f"the autoencoder returned {tuple(recon.shape)} for input {tuple(x0.shape)}: the input "
                              f"length must be a multiple of its total down-sampling")
         err = recon.float() - x0.float()
-        loss = self.kl_weight * gaussian_kl(posterior)
+        loss = self.kl_weight * gaussian_kl(posterior) if self.kl_weight else err.new_zeros(err.shape[0])
         if self.l1_weight:
             loss = loss + self.l1_weight * masked_mean(err.abs(), mask)
         if self.l2_weight:

@@ -131,6 +131,40 @@ def _sampling_arguments(parser: argparse.ArgumentParser, out_default: str) -> No
     parser.add_argument("--no-ema", action="store_true", help="use the trained weights instead of the EMA")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--out", default=out_default, help=f"output folder (default: {out_default})")
+    for option, (modalities, text) in _decode_options().items():
+        parser.add_argument(f"--{option.replace('_', '-')}", dest=f"decode_{option}", default=None,
+                            help=f"{text} ({', '.join(modalities)} models)")
+
+
+def _decode_options() -> dict[str, tuple[list[str], str]]:
+    """option -> (modalities that take it, help) over the registered modalities' decode_options."""
+    from .modality import MODALITIES
+    from .registry import load_plugins
+
+    load_plugins()
+    options: dict[str, tuple[list[str], str]] = {}
+    for name, modality in sorted(MODALITIES.items()):
+        for option, text in modality.decode_options.items():
+            options.setdefault(option, ([], text))[0].append(name)
+    return options
+
+
+def _apply_decode_options(args, spec, folder) -> None:
+    """Put each given --<decode option> in spec.meta, refusing one the model's modality does not take."""
+    from .modality import get_modality
+
+    taken = get_modality(spec.modality).decode_options
+    for option in _decode_options():
+        value = getattr(args, f"decode_{option}", None)
+        if value is None:
+            continue
+        if option not in taken:
+            raise InputError(f"--{option.replace('_', '-')}: the model of {folder} makes {spec.modality} samples, "
+                             f"which take no {option}; drop it")
+        spec.meta[option] = value
+    check = get_modality(spec.modality).check_decode
+    if check is not None:
+        check(spec)
 
 
 def _sampling_config(config, args):
@@ -169,6 +203,7 @@ def _generate(args, verb: str):
     from .trainer import load_for_sampling
 
     model, config, spec, state, folder, weights = load_for_sampling(args.checkpoint, args.device, not args.no_ema)
+    _apply_decode_options(args, spec, folder)
     sampling = _sampling_config(config, args)
     prompts = None
     if sampling.sample_shape and len(sampling.sample_shape) != len(spec.sample_shape):
@@ -279,6 +314,7 @@ def evaluate_run(args: argparse.Namespace) -> int:
     try:
         if args.samples:
             folder, config, state, spec = read_checkpoint(args.checkpoint)
+            _apply_decode_options(args, spec, folder)
             loaded = ckpt.read_tensors(Path(args.samples))
             sampling_meta = samples_metadata(Path(args.samples))
             if "samples" not in loaded:

@@ -15,6 +15,8 @@ sets (:func:`multidiff.train.registry.register_model`, ``register_dataset``) and
         deterministic_data={"split": None, "random_crop": False},   # data.params for latent caching
         file_extensions=(".wav", ".flac", ...),  # what `multidiff pack` collects from a folder
         probe=probe_length,                     # packing: file -> {"duration", "rate"} (DataError: skip it)
+        decode_options={"vocoder": "help ..."},  # `multidiff sample / eval --vocoder X`: spec.meta["vocoder"]
+        check_decode=check_vocoder,             # (spec) -> None, raises InputError before any sampling
     ))
 
 ``multidiff.train`` calls these hooks by ``spec.modality`` and never names a modality; a new
@@ -36,6 +38,11 @@ Signatures (``samples``: (n, *sample_shape) float32 on the CPU):
 * ``probe(path) -> dict``: read once per file while packing; its ``duration`` (s) and ``rate``
   (frames/s) go into the shard index (a video data set then needs no probe at start-up); a
   DataError skips the file (listed in the shard header).
+* ``decode_options``: option name -> help. ``multidiff sample`` and ``eval`` take ``--<name> VALUE``
+  and put it in ``spec.meta[name]`` before the preview and evaluate hooks run (how samples become
+  a signal, e.g. which vocoder turns a log-mel into audio); a model of another modality refuses it.
+* ``check_decode(spec)``: called then, before sampling, so a decoder that cannot work is an
+  InputError (one line, exit 2) rather than minutes of sampling lost.
 
 Data sets of a modality may expose ``rows``: one dict per item with its ``split`` and ``text``
 (caption), which ``multidiff encode`` keeps beside the latents.
@@ -61,6 +68,8 @@ class Modality:
     deterministic_data: Mapping[str, Any] = field(default_factory=dict)
     file_extensions: tuple[str, ...] = ()
     probe: Callable[[Any], dict] | None = None
+    decode_options: Mapping[str, str] = field(default_factory=dict)
+    check_decode: Callable[[Any], None] | None = None
     description: str = ""
 
 

@@ -1,0 +1,151 @@
+"""The learned mel vocoder against Griffin-Lim on held-out clips (issue 29, item 1).
+
+    python benchmarks/vocoder.py runs/mel-vocoder-s0/checkpoints/latest runs/mel-vocoder-s1/checkpoints/latest \
+        runs/mel-vocoder-s2/checkpoints/latest
+
+One checkpoint per training seed (recipes/audio/mel_vocoder.yaml, trainer.seed 0 / 1 / 2; each the
+run's last checkpoint, no choice made on these clips). The clips: the manifest's test split (voices
+no training run heard), centred 1 s crops. Each clip's log-mel (the vocoder's own settings, which
+are digits_mel.yaml's) is decoded by the vocoder and by Griffin-Lim (MelCodec.decode: least-squares
+mel inversion, 64 fast Griffin-Lim iterations) and scored against the real clip:
+
+* multi-resolution STFT distance (multidiff.audio.metrics.multires_stft_distance, FFT 512 / 1024 /
+  2048, silence floored at -60 dBFS), lower is better; target: the vocoder >= 30% lower;
+* wide-band PESQ (ITU-T P.862.2, PyPI ``pesq``), higher is better; target: >= 0.5 higher;
+* each evaluation classifier beside the manifest (datasets/train_classifier.py) on the real clips
+  and on both resyntheses; target: the classifier's accuracy on the vocoder's clips >= 0.99, its
+  accuracy on the real clips beside it.
+
+Writes benchmarks/results/vocoder.json and vocoder.md (mean and spread over the seeds).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from multidiff.audio.metrics import classifier_outputs, load_classifier, load_split, multires_stft_distance
+from multidiff.train.latents import load_autoencoder
+
+JUDGES = {"classifier": "classifier.safetensors", "classifier_clean": "classifier_clean.safetensors"}
+
+
+def pesq_wb(estimate: torch.Tensor, reference: torch.Tensor, sample_rate: int) -> np.ndarray:
+    """Wide-band PESQ of each (1, samples) pair; nan where PESQ finds no speech to score."""
+    from pesq import PesqError, pesq
+
+    out = []
+    for e, r in zip(estimate, reference):
+        score = pesq(sample_rate, r.reshape(-1).double().numpy(), e.reshape(-1).double().numpy(), "wb",
+                     on_error=PesqError.RETURN_VALUES)
+        out.append(score if score > -1 else float("nan"))  # negative values are PESQ's error codes
+    return np.asarray(out, dtype=np.float64)
+
+
+def scores(estimate: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor, judges: dict, sample_rate: int) -> dict:
+    mr = multires_stft_distance(estimate, reference, (512, 1024, 2048), eps=1e-5, silence_rms=1e-3)
+    pesq_values = pesq_wb(estimate, reference, sample_rate)
+    out = {"mr_stft": float(mr.mean()), "pesq_wb": float(np.nanmean(pesq_values)),
+           "pesq_scored": int(np.isfinite(pesq_values).sum()), "n": len(reference)}
+    for name, judge in judges.items():
+        logits = classifier_outputs(judge, estimate)[0]
+        out[f"{name}_accuracy"] = float((logits.argmax(-1) == labels).float().mean())
+    return out
+
+
+@torch.no_grad()
+def decode_all(vocoder, mel: torch.Tensor, samples: int, batch_size: int = 64) -> torch.Tensor:
+    return torch.cat([vocoder.decode(mel[k:k + batch_size], samples).sample for k in range(0, len(mel), batch_size)])
+
+
+def spread(values: list[float]) -> dict:
+    a = np.asarray(values, dtype=np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else float("nan"), "values": a.tolist()}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints", nargs="+", help="one vocoder checkpoint per training seed")
+    p.add_argument("--manifest", default="data/digits/manifest.csv")
+    p.add_argument("--split", default="test")
+    p.add_argument("--num", type=int, default=512, help="held-out clips (the first N of the split)")
+    p.add_argument("--length", type=int, default=16000, help="clip length in samples")
+    p.add_argument("--out", default="benchmarks/results/vocoder", help="result stem (.json and .md written)")
+    a = p.parse_args(argv)
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    vocoders = [load_autoencoder(c) for c in a.checkpoints]
+    codec = vocoders[0].codec
+    if any(v.codec != codec for v in vocoders):
+        print("benchmarks/vocoder.py: the checkpoints hear different mel settings; compare like with like", file=sys.stderr)
+        return 2
+    real, labels = load_split(a.manifest, a.split, codec.sample_rate, a.length, limit=a.num)
+    judges = {name: load_classifier(Path(a.manifest).parent / f) for name, f in JUDGES.items()
+              if (Path(a.manifest).parent / f).is_file()}
+    mel = vocoders[0].mel(real)
+    results = {"real": scores(real, real, labels, judges, codec.sample_rate)}
+    results["griffin_lim"] = scores(codec.decode(codec.encode(real), a.length), real, labels, judges, codec.sample_rate)
+    results["vocoder"] = [dict(scores(decode_all(v, mel, a.length), real, labels, judges, codec.sample_rate),
+                               checkpoint=str(c)) for v, c in zip(vocoders, a.checkpoints)]
+    gl = results["griffin_lim"]
+    summary = {"mr_stft_reduction": spread([1 - r["mr_stft"] / gl["mr_stft"] for r in results["vocoder"]]),
+               "pesq_gain": spread([r["pesq_wb"] - gl["pesq_wb"] for r in results["vocoder"]])}
+    for name in judges:
+        summary[f"{name}_accuracy"] = spread([r[f"{name}_accuracy"] for r in results["vocoder"]])
+    targets = {"mr_stft_reduction >= 0.30": summary["mr_stft_reduction"]["mean"] >= 0.30,
+               "pesq_gain >= 0.5": summary["pesq_gain"]["mean"] >= 0.5}
+    for name in judges:
+        targets[f"{name}_accuracy >= 0.99"] = summary[f"{name}_accuracy"]["mean"] >= 0.99
+    record = {"command": "python " + " ".join(shlex.quote(x) for x in ["benchmarks/vocoder.py", *sys.argv[1:]]),
+              "manifest": a.manifest, "split": a.split, "clips": len(real), "length": a.length,
+              "codec": {k: getattr(codec, k) for k in ("sample_rate", "n_mels", "n_fft", "hop")},
+              "results": results, "summary": summary, "targets": targets, "seconds": round(time.perf_counter() - t0, 1),
+              "torch": torch.__version__, "threads": torch.get_num_threads()}
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    out.with_suffix(".md").write_text(markdown(record))
+    print(markdown(record))
+    return 0
+
+
+def markdown(r: dict) -> str:
+    judges = [k[: -len("_accuracy")] for k in r["results"]["real"] if k.endswith("_accuracy")]
+    head = "| decoder | MR-STFT distance (lower is better) | PESQ-WB | " + " | ".join(f"{j} accuracy" for j in judges) + " |"
+    lines = ["# Learned mel vocoder vs Griffin-Lim (written by benchmarks/vocoder.py)", "",
+             f"`{r['command']}`", "",
+             f"{r['clips']} clips of the {r['split']} split of {r['manifest']} ({r['length']} samples at "
+             f"{r['codec']['sample_rate']} Hz), each clip's {r['codec']['n_mels']}-band log-mel (n_fft "
+             f"{r['codec']['n_fft']}, hop {r['codec']['hop']}) decoded and scored against the clip; one vocoder "
+             f"per training seed, its run's last checkpoint.", "", head,
+             "|" + "---|" * (3 + len(judges))]
+
+    def row(name, s):
+        pesq = "(reference)" if name == "real clips" else f"{s['pesq_wb']:.3f}"
+        mr = "0" if name == "real clips" else f"{s['mr_stft']:.4f}"
+        return f"| {name} | {mr} | {pesq} | " + " | ".join(f"{s[f'{j}_accuracy']:.4f}" for j in judges) + " |"
+
+    lines.append(row("real clips", r["results"]["real"]))
+    lines.append(row("Griffin-Lim (64 iterations)", r["results"]["griffin_lim"]))
+    for k, s in enumerate(r["results"]["vocoder"]):
+        lines.append(row(f"vocoder, seed run {k} (`{s['checkpoint']}`)", s))
+    lines += ["", "| over the seeds | mean | spread (std) | target | met |", "|---|---|---|---|---|"]
+    goals = {"mr_stft_reduction": ">= 0.30", "pesq_gain": ">= 0.5", **{f"{j}_accuracy": ">= 0.99" for j in judges}}
+    for key, goal in goals.items():
+        s = r["summary"][key]
+        met = r["targets"][f"{key} {goal}"]
+        std = "n/a" if math.isnan(s["std"]) else f"{s['std']:.3f}"
+        lines.append(f"| {key} | {s['mean']:.3f} | {std} | {goal} | {'yes' if met else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""A learned mel vocoder: Vocos (Siuzdak 2024), log-mel frames -> STFT -> waveform.
+
+The mel recipes' spectrograms (multidiff.audio.spectrogram.MelCodec) become audio through a
+ConvNeXt stack (Liu et al. 2022) that runs at the frame rate and predicts each frame's STFT
+magnitude and phase; an inverse STFT with the codec's own window and hop gives the waveform. No
+up-sampling layers, so it is cheap on a CPU (a second of 16 kHz audio is 63 frames), and the
+phase is learned where Griffin-Lim guesses it.
+
+It trains through the trainer's autoencoder objective (multidiff.train.autoencoder): ``encode``
+is the fixed mel transform (a posterior with zero spread), ``decode`` the network, so the
+multi-resolution STFT term, the adversarial STFT discriminator, checkpoints, EMA and resume are
+those of the audio autoencoders. ``recipes/audio/mel_vocoder.yaml`` trains it; the mel recipes
+decode through it when ``data.params.vocoder`` names its checkpoint.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from .spectrogram import MelCodec
+
+
+class ConvNeXtBlock(nn.Module):
+    """Depth-wise conv (k 7) -> LayerNorm -> pointwise MLP (GELU) -> layer scale, residual.
+    (batch, dim, frames) -> same."""
+
+    def __init__(self, dim: int, hidden: int, layer_scale: float):
+        super().__init__()
+        self.depthwise = nn.Conv1d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.up, self.down = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.gamma = nn.Parameter(torch.full((dim,), layer_scale))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.depthwise(x).transpose(1, 2)  # (batch, frames, dim)
+        h = self.down(nn.functional.gelu(self.up(self.norm(h))))
+        return x + (self.gamma * h).transpose(1, 2)
+
+
+class _Deterministic(SimpleNamespace):
+    """A posterior of zero spread (the mel transform), with diffusers' latent_dist attributes."""
+
+
+class MelVocoder(nn.Module):
+    """encode: (batch, channels, samples) -> latent_dist with mean (batch, n_mels, 1 + samples // hop);
+    decode: (batch, n_mels, frames) log-mel -> .sample (batch, 1, (frames - 1) * hop) audio."""
+
+    def __init__(self, codec: MelCodec, dim: int = 256, hidden: int = 768, layers: int = 8,
+                 max_log_magnitude: float = math.log(100.0)):
+        super().__init__()
+        self.codec = codec
+        self.max_log_magnitude = max_log_magnitude
+        self.embed = nn.Conv1d(codec.n_mels, dim, 7, padding=3)
+        self.norm_in = nn.LayerNorm(dim, eps=1e-6)
+        self.blocks = nn.ModuleList([ConvNeXtBlock(dim, hidden, 1.0 / layers) for _ in range(layers)])
+        self.norm_out = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, codec.n_fft + 2)  # per frame: n_fft/2 + 1 log-magnitudes and phases
+        self.register_buffer("window", torch.hann_window(codec.n_fft), persistent=False)
+
+    def mel(self, wave: torch.Tensor) -> torch.Tensor:
+        """(batch, channels, samples) -> (batch, n_mels, 1 + samples // hop): the codec's log-mel
+        without the padding frames the diffusion models get."""
+        return self.codec.encode(wave)[..., : 1 + wave.shape[-1] // self.codec.hop]
+
+    def encode(self, wave: torch.Tensor):
+        with torch.no_grad():
+            mean = self.mel(wave)
+        zero = torch.zeros_like(mean)
+        return SimpleNamespace(latent_dist=_Deterministic(mean=mean, std=zero, var=zero, logvar=zero))
+
+    def forward(self, mel: torch.Tensor, samples: int | None = None) -> torch.Tensor:
+        """(batch, n_mels, frames) -> (batch, 1, samples), samples defaulting to (frames - 1) * hop."""
+        h = self.norm_in(self.embed(mel.float()).transpose(1, 2)).transpose(1, 2)  # (batch, dim, frames)
+        for block in self.blocks:
+            h = block(h)
+        out = self.head(self.norm_out(h.transpose(1, 2))).transpose(1, 2)  # (batch, n_fft + 2, frames)
+        log_magnitude, phase = out.float().chunk(2, dim=1)  # (batch, n_fft/2 + 1, frames) each
+        return self.synthesize(log_magnitude.clamp(max=self.max_log_magnitude), phase, samples)
+
+    def synthesize(self, log_magnitude: torch.Tensor, phase: torch.Tensor, samples: int | None = None) -> torch.Tensor:
+        """(batch, n_fft/2 + 1, frames) log-magnitude and phase -> (batch, 1, samples) by the inverse of
+        the codec's STFT (its window and hop, centred frames): the STFT of a clip gives the clip back."""
+        magnitude = log_magnitude.exp()
+        spec = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
+        samples = samples if samples is not None else (spec.shape[-1] - 1) * self.codec.hop
+        wave = torch.istft(spec, self.codec.n_fft, self.codec.hop, window=self.window, center=True, length=samples)
+        return wave[:, None]
+
+    def decode(self, mel: torch.Tensor, samples: int | None = None):
+        return SimpleNamespace(sample=self(mel, samples))
+
+
+@dataclass
+class MelVocoderParams:
+    """``model.params`` of ``audio_mel_vocoder``: the network's width, MLP width and depth, and the
+    mel it hears (MelCodec's settings; the sample rate is the data's). They must equal the mel
+    recipe's ``data.params`` for it to decode that recipe's samples (checked when it does)."""
+
+    dim: int = 256
+    hidden: int = 768
+    layers: int = 8
+    n_mels: int = 80
+    n_fft: int = 1024
+    hop: int = 256
+    f_min: float = 0.0
+    f_max: float | None = None
+    floor: float = 1e-3
+    offset: float = -4.0
+    scale: float = 3.6
+
+    def codec(self, sample_rate: int) -> MelCodec:
+        return MelCodec(sample_rate=sample_rate, n_mels=self.n_mels, n_fft=self.n_fft, hop=self.hop, f_min=self.f_min,
+                        f_max=self.f_max, floor=self.floor, offset=self.offset, scale=self.scale)
+
+
+def build_mel_vocoder(params: MelVocoderParams, spec, **_) -> MelVocoder:
+    """The trainer's ``audio_mel_vocoder`` model for (1, samples) audio data; samples a multiple of hop
+    (then the decoded length equals the input's)."""
+    if len(spec.sample_shape) != 2 or spec.sample_shape[0] != 1:
+        raise ValueError(f"the mel vocoder reads mono (1, samples) audio, got data of shape {tuple(spec.sample_shape)} "
+                         f"(data.params.channels: 1)")
+    if spec.sample_shape[-1] % params.hop:
+        raise ValueError(f"data.params.length ({spec.sample_shape[-1]}) must be a multiple of the vocoder's hop "
+                         f"({params.hop}) so the decoded clip has the input's length")
+    return MelVocoder(params.codec(int(spec.meta["sample_rate"])), params.dim, params.hidden, params.layers)
