@@ -158,8 +158,14 @@ def main(argv=None) -> int:
     for r in rows:
         lines.append(f"{r['part']:6} {r['model']:14} {r['params_M']:10.2f} {r['input']:>14} {r['samples_per_s']:10.2f} "
                      f"{r['throughput_ratio']:6.2f} {r['peak_MB']:9.0f}")
-    for r in rows[1:]:
-        lines.append(f"audio: {r['model']} / diffusers UNet1DModel throughput = {r['throughput_ratio']:.2f} (target >= 1.5)")
+    for r in rows[1:]:  # the like-for-like layout is the headline; the MDCT front end is a design choice
+        if r["model"] == "ours-waveform":
+            met = "met" if r["throughput_ratio"] >= 1.5 else "NOT met"
+            lines.append(f"audio, like for like: {r['model']} / diffusers UNet1DModel throughput = "
+                         f"{r['throughput_ratio']:.2f} (target >= 1.5: {met})")
+        else:
+            lines.append(f"audio, design choice (MDCT front end, not like for like): {r['model']} / diffusers "
+                         f"UNet1DModel throughput = {r['throughput_ratio']:.2f}")
     print("\n".join(lines))
     RESULTS.mkdir(exist_ok=True)
     tag = f"backbones_{args.device}{'_quick' if args.quick else ''}"

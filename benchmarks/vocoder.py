@@ -75,9 +75,16 @@ def main(argv=None) -> int:
     p.add_argument("checkpoints", nargs="+", help="one vocoder checkpoint per training seed")
     p.add_argument("--manifest", default="data/digits/manifest.csv")
     p.add_argument("--split", default="test")
-    p.add_argument("--num", type=int, default=512, help="held-out clips (the first N of the split)")
+    p.add_argument("--num", type=int, default=512, help="held-out clips")
+    p.add_argument("--offset", type=int, default=0,
+                   help="skip the split's first OFFSET clips: design choices were made on clips 0-255 of the test "
+                        "split (--offset 0 --num 256), the reported numbers use clips 640 on (--offset 640)")
     p.add_argument("--length", type=int, default=16000, help="clip length in samples")
     p.add_argument("--out", default="benchmarks/results/vocoder", help="result stem (.json and .md written)")
+    p.add_argument("--result-dir", default=None, metavar="DIR",
+                   help="also write one result record per checkpoint, DIR/<split>-seed<training seed>.json, and "
+                        "DIR/<split>-griffin-lim.json, for the README table (multidiff results; "
+                        "recipes/audio/results/tables.yaml)")
     a = p.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -87,7 +94,8 @@ def main(argv=None) -> int:
     if any(v.codec != codec for v in vocoders):
         print("benchmarks/vocoder.py: the checkpoints hear different mel settings; compare like with like", file=sys.stderr)
         return 2
-    real, labels = load_split(a.manifest, a.split, codec.sample_rate, a.length, limit=a.num)
+    real, labels = load_split(a.manifest, a.split, codec.sample_rate, a.length, limit=a.offset + a.num)
+    real, labels = real[a.offset:], labels[a.offset:]
     judges = {name: load_classifier(Path(a.manifest).parent / f) for name, f in JUDGES.items()
               if (Path(a.manifest).parent / f).is_file()}
     mel = vocoders[0].mel(real)
@@ -105,10 +113,12 @@ def main(argv=None) -> int:
     for name in judges:
         targets[f"{name}_accuracy >= 0.99"] = summary[f"{name}_accuracy"]["mean"] >= 0.99
     record = {"command": "python " + " ".join(shlex.quote(x) for x in ["benchmarks/vocoder.py", *sys.argv[1:]]),
-              "manifest": a.manifest, "split": a.split, "clips": len(real), "length": a.length,
+              "manifest": a.manifest, "split": a.split, "offset": a.offset, "clips": len(real), "length": a.length,
               "codec": {k: getattr(codec, k) for k in ("sample_rate", "n_mels", "n_fft", "hop")},
               "results": results, "summary": summary, "targets": targets, "seconds": round(time.perf_counter() - t0, 1),
               "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if a.result_dir:
+        write_records(Path(a.result_dir), record, a.checkpoints)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(record, indent=2))
@@ -117,12 +127,39 @@ def main(argv=None) -> int:
     return 0
 
 
+def write_records(folder: Path, record: dict, checkpoints: list[str]) -> None:
+    """One result record per vocoder (its training seed, samples seen and the scores beside Griffin-Lim's
+    on the same clips), and one for Griffin-Lim, in multidiff eval's record layout."""
+    from multidiff.results import code_version, write_result
+    from multidiff.train import checkpoint as ckpt
+    from multidiff.train.trainer import read_checkpoint
+
+    gl = record["results"]["griffin_lim"]
+    common = {"format": "multidiff-vocoder-benchmark/1", "reference": {"manifest": record["manifest"],
+              "split": record["split"], "offset": record["offset"], "clips": record["clips"]},
+              "command": record["command"], **code_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    real = {f"real_{k}": v for k, v in record["results"]["real"].items() if k.endswith("_accuracy")}
+    for path, scored in zip(checkpoints, record["results"]["vocoder"]):
+        _, config, state, _ = read_checkpoint(path)
+        metrics = {**{k: v for k, v in scored.items() if k != "checkpoint"}, **real,
+                   "griffin_lim_mr_stft": gl["mr_stft"], "griffin_lim_pesq_wb": gl["pesq_wb"],
+                   "mr_stft_reduction": 1 - scored["mr_stft"] / gl["mr_stft"],
+                   "pesq_gain": scored["pesq_wb"] - gl["pesq_wb"]}
+        write_result(folder / f"{record['split']}-seed{config.trainer.seed}.json", {
+            **common, "metrics": metrics, "checkpoint": str(ckpt.resolve(path)), "model": config.model.name,
+            "training_seed": config.trainer.seed,
+            "samples_seen": int(state.get("train", {}).get("samples_seen", 0))})
+    write_result(folder / f"{record['split']}-griffin-lim.json", {**common, "metrics": {**gl, **real}, "checkpoint": None,
+                                                  "model": "griffin-lim", "training_seed": None, "samples_seen": 0})
+
+
 def markdown(r: dict) -> str:
     judges = [k[: -len("_accuracy")] for k in r["results"]["real"] if k.endswith("_accuracy")]
     head = "| decoder | MR-STFT distance (lower is better) | PESQ-WB | " + " | ".join(f"{j} accuracy" for j in judges) + " |"
     lines = ["# Learned mel vocoder vs Griffin-Lim (written by benchmarks/vocoder.py)", "",
              f"`{r['command']}`", "",
-             f"{r['clips']} clips of the {r['split']} split of {r['manifest']} ({r['length']} samples at "
+             f"{r['clips']} clips of the {r['split']} split of {r['manifest']} (from its clip {r.get('offset', 0)}; "
+             f"{r['length']} samples at "
              f"{r['codec']['sample_rate']} Hz), each clip's {r['codec']['n_mels']}-band log-mel (n_fft "
              f"{r['codec']['n_fft']}, hop {r['codec']['hop']}) decoded and scored against the clip; one vocoder "
              f"per training seed, its run's last checkpoint.", "", head,

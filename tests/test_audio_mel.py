@@ -188,6 +188,15 @@ def test_vocoder_synthesis_inverts_the_codec_stft():
     mel = vocoder.encode(wave[None]).latent_dist.mean
     assert mel.shape == (1, 40, 1 + 8000 // 128)  # the clip's frames, without the diffusion models' padding
     assert vocoder.decode(mel, 8000).sample.shape == (1, 1, 8000)
+    assert vocoder.decode(mel, 8000, phase_iterations=4).sample.shape == (1, 1, 8000)
+    # the magnitude loss is 0 for a head that predicts the clip's own spectrum, and grows with an error
+    vocoder.magnitude_weight, vocoder.loss_floor = 1.0, 1e-12  # no floor: the closed form below holds in every bin
+    vocoder.spectrum = lambda m: (spec.abs().clamp(min=1e-12).log(), spec.angle())
+    recon, loss = vocoder.reconstruct_with_loss(mel, wave[None])
+    torch.testing.assert_close(recon[:, 0], wave, atol=1e-5, rtol=0)
+    assert float(loss) < 1e-5
+    vocoder.spectrum = lambda m: (spec.abs().clamp(min=1e-12).log() + 0.1, spec.angle())  # 10.5% too loud
+    assert float(vocoder.reconstruct_with_loss(mel, wave[None])[1]) == pytest.approx(0.1 + (math.exp(0.1) - 1), rel=1e-3)
 
 
 def test_mel_vocoder_trains_and_mel_recipes_decode_through_it(tone_manifest, tmp_path, capsys):

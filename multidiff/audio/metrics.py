@@ -161,12 +161,14 @@ def noise_floor_db(wave: torch.Tensor, sample_rate: int, f0: float | np.ndarray 
     side lobes at -92 dB keep a pure tone's leakage far below any audible floor; hop ``hop``; frames
     wholly inside the clip, so its edges are not a click): ``f0`` given (Hz, one value or one per frame), else pYIN's per-frame f0 on the same frames, and
     for frames pYIN calls unvoiced the clip's median voiced f0 (their hiss is noise too). nan when
-    pYIN finds no voiced frame. For white noise of variance s^2 under a sine of amplitude A over N
+    pYIN finds no voiced frame or the clip is shorter than ``n_fft``. For white noise of variance s^2 under a sine of amplitude A over N
     samples the expected value is s^2 n_out / (s^2 (n_fft/2 + 1) + A^2 n_fft / 4) per frame, n_out
     the bins outside the harmonics (tests/test_audio_metrics.py checks it)."""
     import librosa
 
     y = wave.detach().float().cpu().reshape(-1, wave.shape[-1]).mean(0).numpy().astype(np.float64)
+    if y.size < n_fft:  # shorter than one analysis frame: no answer rather than a guess
+        return float("nan")
     spec = np.abs(librosa.stft(y, n_fft=n_fft, hop_length=hop, window="blackmanharris", center=False)) ** 2
     frames = spec.shape[1]
     if f0 is None:

@@ -135,13 +135,15 @@ def nonnegative_mel_inverse(mel: torch.Tensor, filterbank: torch.Tensor, iterati
 
 
 def griffin_lim(magnitude: torch.Tensor, n_fft: int, hop: int, samples: int, iterations: int = 64, *,
-                momentum: float = 0.99, seed: int = 0) -> torch.Tensor:
+                momentum: float = 0.99, seed: int = 0, phase: torch.Tensor | None = None) -> torch.Tensor:
     """Fast Griffin-Lim (Perraudin, Balazs & Sondergaard 2013): (batch, n_fft // 2 + 1, frames)
     magnitudes -> (batch, samples) waveform whose STFT magnitude approaches them. Every item starts
-    from one random phase drawn with ``seed`` (shared, so the result is per-item)."""
+    from ``phase`` when given (e.g. a vocoder's), else from one random phase drawn with ``seed``
+    (shared, so the result is per-item)."""
     window = torch.hann_window(n_fft, device=magnitude.device)
-    phase = torch.rand(magnitude.shape[1:], generator=torch.Generator().manual_seed(seed),
-                       dtype=magnitude.dtype).expand_as(magnitude) * (2 * math.pi)
+    if phase is None:
+        phase = torch.rand(magnitude.shape[1:], generator=torch.Generator().manual_seed(seed),
+                           dtype=magnitude.dtype).expand_as(magnitude) * (2 * math.pi)
     angles = torch.polar(torch.ones_like(magnitude), phase.to(magnitude.device))
     previous = torch.zeros_like(angles)
     for _ in range(max(1, iterations)):

@@ -50,9 +50,11 @@ class MelVocoder(nn.Module):
     decode: (batch, n_mels, frames) log-mel -> .sample (batch, 1, (frames - 1) * hop) audio."""
 
     def __init__(self, codec: MelCodec, dim: int = 256, hidden: int = 768, layers: int = 8,
-                 max_log_magnitude: float = math.log(100.0)):
+                 max_log_magnitude: float = math.log(100.0), phase_iterations: int = 0, magnitude_weight: float = 0.0):
         super().__init__()
         self.codec = codec
+        self.phase_iterations, self.magnitude_weight = phase_iterations, magnitude_weight
+        self.loss_floor = 1e-2
         self.max_log_magnitude = max_log_magnitude
         self.embed = nn.Conv1d(codec.n_mels, dim, 7, padding=3)
         self.norm_in = nn.LayerNorm(dim, eps=1e-6)
@@ -60,6 +62,9 @@ class MelVocoder(nn.Module):
         self.norm_out = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, codec.n_fft + 2)  # per frame: n_fft/2 + 1 log-magnitudes and phases
         self.register_buffer("window", torch.hann_window(codec.n_fft), persistent=False)
+        self.register_buffer("inverse_filterbank", torch.linalg.pinv(codec.filterbank().T), persistent=False)
+        nn.init.zeros_(self.head.weight)  # start at the mel's least-squares inverse, phase 0
+        nn.init.zeros_(self.head.bias)
 
     def mel(self, wave: torch.Tensor) -> torch.Tensor:
         """(batch, channels, samples) -> (batch, n_mels, 1 + samples // hop): the codec's log-mel
@@ -72,14 +77,35 @@ class MelVocoder(nn.Module):
         zero = torch.zeros_like(mean)
         return SimpleNamespace(latent_dist=_Deterministic(mean=mean, std=zero, var=zero, logvar=zero))
 
-    def forward(self, mel: torch.Tensor, samples: int | None = None) -> torch.Tensor:
-        """(batch, n_mels, frames) -> (batch, 1, samples), samples defaulting to (frames - 1) * hop."""
+    def spectrum(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch, n_mels, frames) -> (log-magnitude, phase), each (batch, n_fft/2 + 1, frames)."""
         h = self.norm_in(self.embed(mel.float()).transpose(1, 2)).transpose(1, 2)  # (batch, dim, frames)
         for block in self.blocks:
             h = block(h)
         out = self.head(self.norm_out(h.transpose(1, 2))).transpose(1, 2)  # (batch, n_fft + 2, frames)
-        log_magnitude, phase = out.float().chunk(2, dim=1)  # (batch, n_fft/2 + 1, frames) each
-        return self.synthesize(log_magnitude.clamp(max=self.max_log_magnitude), phase, samples)
+        correction, phase = out.float().chunk(2, dim=1)
+        return (self.mel_inverse(mel) + correction).clamp(max=self.max_log_magnitude), phase
+
+    def mel_inverse(self, mel: torch.Tensor) -> torch.Tensor:
+        """The head's starting point: log of the least-squares linear magnitude under the mel
+        (pseudo-inverse of the filterbank, clamped at 1e-5), (batch, n_fft/2 + 1, frames); the network
+        learns the correction (the harmonics and detail the mel bands average away)."""
+        c = self.codec
+        linear_mel = ((mel.float() * c.scale + c.offset).exp() - c.floor).clamp(min=0)
+        return (self.inverse_filterbank @ linear_mel).clamp(min=1e-5).log()
+
+    def forward(self, mel: torch.Tensor, samples: int | None = None, phase_iterations: int = 0) -> torch.Tensor:
+        """(batch, n_mels, frames) -> (batch, 1, samples), samples defaulting to (frames - 1) * hop.
+        ``phase_iterations`` > 0: the predicted magnitude with its phase refined by that many fast
+        Griffin-Lim iterations started from the predicted phase (Tacotron's learned-magnitude route)."""
+        log_magnitude, phase = self.spectrum(mel)
+        if phase_iterations <= 0:
+            return self.synthesize(log_magnitude, phase, samples)
+        from .spectrogram import griffin_lim
+
+        samples = samples if samples is not None else (mel.shape[-1] - 1) * self.codec.hop
+        return griffin_lim(log_magnitude.exp(), self.codec.n_fft, self.codec.hop, samples, phase_iterations,
+                           phase=phase)[:, None]
 
     def synthesize(self, log_magnitude: torch.Tensor, phase: torch.Tensor, samples: int | None = None) -> torch.Tensor:
         """(batch, n_fft/2 + 1, frames) log-magnitude and phase -> (batch, 1, samples) by the inverse of
@@ -90,8 +116,29 @@ class MelVocoder(nn.Module):
         wave = torch.istft(spec, self.codec.n_fft, self.codec.hop, window=self.window, center=True, length=samples)
         return wave[:, None]
 
-    def decode(self, mel: torch.Tensor, samples: int | None = None):
-        return SimpleNamespace(sample=self(mel, samples))
+    def decode(self, mel: torch.Tensor, samples: int | None = None, phase_iterations: int | None = None):
+        """.sample: the audio, its phase refined by ``phase_iterations`` (default: the model's own)."""
+        iterations = self.phase_iterations if phase_iterations is None else phase_iterations
+        return SimpleNamespace(sample=self(mel, samples, iterations))
+
+    def reconstruct_with_loss(self, mel: torch.Tensor, wave: torch.Tensor, mask: torch.Tensor | None = None):
+        """Training (multidiff.train.autoencoder.AutoencoderLoss): the audio of the predicted spectrum
+        as it is (no phase refinement), and ``magnitude_weight`` x the magnitude loss of Arik et al.
+        (2018) between the predicted and the clip's STFT (the codec's framing): mean |log S - log S^|
+        (both floored at ``loss_floor``, -40 dB under a full-scale bin's ~1-100) + ||S - S^|| / ||S||
+        (spectral convergence), per item."""
+        log_magnitude, phase = self.spectrum(mel)
+        recon = self.synthesize(log_magnitude, phase, wave.shape[-1])
+        if not self.magnitude_weight:
+            return recon, recon.new_zeros(len(recon))
+        mono = wave.float().mean(1) if mask is None else (wave.float() * mask).mean(1)
+        target = torch.stft(mono, self.codec.n_fft, self.codec.hop, window=self.window, center=True,
+                            return_complex=True).abs()
+        magnitude = log_magnitude.exp()
+        floor = self.loss_floor  # bins below it in both are inaudible: no gradient from them
+        log_term = (log_magnitude.clamp(min=math.log(floor)) - target.clamp(min=floor).log()).abs().flatten(1).mean(1)
+        convergence = (magnitude - target).flatten(1).norm(dim=1) / target.flatten(1).norm(dim=1).clamp(min=1e-3)
+        return recon, self.magnitude_weight * (log_term + convergence)
 
 
 @dataclass
@@ -103,6 +150,10 @@ class MelVocoderParams:
     dim: int = 256
     hidden: int = 768
     layers: int = 8
+    #: decoding: Griffin-Lim iterations that refine the predicted phase (0: the predicted phase as it is)
+    phase_iterations: int = 0
+    #: training: weight of the loss on the predicted STFT magnitude itself (MelVocoder.reconstruct_with_loss)
+    magnitude_weight: float = 0.0
     n_mels: int = 80
     n_fft: int = 1024
     hop: int = 256
@@ -126,4 +177,5 @@ def build_mel_vocoder(params: MelVocoderParams, spec, **_) -> MelVocoder:
     if spec.sample_shape[-1] % params.hop:
         raise ValueError(f"data.params.length ({spec.sample_shape[-1]}) must be a multiple of the vocoder's hop "
                          f"({params.hop}) so the decoded clip has the input's length")
-    return MelVocoder(params.codec(int(spec.meta["sample_rate"])), params.dim, params.hidden, params.layers)
+    return MelVocoder(params.codec(int(spec.meta["sample_rate"])), params.dim, params.hidden, params.layers,
+                      phase_iterations=params.phase_iterations, magnitude_weight=params.magnitude_weight)

@@ -59,7 +59,9 @@ def adversarial_terms(discriminator: nn.Module, real: torch.Tensor, fake: torch.
 
 class AutoencoderLoss:
     """loss(model, x0, cond, generator, mask=None) -> (batch,): reconstruction of a posterior sample
-    (reparameterised with per-sample generators) plus ``kl_weight`` x KL to N(0, I).
+    (reparameterised with per-sample generators) plus ``kl_weight`` x KL to N(0, I). A model with a
+    ``reconstruct_with_loss(z, x0, mask) -> (reconstruction, (batch,) loss)`` method decodes through
+    it and adds its own term (the mel vocoder's magnitude loss on its STFT head).
 
     Reconstruction: ``l1_weight`` x |x - x_hat| + ``l2_weight`` x (x - x_hat)^2 (masked means over
     the data's loss mask, e.g. audio padding) + ``extra(x_hat, x, mask)``, the modality's own term
@@ -82,7 +84,14 @@ class AutoencoderLoss:
 
     def __call__(self, model, x0: torch.Tensor, cond: Mapping[str, Any] | None = None, generator: Generator = None,
                  mask: torch.Tensor | None = None) -> torch.Tensor:
-        recon, posterior = self.reconstruct(model, x0, generator)
+        inner = getattr(model, "module", model)
+        own = None
+        if hasattr(inner, "reconstruct_with_loss"):  # a model that supervises its own internals too (one pass)
+            posterior = model.encode(x0).latent_dist
+            z = posterior.mean + posterior.std * randn_like(posterior.mean, generator)
+            recon, own = inner.reconstruct_with_loss(z, x0, mask)
+        else:
+            recon, posterior = self.reconstruct(model, x0, generator)
         if recon.shape != x0.shape:
             raise ValueError(f"the autoencoder returned {tuple(recon.shape)} for input {tuple(x0.shape)}: the input "
                              f"length must be a multiple of its total down-sampling")
@@ -94,6 +103,8 @@ class AutoencoderLoss:
             loss = loss + self.l2_weight * masked_mean(err ** 2, mask)
         if self.extra is not None:
             loss = loss + self.extra(recon, x0, mask)
+        if own is not None:
+            loss = loss + own
         if self.adversarial_weight:
             discriminator = getattr(getattr(model, "module", model), "discriminator", None)
             if discriminator is None:
