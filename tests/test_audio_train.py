@@ -274,3 +274,53 @@ def test_evaluation_reports_both_judges_beside_their_accuracy_on_real_clips(tone
         assert m[f"{name}_accuracy"] == pytest.approx(expected)
         assert m[f"{name}_real_accuracy"] == pytest.approx(expected)
         assert 0 <= m[f"{name}_real_accuracy_snr20"] <= 1
+
+
+def test_longform_window_plan_and_seam_metrics_known_answers():
+    from multidiff.audio.longform import level_variation, seam_jumps, window_plan
+
+    assert window_plan(16 * 100, 4 * 100, 0.5) == (7, 200, [400, 600, 800, 1000, 1200, 1400])
+    assert window_plan(400, 400, 0.5) == (1, 200, [])
+    with pytest.raises(ValueError, match="overlap"):
+        window_plan(1600, 400, 1.0)
+    sr = 8000
+    t = torch.arange(sr) / sr
+    tone = 0.25 * torch.sin(2 * math.pi * 440 * t)[None]
+    stepped = tone.clone()
+    stepped[..., 4000:] *= 2  # +6.02 dB from sample 4000 on
+    assert seam_jumps(tone, [4000], 160)[0] < 0.1
+    assert seam_jumps(stepped, [4000], 160)[0] == pytest.approx(20 * math.log10(2), abs=0.1)
+    # 20 ms frames hold 8.8 periods of 440 Hz: their levels ripple by ~0.15 dB; the one jump is < 5% of the pairs
+    assert level_variation([tone], 160) < 0.3 and level_variation([stepped], 160) < 0.3
+
+
+def test_longform_generation_through_complete(tone_manifest, tmp_path, capsys):
+    """`multidiff complete --mode longform` makes items of --seconds from a model trained on
+    1024-sample clips, window by window; an item does not depend on the others in the batch; too
+    short a request is a one-line error (exit 2)."""
+    import json
+    from dataclasses import replace
+
+    from multidiff.audio.longform import generate_long
+    from multidiff.train.trainer import load_for_sampling
+
+    out = tmp_path / "run"
+    assert main(["train", str(REPO / "recipes/audio/tones_smoke.yaml"), *overrides(tone_manifest, out)]) == 0
+    ckpt = out / "checkpoints" / "latest"
+    assert main(["complete", str(ckpt), "--mode", "longform", "--seconds", "0.4", "--num", "2", "--steps", "3",
+                 "--split", "train", "--out", str(tmp_path / "long")]) == 0
+    metrics = json.loads((tmp_path / "long" / "metrics.json").read_text())
+    assert metrics["seam_seconds"] == pytest.approx([1024 / 8000 + k * 512 / 8000 for k in range(5)])
+    assert metrics["scores"]["seams"] == 5 and metrics["scores"]["n"] == 2
+    wave, sr = load_audio(tmp_path / "long" / "000_long.wav")
+    assert sr == 8000 and wave.shape == (1, 3200)
+
+    model, config, spec, *_ = load_for_sampling(ckpt, device="cpu")
+    sampling = replace(config.sampling, steps=3, seed=5, batch_size=4)
+    two, seams = generate_long(model, config.objective, spec, replace(sampling, num_samples=2), 3200)
+    one, _ = generate_long(model, config.objective, spec, replace(sampling, num_samples=1), 3200)
+    torch.testing.assert_close(one[0], two[0])
+    assert seams == [1024, 1536, 2048, 2560, 3072] and torch.isfinite(two).all()
+    capsys.readouterr()
+    assert main(["complete", str(ckpt), "--mode", "longform", "--seconds", "0.05", "--out", str(tmp_path / "x")]) == 2
+    assert "shorter than the model's own window" in capsys.readouterr().err

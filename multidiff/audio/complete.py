@@ -65,8 +65,12 @@ def region_scores(estimate: torch.Tensor, truth: torch.Tensor, region: slice) ->
 
 def complete_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="checkpoint folder, or a run folder (its latest checkpoint)")
-    parser.add_argument("--mode", choices=("continuation", "inpainting", "vocoder"), default="continuation",
-                        help="vocoder: the whole clip from its mel spectrogram (a model trained with data.params.task=vocoder)")
+    parser.add_argument("--mode", choices=("continuation", "inpainting", "vocoder", "longform"), default="continuation",
+                        help="vocoder: the whole clip from its mel spectrogram (a model trained with "
+                             "data.params.task=vocoder); longform: new audio of --seconds by windowed continuation")
+    parser.add_argument("--seconds", type=float, default=16.0, help="longform: length of each generated item")
+    parser.add_argument("--overlap", type=float, default=0.5,
+                        help="longform: fraction of each window given from the previous one")
     parser.add_argument("--known", type=float, default=0.5, help="continuation: fraction of the clip given")
     parser.add_argument("--gap", type=float, default=0.25, help="inpainting: fraction of the clip removed (centred)")
     parser.add_argument("--num", type=int, default=32, help="held-out clips to complete")
@@ -96,6 +100,8 @@ def complete_run(args: argparse.Namespace) -> int:
     model, config, spec, _, folder, _ = load_for_sampling(args.checkpoint, device=args.device)
     if spec.modality != "audio":
         raise SystemExit(f"multidiff complete: {folder} holds a {spec.modality} model; only audio is supported here")
+    if args.mode == "longform":
+        return longform_run(args, model, config, spec, folder)
     channels, length = spec.sample_shape
     sample_rate = int(spec.meta.get("sample_rate", 16000))
     truth, labels = load_split(config.data.path, args.split, sample_rate, length, limit=args.num)
@@ -165,4 +171,54 @@ def complete_run(args: argparse.Namespace) -> int:
     print(json.dumps({k: v for k, v in results.items() if k in ("generated", "truth") or k.startswith("baseline_")},
                      indent=2))
     print(f"wrote {out} (WAVs: truth / given / generated; spectrograms.png; metrics.json)")
+    return 0
+
+
+def longform_run(args, model, config, spec, folder) -> int:
+    """``--mode longform``: ``--num`` items of ``--seconds`` each, scored by longform_scores against
+    held-out clips of the data (their frame-to-frame level change)."""
+    from dataclasses import replace
+
+    from ..errors import InputError
+    from .io import save_wav, spectrogram_sheet
+    from .longform import generate_long, longform_scores
+    from .metrics import load_split
+
+    channels, window = spec.sample_shape
+    sample_rate = int(spec.meta.get("sample_rate", 16000))
+    total = int(round(args.seconds * sample_rate))
+    if total < window:
+        raise InputError(f"--seconds {args.seconds}: shorter than the model's own window ({window / sample_rate:g} s); "
+                         f"use multidiff sample")
+    if not 0 < args.overlap < 1:
+        raise InputError(f"--overlap must lie in (0, 1), got {args.overlap}")
+    sampling = replace(config.sampling, steps=args.steps or config.sampling.steps,
+                       sampler=args.sampler or config.sampling.sampler,
+                       guidance=config.sampling.guidance if args.guidance is None else args.guidance,
+                       seed=args.seed, num_samples=args.num, batch_size=min(args.num, config.sampling.batch_size))
+    labels = None
+    if spec.num_classes > 0:
+        labels = torch.arange(args.num) % spec.num_classes if args.condition == "true" else \
+            torch.full((args.num,), spec.num_classes)
+    waves, seams = generate_long(model, config.objective, spec, sampling, total, overlap=args.overlap, labels=labels,
+                                 resample=args.resample, progress=sys.stderr.isatty())
+    try:
+        reference = load_split(config.data.path, args.split, sample_rate, window, limit=64)[0]
+    except (ValueError, FileNotFoundError):
+        reference = None
+    results = {"mode": "longform", "seconds": args.seconds, "window_seconds": window / sample_rate,
+               "overlap": args.overlap, "sampler": sampling.sampler, "steps": sampling.steps,
+               "checkpoint": str(folder), "reference_split": args.split if reference is not None else None,
+               "seam_seconds": [s / sample_rate for s in seams],
+               "scores": longform_scores(waves, seams, window, sample_rate, reference)}
+    out = Path(args.out) if args.out else folder.parent.parent / "complete-longform"
+    out.mkdir(parents=True, exist_ok=True)
+    for k, w in enumerate(waves):
+        save_wav(out / f"{k:03d}_long.wav", w.clamp(-1, 1), sample_rate)
+    results["spectrograms"] = str(spectrogram_sheet(list(waves[:8]), sample_rate, out / "spectrograms.png",
+                                                    titles=[f"#{k}" for k in range(min(8, len(waves)))], columns=1))
+    (out / "metrics.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results["scores"], indent=2))
+    print(f"wrote {out} ({len(waves)} WAVs of {args.seconds:g} s, seams at "
+          f"{', '.join(f'{s / sample_rate:.2f}' for s in seams)} s; spectrograms.png; metrics.json)")
     return 0
