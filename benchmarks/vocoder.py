@@ -61,8 +61,10 @@ def scores(estimate: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor
 
 
 @torch.no_grad()
-def decode_all(vocoder, mel: torch.Tensor, samples: int, batch_size: int = 64) -> torch.Tensor:
-    return torch.cat([vocoder.decode(mel[k:k + batch_size], samples).sample for k in range(0, len(mel), batch_size)])
+def decode_all(vocoder, mel: torch.Tensor, samples: int, phase_iterations: int | None = None,
+               batch_size: int = 64) -> torch.Tensor:
+    return torch.cat([vocoder.decode(mel[k:k + batch_size], samples, phase_iterations).sample
+                      for k in range(0, len(mel), batch_size)])
 
 
 def spread(values: list[float]) -> dict:
@@ -80,6 +82,9 @@ def main(argv=None) -> int:
                    help="skip the split's first OFFSET clips: design choices were made on clips 0-255 of the test "
                         "split (--offset 0 --num 256), the reported numbers use clips 640 on (--offset 640)")
     p.add_argument("--length", type=int, default=16000, help="clip length in samples")
+    p.add_argument("--phase-iterations", type=int, default=None,
+                   help="Griffin-Lim iterations refining the vocoder's phase (default: each checkpoint's own, "
+                        "model.params.phase_iterations); a decoding choice, made on the design clips")
     p.add_argument("--out", default="benchmarks/results/vocoder", help="result stem (.json and .md written)")
     p.add_argument("--result-dir", default=None, metavar="DIR",
                    help="also write one result record per checkpoint, DIR/<split>-seed<training seed>.json, and "
@@ -101,8 +106,10 @@ def main(argv=None) -> int:
     mel = vocoders[0].mel(real)
     results = {"real": scores(real, real, labels, judges, codec.sample_rate)}
     results["griffin_lim"] = scores(codec.decode(codec.encode(real), a.length), real, labels, judges, codec.sample_rate)
-    results["vocoder"] = [dict(scores(decode_all(v, mel, a.length), real, labels, judges, codec.sample_rate),
-                               checkpoint=str(c)) for v, c in zip(vocoders, a.checkpoints)]
+    results["vocoder"] = [dict(scores(decode_all(v, mel, a.length, a.phase_iterations), real, labels, judges,
+                                      codec.sample_rate), checkpoint=str(c),
+                               phase_iterations=v.phase_iterations if a.phase_iterations is None else a.phase_iterations)
+                          for v, c in zip(vocoders, a.checkpoints)]
     gl = results["griffin_lim"]
     summary = {"mr_stft_reduction": spread([1 - r["mr_stft"] / gl["mr_stft"] for r in results["vocoder"]]),
                "pesq_gain": spread([r["pesq_wb"] - gl["pesq_wb"] for r in results["vocoder"]])}
@@ -141,12 +148,13 @@ def write_records(folder: Path, record: dict, checkpoints: list[str]) -> None:
     real = {f"real_{k}": v for k, v in record["results"]["real"].items() if k.endswith("_accuracy")}
     for path, scored in zip(checkpoints, record["results"]["vocoder"]):
         _, config, state, _ = read_checkpoint(path)
-        metrics = {**{k: v for k, v in scored.items() if k != "checkpoint"}, **real,
+        metrics = {**{k: v for k, v in scored.items() if k not in ("checkpoint", "phase_iterations")}, **real,
                    "griffin_lim_mr_stft": gl["mr_stft"], "griffin_lim_pesq_wb": gl["pesq_wb"],
                    "mr_stft_reduction": 1 - scored["mr_stft"] / gl["mr_stft"],
                    "pesq_gain": scored["pesq_wb"] - gl["pesq_wb"]}
         write_result(folder / f"{record['split']}-seed{config.trainer.seed}.json", {
             **common, "metrics": metrics, "checkpoint": str(ckpt.resolve(path)), "model": config.model.name,
+            "decoding": {"phase_iterations": scored["phase_iterations"]},
             "training_seed": config.trainer.seed,
             "samples_seen": int(state.get("train", {}).get("samples_seen", 0))})
     write_result(folder / f"{record['split']}-griffin-lim.json", {**common, "metrics": {**gl, **real}, "checkpoint": None,

@@ -50,11 +50,12 @@ class MelVocoder(nn.Module):
     decode: (batch, n_mels, frames) log-mel -> .sample (batch, 1, (frames - 1) * hop) audio."""
 
     def __init__(self, codec: MelCodec, dim: int = 256, hidden: int = 768, layers: int = 8,
-                 max_log_magnitude: float = math.log(100.0), phase_iterations: int = 0, magnitude_weight: float = 0.0):
+                 max_log_magnitude: float = math.log(100.0), phase_iterations: int = 0, magnitude_weight: float = 0.0,
+                 magnitude_floor: float = 1e-2):
         super().__init__()
         self.codec = codec
         self.phase_iterations, self.magnitude_weight = phase_iterations, magnitude_weight
-        self.loss_floor = 1e-2
+        self.loss_floor = magnitude_floor
         self.max_log_magnitude = max_log_magnitude
         self.embed = nn.Conv1d(codec.n_mels, dim, 7, padding=3)
         self.norm_in = nn.LayerNorm(dim, eps=1e-6)
@@ -154,6 +155,8 @@ class MelVocoderParams:
     phase_iterations: int = 0
     #: training: weight of the loss on the predicted STFT magnitude itself (MelVocoder.reconstruct_with_loss)
     magnitude_weight: float = 0.0
+    #: training: magnitudes below it (in both) count as equal in that loss's log term
+    magnitude_floor: float = 1e-2
     n_mels: int = 80
     n_fft: int = 1024
     hop: int = 256
@@ -178,4 +181,5 @@ def build_mel_vocoder(params: MelVocoderParams, spec, **_) -> MelVocoder:
         raise ValueError(f"data.params.length ({spec.sample_shape[-1]}) must be a multiple of the vocoder's hop "
                          f"({params.hop}) so the decoded clip has the input's length")
     return MelVocoder(params.codec(int(spec.meta["sample_rate"])), params.dim, params.hidden, params.layers,
-                      phase_iterations=params.phase_iterations, magnitude_weight=params.magnitude_weight)
+                      phase_iterations=params.phase_iterations, magnitude_weight=params.magnitude_weight,
+                      magnitude_floor=params.magnitude_floor)
