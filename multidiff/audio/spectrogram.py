@@ -84,12 +84,16 @@ class MelCodec:
         """(n_fft // 2 + 1, n_mels) triangular mel filters (HTK mel scale, torchaudio's defaults)."""
         return _filterbank(self.n_fft, self.n_mels, self.sample_rate, self.f_min, self.f_max)
 
+    def magnitude(self, mono: torch.Tensor) -> torch.Tensor:
+        """(batch, samples) -> (batch, n_fft // 2 + 1, frames): the STFT magnitude the mel is made of
+        (Hann window n_fft, hop, centred frames)."""
+        window = torch.hann_window(self.n_fft, device=mono.device)
+        return torch.stft(mono.float(), self.n_fft, self.hop, window=window, center=True, return_complex=True).abs()
+
     def encode(self, wave: torch.Tensor) -> torch.Tensor:
         if wave.ndim != 3:
             raise ValueError(f"MelCodec.encode wants (batch, channels, samples), got shape {tuple(wave.shape)}")
-        mono = wave.float().mean(1)
-        window = torch.hann_window(self.n_fft, device=wave.device)
-        spec = torch.stft(mono, self.n_fft, self.hop, window=window, center=True, return_complex=True).abs()
+        spec = self.magnitude(wave.float().mean(1))
         mel = torch.einsum("bft,fm->bmt", spec, self.filterbank().to(wave.device))
         out = (mel.clamp(min=self.floor).log() - self.offset) / self.scale
         return nn.functional.pad(out, (0, self.frames(wave.shape[-1]) - out.shape[-1]), value=self.silence)
@@ -157,12 +161,10 @@ def griffin_lim(magnitude: torch.Tensor, n_fft: int, hop: int, samples: int, ite
 
 # ------------------------------------------------------------------------------ data set
 @dataclass
-class MelDataParams(AudioLoadParams):
-    """The ``audio`` data set's loading (:class:`multidiff.audio.data.AudioLoadParams`) and the
-    :class:`MelCodec` settings (its ``sample_rate`` is the loading one). Items are decoded once and
-    their mel kept in memory when the waveform is the same every epoch (no random crop, no polarity flip)."""
+class MelSettings:
+    """The mel a model makes or hears: MelCodec's transform settings but the sample rate (the
+    data's), shared by the mel data set's params and the mel vocoder's."""
 
-    random_crop: bool = False
     n_mels: int = 80
     n_fft: int = 1024
     hop: int = 256
@@ -171,6 +173,22 @@ class MelDataParams(AudioLoadParams):
     floor: float = 1e-3
     offset: float = -4.0
     scale: float = 3.6
+
+    def mel_codec(self, sample_rate: int, **decoding) -> MelCodec:
+        """The MelCodec of these settings at ``sample_rate`` (``decoding``: frame_multiple, griffin_lim_iters)."""
+        return MelCodec(sample_rate=sample_rate, **{k: getattr(self, k) for k in MEL_KEYS}, **decoding)
+
+
+MEL_KEYS = tuple(f.name for f in fields(MelSettings))
+
+
+@dataclass
+class MelDataParams(AudioLoadParams, MelSettings):
+    """The ``audio`` data set's loading (:class:`multidiff.audio.data.AudioLoadParams`) and the
+    :class:`MelCodec` settings (its ``sample_rate`` is the loading one). Items are decoded once and
+    their mel kept in memory when the waveform is the same every epoch (no random crop, no polarity flip)."""
+
+    random_crop: bool = False
     frame_multiple: int = 4
     griffin_lim_iters: int = 64
     #: how samples become audio in previews and metrics: a mel vocoder checkpoint
@@ -178,7 +196,8 @@ class MelDataParams(AudioLoadParams):
     vocoder: str = GRIFFIN_LIM
 
     def codec(self) -> MelCodec:
-        return MelCodec(**{k: getattr(self, k) for k in CODEC_KEYS})
+        return self.mel_codec(self.sample_rate, frame_multiple=self.frame_multiple,
+                              griffin_lim_iters=self.griffin_lim_iters)
 
 
 CODEC_KEYS = tuple(f.name for f in fields(MelCodec))
@@ -272,7 +291,7 @@ def vocoder_for(name: str, codec: MelCodec):
     if not isinstance(getattr(vocoder, "codec", None), MelCodec):
         raise InputError(f"vocoder {name}: the checkpoint holds a {type(vocoder).__name__}, not a mel vocoder "
                          f"(model.name audio_mel_vocoder)")
-    theirs = {k: getattr(vocoder.codec, k) for k in CODEC_KEYS if k not in ("frame_multiple", "griffin_lim_iters")}
+    theirs = {k: getattr(vocoder.codec, k) for k in ("sample_rate", *MEL_KEYS)}
     ours = {k: getattr(codec, k) for k in theirs}
     if theirs != ours:
         diff = ", ".join(f"{k} {theirs[k]} vs {ours[k]}" for k in theirs if theirs[k] != ours[k])

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from .spectrogram import MelCodec
+from .spectrogram import MelCodec, MelSettings
 
 
 class ConvNeXtBlock(nn.Module):
@@ -132,9 +132,7 @@ class MelVocoder(nn.Module):
         recon = self.synthesize(log_magnitude, phase, wave.shape[-1])
         if not self.magnitude_weight:
             return recon, recon.new_zeros(len(recon))
-        mono = wave.float().mean(1) if mask is None else (wave.float() * mask).mean(1)
-        target = torch.stft(mono, self.codec.n_fft, self.codec.hop, window=self.window, center=True,
-                            return_complex=True).abs()
+        target = self.codec.magnitude((wave.float() if mask is None else wave.float() * mask).mean(1))
         magnitude = log_magnitude.exp()
         floor = self.loss_floor  # bins below it in both are inaudible: no gradient from them
         log_term = (log_magnitude.clamp(min=math.log(floor)) - target.clamp(min=floor).log()).abs().flatten(1).mean(1)
@@ -143,10 +141,10 @@ class MelVocoder(nn.Module):
 
 
 @dataclass
-class MelVocoderParams:
-    """``model.params`` of ``audio_mel_vocoder``: the network's width, MLP width and depth, and the
-    mel it hears (MelCodec's settings; the sample rate is the data's). They must equal the mel
-    recipe's ``data.params`` for it to decode that recipe's samples (checked when it does)."""
+class MelVocoderParams(MelSettings):
+    """``model.params`` of ``audio_mel_vocoder``: the mel it hears (MelSettings; the sample rate is
+    the data's), which must equal the mel recipe's ``data.params`` for it to decode that recipe's
+    samples (checked when it does), and the network's width, MLP width and depth."""
 
     dim: int = 256
     hidden: int = 768
@@ -157,18 +155,6 @@ class MelVocoderParams:
     magnitude_weight: float = 0.0
     #: training: magnitudes below it (in both) count as equal in that loss's log term
     magnitude_floor: float = 1e-2
-    n_mels: int = 80
-    n_fft: int = 1024
-    hop: int = 256
-    f_min: float = 0.0
-    f_max: float | None = None
-    floor: float = 1e-3
-    offset: float = -4.0
-    scale: float = 3.6
-
-    def codec(self, sample_rate: int) -> MelCodec:
-        return MelCodec(sample_rate=sample_rate, n_mels=self.n_mels, n_fft=self.n_fft, hop=self.hop, f_min=self.f_min,
-                        f_max=self.f_max, floor=self.floor, offset=self.offset, scale=self.scale)
 
 
 def build_mel_vocoder(params: MelVocoderParams, spec, **_) -> MelVocoder:
@@ -180,6 +166,6 @@ def build_mel_vocoder(params: MelVocoderParams, spec, **_) -> MelVocoder:
     if spec.sample_shape[-1] % params.hop:
         raise ValueError(f"data.params.length ({spec.sample_shape[-1]}) must be a multiple of the vocoder's hop "
                          f"({params.hop}) so the decoded clip has the input's length")
-    return MelVocoder(params.codec(int(spec.meta["sample_rate"])), params.dim, params.hidden, params.layers,
+    return MelVocoder(params.mel_codec(int(spec.meta["sample_rate"])), params.dim, params.hidden, params.layers,
                       phase_iterations=params.phase_iterations, magnitude_weight=params.magnitude_weight,
                       magnitude_floor=params.magnitude_floor)

@@ -76,22 +76,20 @@ class AutoencoderLoss:
         self.kl_weight, self.l1_weight, self.l2_weight, self.extra = kl_weight, l1_weight, l2_weight, extra
         self.adversarial_weight, self.feature_matching_weight = adversarial_weight, feature_matching_weight
 
-    def reconstruct(self, model, x0: torch.Tensor, generator: Generator = None):
-        """(reconstruction, posterior) of x0 through a posterior sample."""
+    def reconstruct(self, model, x0: torch.Tensor, generator: Generator = None, mask: torch.Tensor | None = None):
+        """(reconstruction, posterior, the model's own loss term or None) of x0 through a posterior
+        sample; a model with ``reconstruct_with_loss`` decodes through it (one pass for both)."""
         posterior = model.encode(x0).latent_dist
         z = posterior.mean + posterior.std * randn_like(posterior.mean, generator)
-        return model.decode(z).sample, posterior
+        inner = getattr(model, "module", model)
+        if hasattr(inner, "reconstruct_with_loss"):
+            recon, own = inner.reconstruct_with_loss(z, x0, mask)
+            return recon, posterior, own
+        return model.decode(z).sample, posterior, None
 
     def __call__(self, model, x0: torch.Tensor, cond: Mapping[str, Any] | None = None, generator: Generator = None,
                  mask: torch.Tensor | None = None) -> torch.Tensor:
-        inner = getattr(model, "module", model)
-        own = None
-        if hasattr(inner, "reconstruct_with_loss"):  # a model that supervises its own internals too (one pass)
-            posterior = model.encode(x0).latent_dist
-            z = posterior.mean + posterior.std * randn_like(posterior.mean, generator)
-            recon, own = inner.reconstruct_with_loss(z, x0, mask)
-        else:
-            recon, posterior = self.reconstruct(model, x0, generator)
+        recon, posterior, own = self.reconstruct(model, x0, generator, mask)
         if recon.shape != x0.shape:
             raise ValueError(f"the autoencoder returned {tuple(recon.shape)} for input {tuple(x0.shape)}: the input "
                              f"length must be a multiple of its total down-sampling")
