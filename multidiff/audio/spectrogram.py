@@ -100,10 +100,13 @@ class MelCodec:
 
     @torch.no_grad()
     def decode(self, mel: torch.Tensor, samples: int | None = None, *, seed: int = 0,
-               iterations: int | None = None) -> torch.Tensor:
+               iterations: int | None = None, phase_init: str = "random") -> torch.Tensor:
         """Log-mel frames -> audio, (batch, 1, samples); ``samples`` defaults to (frames - 1) * hop.
         Griffin-Lim starts every item from the same random phase (``seed``), so an item's audio does
-        not depend on the others in the batch."""
+        not depend on the others in the batch; ``phase_init="pghi"`` starts it from the phase that
+        Phase Gradient Heap Integration (multidiff.audio.phase) finds for the magnitude instead."""
+        if phase_init not in ("random", "pghi"):
+            raise ValueError(f"phase_init must be 'random' or 'pghi', got {phase_init!r}")
         if mel.ndim != 3 or mel.shape[1] != self.n_mels:
             raise ValueError(f"MelCodec.decode wants (batch, {self.n_mels}, frames), got shape {tuple(mel.shape)}")
         samples = samples if samples is not None else (mel.shape[-1] - 1) * self.hop
@@ -111,7 +114,13 @@ class MelCodec:
         capped = mel[..., :frames].float().clamp(max=self.full_scale)
         magnitude_mel = ((capped * self.scale + self.offset).exp() - self.floor).clamp(min=0)
         magnitude = nonnegative_mel_inverse(magnitude_mel, self.filterbank().to(mel.device))
-        wave = griffin_lim(magnitude, self.n_fft, self.hop, samples, iterations or self.griffin_lim_iters, seed=seed)
+        phase = None
+        if phase_init == "pghi":
+            from .phase import pghi_phase
+
+            phase = pghi_phase(magnitude, self.n_fft, self.hop, seed=seed)
+        wave = griffin_lim(magnitude, self.n_fft, self.hop, samples, iterations or self.griffin_lim_iters, seed=seed,
+                           phase=phase)
         peak = wave.abs().amax(-1, keepdim=True)
         return (wave / peak.clamp(min=1.0))[:, None]  # an item louder than full scale is scaled to peak 1
 

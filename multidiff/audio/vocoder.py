@@ -51,11 +51,14 @@ class MelVocoder(nn.Module):
 
     def __init__(self, codec: MelCodec, dim: int = 256, hidden: int = 768, layers: int = 8,
                  max_log_magnitude: float = math.log(100.0), phase_iterations: int = 0, magnitude_weight: float = 0.0,
-                 magnitude_floor: float = 1e-2):
+                 magnitude_floor: float = 1e-2, inverse_floor: float = 1e-7, phase_init: str = "predicted"):
         super().__init__()
         self.codec = codec
         self.phase_iterations, self.magnitude_weight = phase_iterations, magnitude_weight
-        self.loss_floor = magnitude_floor
+        self.loss_floor, self.inverse_floor = magnitude_floor, inverse_floor
+        if phase_init not in ("predicted", "pghi"):
+            raise ValueError(f"phase_init must be 'predicted' or 'pghi', got {phase_init!r}")
+        self.phase_init = phase_init
         self.max_log_magnitude = max_log_magnitude
         self.embed = nn.Conv1d(codec.n_mels, dim, 7, padding=3)
         self.norm_in = nn.LayerNorm(dim, eps=1e-6)
@@ -89,17 +92,29 @@ class MelVocoder(nn.Module):
 
     def mel_inverse(self, mel: torch.Tensor) -> torch.Tensor:
         """The head's starting point: log of the least-squares linear magnitude under the mel
-        (pseudo-inverse of the filterbank, clamped at 1e-5), (batch, n_fft/2 + 1, frames); the network
-        learns the correction (the harmonics and detail the mel bands average away)."""
+        (pseudo-inverse of the filterbank, clamped at ``inverse_floor``), (batch, n_fft/2 + 1, frames);
+        the network learns the correction (the harmonics and detail the mel bands average away). The
+        floor lies under the quietest bins of a recording: a higher one (1e-5) leaves a constant hiss in
+        the silences, which the multi-resolution STFT distance counts in every silent bin."""
         c = self.codec
         linear_mel = ((mel.float() * c.scale + c.offset).exp() - c.floor).clamp(min=0)
-        return (self.inverse_filterbank @ linear_mel).clamp(min=1e-5).log()
+        return (self.inverse_filterbank @ linear_mel).clamp(min=self.inverse_floor).log()
 
-    def forward(self, mel: torch.Tensor, samples: int | None = None, phase_iterations: int = 0) -> torch.Tensor:
+    def forward(self, mel: torch.Tensor, samples: int | None = None, phase_iterations: int = 0,
+                phase_init: str | None = None) -> torch.Tensor:
         """(batch, n_mels, frames) -> (batch, 1, samples), samples defaulting to (frames - 1) * hop.
-        ``phase_iterations`` > 0: the predicted magnitude with its phase refined by that many fast
-        Griffin-Lim iterations started from the predicted phase (Tacotron's learned-magnitude route)."""
+        The phase is the predicted one, or with ``phase_init="pghi"`` the one Phase Gradient Heap
+        Integration finds for the predicted magnitude (multidiff.audio.phase; ``phase_init`` None: the
+        model's own choice); ``phase_iterations`` > 0 refines it by that many fast Griffin-Lim
+        iterations (Tacotron's learned-magnitude route)."""
+        phase_init = self.phase_init if phase_init is None else phase_init
+        if phase_init not in ("predicted", "pghi"):
+            raise ValueError(f"phase_init must be 'predicted' or 'pghi', got {phase_init!r}")
         log_magnitude, phase = self.spectrum(mel)
+        if phase_init == "pghi":
+            from .phase import pghi_phase
+
+            phase = pghi_phase(log_magnitude.exp(), self.codec.n_fft, self.codec.hop)
         if phase_iterations <= 0:
             return self.synthesize(log_magnitude, phase, samples)
         from .spectrogram import griffin_lim
@@ -117,10 +132,12 @@ class MelVocoder(nn.Module):
         wave = torch.istft(spec, self.codec.n_fft, self.codec.hop, window=self.window, center=True, length=samples)
         return wave[:, None]
 
-    def decode(self, mel: torch.Tensor, samples: int | None = None, phase_iterations: int | None = None):
-        """.sample: the audio, its phase refined by ``phase_iterations`` (default: the model's own)."""
+    def decode(self, mel: torch.Tensor, samples: int | None = None, phase_iterations: int | None = None,
+               phase_init: str | None = None):
+        """.sample: the audio, its phase started by ``phase_init`` and refined by ``phase_iterations``
+        (each defaulting to the model's own)."""
         iterations = self.phase_iterations if phase_iterations is None else phase_iterations
-        return SimpleNamespace(sample=self(mel, samples, iterations))
+        return SimpleNamespace(sample=self(mel, samples, iterations, phase_init))
 
     def reconstruct_with_loss(self, mel: torch.Tensor, wave: torch.Tensor, mask: torch.Tensor | None = None):
         """Training (multidiff.train.autoencoder.AutoencoderLoss): the audio of the predicted spectrum
@@ -155,6 +172,11 @@ class MelVocoderParams(MelSettings):
     magnitude_weight: float = 0.0
     #: training: magnitudes below it (in both) count as equal in that loss's log term
     magnitude_floor: float = 1e-2
+    #: the magnitude the network's correction starts from is the mel's least-squares inverse, floored here
+    inverse_floor: float = 1e-7
+    #: decoding: the phase Griffin-Lim starts from: "predicted" (the head's) or "pghi" (Phase Gradient
+    #: Heap Integration of the predicted magnitude; for a network trained on the magnitude alone)
+    phase_init: str = "predicted"
 
 
 def build_mel_vocoder(params: MelVocoderParams, spec, **_) -> MelVocoder:
@@ -168,4 +190,5 @@ def build_mel_vocoder(params: MelVocoderParams, spec, **_) -> MelVocoder:
                          f"({params.hop}) so the decoded clip has the input's length")
     return MelVocoder(params.mel_codec(int(spec.meta["sample_rate"])), params.dim, params.hidden, params.layers,
                       phase_iterations=params.phase_iterations, magnitude_weight=params.magnitude_weight,
-                      magnitude_floor=params.magnitude_floor)
+                      magnitude_floor=params.magnitude_floor, inverse_floor=params.inverse_floor,
+                      phase_init=params.phase_init)
