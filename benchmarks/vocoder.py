@@ -62,8 +62,8 @@ def scores(estimate: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor
 
 @torch.no_grad()
 def decode_all(vocoder, mel: torch.Tensor, samples: int, phase_iterations: int | None = None,
-               phase_init: str | None = None, batch_size: int = 64) -> torch.Tensor:
-    return torch.cat([vocoder.decode(mel[k:k + batch_size], samples, phase_iterations, phase_init).sample
+               phase_init: str | None = None, silence_gate: bool | None = None, batch_size: int = 64) -> torch.Tensor:
+    return torch.cat([vocoder.decode(mel[k:k + batch_size], samples, phase_iterations, phase_init, silence_gate).sample
                       for k in range(0, len(mel), batch_size)])
 
 
@@ -87,6 +87,9 @@ def main(argv=None) -> int:
                         "model.params.phase_iterations); a decoding choice, made on the design clips")
     p.add_argument("--phase-init", choices=("predicted", "pghi"), default=None,
                    help="the phase Griffin-Lim starts from (default: each checkpoint's own, model.params.phase_init)")
+    p.add_argument("--silence-gate", choices=("on", "off"), default=None,
+                   help="silence the frames the mel says are silent (default: each checkpoint's own, "
+                        "model.params.silence_gate)")
     p.add_argument("--out", default="benchmarks/results/vocoder", help="result stem (.json and .md written)")
     p.add_argument("--result-dir", default=None, metavar="DIR",
                    help="also write one result record per checkpoint, DIR/<split>-seed<training seed>.json, and "
@@ -108,13 +111,18 @@ def main(argv=None) -> int:
     mel = vocoders[0].mel(real)
     results = {"real": scores(real, real, labels, judges, codec.sample_rate)}
     results["griffin_lim"] = scores(codec.decode(codec.encode(real), a.length), real, labels, judges, codec.sample_rate)
-    # the phase method alone, without the network: its share of the vocoder's gain
-    results["griffin_lim_pghi"] = scores(codec.decode(codec.encode(real), a.length, phase_init="pghi"), real, labels,
-                                         judges, codec.sample_rate)
-    results["vocoder"] = [dict(scores(decode_all(v, mel, a.length, a.phase_iterations, a.phase_init), real, labels,
-                                      judges, codec.sample_rate), checkpoint=str(c),
+    # the vocoder's decoding steps without the network: their share of its gain
+    gate = None if a.silence_gate is None else a.silence_gate == "on"
+    iterations = a.phase_iterations if a.phase_iterations is not None else vocoders[0].phase_iterations
+    results["griffin_lim_pghi"] = scores(codec.decode(codec.encode(real), a.length, phase_init="pghi",
+                                                      iterations=iterations or None,
+                                                      silence_gate=bool(gate if gate is not None else vocoders[0].silence_gate)),
+                                         real, labels, judges, codec.sample_rate)
+    results["vocoder"] = [dict(scores(decode_all(v, mel, a.length, a.phase_iterations, a.phase_init, gate), real,
+                                      labels, judges, codec.sample_rate), checkpoint=str(c),
                                phase_iterations=v.phase_iterations if a.phase_iterations is None else a.phase_iterations,
-                               phase_init=v.phase_init if a.phase_init is None else a.phase_init)
+                               phase_init=v.phase_init if a.phase_init is None else a.phase_init,
+                               silence_gate=v.silence_gate if gate is None else gate)
                           for v, c in zip(vocoders, a.checkpoints)]
     gl = results["griffin_lim"]
     summary = {"mr_stft_reduction": spread([1 - r["mr_stft"] / gl["mr_stft"] for r in results["vocoder"]]),
@@ -154,14 +162,14 @@ def write_records(folder: Path, record: dict, checkpoints: list[str]) -> None:
     real = {f"real_{k}": v for k, v in record["results"]["real"].items() if k.endswith("_accuracy")}
     for path, scored in zip(checkpoints, record["results"]["vocoder"]):
         _, config, state, _ = read_checkpoint(path)
-        metrics = {**{k: v for k, v in scored.items() if k not in ("checkpoint", "phase_iterations", "phase_init")},
+        metrics = {**{k: v for k, v in scored.items() if k not in ("checkpoint", "phase_iterations", "phase_init", "silence_gate")},
                    **real,
                    "griffin_lim_mr_stft": gl["mr_stft"], "griffin_lim_pesq_wb": gl["pesq_wb"],
                    "mr_stft_reduction": 1 - scored["mr_stft"] / gl["mr_stft"],
                    "pesq_gain": scored["pesq_wb"] - gl["pesq_wb"]}
         write_result(folder / f"{record['split']}-seed{config.trainer.seed}.json", {
             **common, "metrics": metrics, "checkpoint": str(ckpt.resolve(path)), "model": config.model.name,
-            "decoding": {"phase_iterations": scored["phase_iterations"], "phase_init": scored["phase_init"]},
+            "decoding": {k: scored[k] for k in ("phase_iterations", "phase_init", "silence_gate")},
             "training_seed": config.trainer.seed,
             "samples_seen": int(state.get("train", {}).get("samples_seen", 0))})
     write_result(folder / f"{record['split']}-griffin-lim.json", {**common, "metrics": {**gl, **real}, "checkpoint": None,
@@ -170,7 +178,9 @@ def write_records(folder: Path, record: dict, checkpoints: list[str]) -> None:
     write_result(folder / f"{record['split']}-griffin-lim-pghi.json", {
         **common, "metrics": {**pghi, **real, "mr_stft_reduction": 1 - pghi["mr_stft"] / gl["mr_stft"],
                               "pesq_gain": pghi["pesq_wb"] - gl["pesq_wb"]},
-        "checkpoint": None, "model": "griffin-lim, PGHI start", "training_seed": None, "samples_seen": 0})
+        "checkpoint": None, "model": "griffin-lim with the vocoder's decoding (PGHI start, gate)",
+        "decoding": {k: record["results"]["vocoder"][0][k] for k in ("phase_iterations", "phase_init", "silence_gate")},
+        "training_seed": None, "samples_seen": 0})
 
 
 def markdown(r: dict) -> str:
@@ -193,7 +203,10 @@ def markdown(r: dict) -> str:
     lines.append(row("real clips", r["results"]["real"]))
     lines.append(row("Griffin-Lim (64 iterations)", r["results"]["griffin_lim"]))
     if "griffin_lim_pghi" in r["results"]:
-        lines.append(row("Griffin-Lim started from PGHI's phase (no network; 64 iterations)", r["results"]["griffin_lim_pghi"]))
+        first = r["results"]["vocoder"][0]
+        lines.append(row("Griffin-Lim started from PGHI's phase" + (", silent frames gated" if first.get("silence_gate") else "")
+                         + f" (the vocoder's decoding without its network; {first['phase_iterations'] or 64} iterations)",
+                         r["results"]["griffin_lim_pghi"]))
     for k, s in enumerate(r["results"]["vocoder"]):
         lines.append(row(f"vocoder, seed run {k} (`{s['checkpoint']}`)", s))
     lines += ["", "| over the seeds | mean | spread (std) | target | met |", "|---|---|---|---|---|"]

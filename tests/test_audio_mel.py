@@ -103,6 +103,26 @@ def test_decode_then_encode_returns_the_mel():
         codec.decode(mel, 8000, phase_init="zero")
 
 
+def test_silence_gate_keeps_silence_silent_and_sound_untouched():
+    """A clip silent for its first 4000 samples, then a tone: the gate is 0 where no frame's window
+    reaches the tone, 1 from a hop before the first window that does; decoding with it leaves the
+    silence exactly silent (Griffin-Lim alone smears sound into it) and the tone as it was."""
+    codec = MelCodec(n_mels=64, n_fft=512, hop=128)
+    wave = torch.zeros(1, 1, 8000)
+    wave[..., 4000:] = 0.5 * torch.sin(2 * math.pi * 440 * torch.arange(4000) / 16000)
+    mel = codec.encode(wave)
+    gate = codec.silent_frames_gate(mel, 8000)
+    first_heard = (4000 - 256) // 128 + 1  # the first frame whose window (centre +- n_fft/2) reaches sample 4000
+    assert gate.shape == (1, 1, 8000)
+    assert float(gate[..., : first_heard * 128 - 64].abs().max()) == 0.0
+    assert float(gate[..., first_heard * 128 - 64:].min()) == 1.0
+    plain = codec.decode(mel, 8000)
+    gated = codec.decode(mel, 8000, silence_gate=True)
+    quiet = slice(0, first_heard * 128 - 64)
+    assert float(plain[..., quiet].abs().max()) > 0 and float(gated[..., quiet].abs().max()) == 0.0
+    torch.testing.assert_close(gated[..., 4000:], plain[..., 4000:])
+
+
 @pytest.fixture(scope="module")
 def tone_manifest(tmp_path_factory):
     root = tmp_path_factory.mktemp("mel-tones")

@@ -98,13 +98,24 @@ class MelCodec:
         out = (mel.clamp(min=self.floor).log() - self.offset) / self.scale
         return nn.functional.pad(out, (0, self.frames(wave.shape[-1]) - out.shape[-1]), value=self.silence)
 
+    def silent_frames_gate(self, mel: torch.Tensor, samples: int, tolerance: float = 0.01) -> torch.Tensor:
+        """(batch, 1, samples): 0 on the hop around the centre of each frame whose mel is at the floor
+        in every band (within ``tolerance``), else 1. Such a frame's window held (next to) no sound, so
+        neither does the middle of its hop; a Griffin-Lim phase that is not exactly consistent smears
+        the neighbouring frames' sound there (pre-echo into the silence before a word)."""
+        hop = self.hop
+        sounding = (mel.float() > self.silence + tolerance).any(1).float()  # (batch, frames)
+        gate = sounding.repeat_interleave(hop, -1)  # frame t covers [t hop - hop/2, t hop + hop/2)
+        return nn.functional.pad(gate[..., hop // 2:], (0, samples), value=1.0)[:, None, :samples]
+
     @torch.no_grad()
     def decode(self, mel: torch.Tensor, samples: int | None = None, *, seed: int = 0,
-               iterations: int | None = None, phase_init: str = "random") -> torch.Tensor:
+               iterations: int | None = None, phase_init: str = "random", silence_gate: bool = False) -> torch.Tensor:
         """Log-mel frames -> audio, (batch, 1, samples); ``samples`` defaults to (frames - 1) * hop.
         Griffin-Lim starts every item from the same random phase (``seed``), so an item's audio does
         not depend on the others in the batch; ``phase_init="pghi"`` starts it from the phase that
-        Phase Gradient Heap Integration (multidiff.audio.phase) finds for the magnitude instead."""
+        Phase Gradient Heap Integration (multidiff.audio.phase) finds for the magnitude instead;
+        ``silence_gate`` silences the frames the mel says are silent (silent_frames_gate)."""
         if phase_init not in ("random", "pghi"):
             raise ValueError(f"phase_init must be 'random' or 'pghi', got {phase_init!r}")
         if mel.ndim != 3 or mel.shape[1] != self.n_mels:
@@ -121,8 +132,9 @@ class MelCodec:
             phase = pghi_phase(magnitude, self.n_fft, self.hop, seed=seed)
         wave = griffin_lim(magnitude, self.n_fft, self.hop, samples, iterations or self.griffin_lim_iters, seed=seed,
                            phase=phase)
+        wave = wave[:, None] * self.silent_frames_gate(mel, samples) if silence_gate else wave[:, None]
         peak = wave.abs().amax(-1, keepdim=True)
-        return (wave / peak.clamp(min=1.0))[:, None]  # an item louder than full scale is scaled to peak 1
+        return wave / peak.clamp(min=1.0)  # an item louder than full scale is scaled to peak 1
 
 
 @functools.lru_cache(maxsize=8)

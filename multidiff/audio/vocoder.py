@@ -1,16 +1,18 @@
-"""A learned mel vocoder: Vocos (Siuzdak 2024), log-mel frames -> STFT -> waveform.
+"""A learned mel vocoder: log-mel frames -> STFT magnitude -> waveform.
 
 The mel recipes' spectrograms (multidiff.audio.spectrogram.MelCodec) become audio through a
-ConvNeXt stack (Liu et al. 2022) that runs at the frame rate and predicts each frame's STFT
-magnitude and phase; an inverse STFT with the codec's own window and hop gives the waveform. No
-up-sampling layers, so it is cheap on a CPU (a second of 16 kHz audio is 63 frames), and the
-phase is learned where Griffin-Lim guesses it.
+ConvNeXt stack (Liu et al. 2022; the Vocos layout, Siuzdak 2024) that runs at the frame rate and
+predicts each frame's STFT magnitude as a correction of the mel's least-squares inverse, trained by
+the magnitude loss of Arik et al. (2018). No up-sampling layers, so it is cheap on a CPU (a second of
+16 kHz audio is 63 frames). The head also has a phase output (Vocos') for training with a waveform
+loss; trained on the magnitude alone, decoding takes the phase that Phase Gradient Heap Integration
+finds for the predicted magnitude (multidiff.audio.phase) and refines it by fast Griffin-Lim
+(Tacotron's learned-magnitude route), and silences the frames the mel says are silent.
 
 It trains through the trainer's autoencoder objective (multidiff.train.autoencoder): ``encode``
-is the fixed mel transform (a posterior with zero spread), ``decode`` the network, so the
-multi-resolution STFT term, the adversarial STFT discriminator, checkpoints, EMA and resume are
-those of the audio autoencoders. ``recipes/audio/mel_vocoder.yaml`` trains it; the mel recipes
-decode through it when ``data.params.vocoder`` names its checkpoint.
+is the fixed mel transform (a posterior with zero spread), ``decode`` the network, so checkpoints,
+EMA and resume are those of the audio autoencoders. ``recipes/audio/mel_vocoder.yaml`` trains it;
+the mel recipes decode through it when ``data.params.vocoder`` names its checkpoint.
 """
 from __future__ import annotations
 
@@ -51,14 +53,15 @@ class MelVocoder(nn.Module):
 
     def __init__(self, codec: MelCodec, dim: int = 256, hidden: int = 768, layers: int = 8,
                  max_log_magnitude: float = math.log(100.0), phase_iterations: int = 0, magnitude_weight: float = 0.0,
-                 magnitude_floor: float = 1e-2, inverse_floor: float = 1e-7, phase_init: str = "predicted"):
+                 magnitude_floor: float = 1e-2, inverse_floor: float = 1e-7, phase_init: str = "predicted",
+                 silence_gate: bool = False):
         super().__init__()
         self.codec = codec
         self.phase_iterations, self.magnitude_weight = phase_iterations, magnitude_weight
         self.loss_floor, self.inverse_floor = magnitude_floor, inverse_floor
         if phase_init not in ("predicted", "pghi"):
             raise ValueError(f"phase_init must be 'predicted' or 'pghi', got {phase_init!r}")
-        self.phase_init = phase_init
+        self.phase_init, self.silence_gate = phase_init, silence_gate
         self.max_log_magnitude = max_log_magnitude
         self.embed = nn.Conv1d(codec.n_mels, dim, 7, padding=3)
         self.norm_in = nn.LayerNorm(dim, eps=1e-6)
@@ -101,27 +104,31 @@ class MelVocoder(nn.Module):
         return (self.inverse_filterbank @ linear_mel).clamp(min=self.inverse_floor).log()
 
     def forward(self, mel: torch.Tensor, samples: int | None = None, phase_iterations: int = 0,
-                phase_init: str | None = None) -> torch.Tensor:
+                phase_init: str | None = None, silence_gate: bool | None = None) -> torch.Tensor:
         """(batch, n_mels, frames) -> (batch, 1, samples), samples defaulting to (frames - 1) * hop.
         The phase is the predicted one, or with ``phase_init="pghi"`` the one Phase Gradient Heap
-        Integration finds for the predicted magnitude (multidiff.audio.phase; ``phase_init`` None: the
-        model's own choice); ``phase_iterations`` > 0 refines it by that many fast Griffin-Lim
-        iterations (Tacotron's learned-magnitude route)."""
+        Integration finds for the predicted magnitude (multidiff.audio.phase); ``phase_iterations`` > 0
+        refines it by that many fast Griffin-Lim iterations (Tacotron's learned-magnitude route);
+        ``silence_gate`` silences the frames the mel says are silent (MelCodec.silent_frames_gate). None: the
+        model's own choice."""
         phase_init = self.phase_init if phase_init is None else phase_init
+        silence_gate = self.silence_gate if silence_gate is None else silence_gate
         if phase_init not in ("predicted", "pghi"):
             raise ValueError(f"phase_init must be 'predicted' or 'pghi', got {phase_init!r}")
+        samples = samples if samples is not None else (mel.shape[-1] - 1) * self.codec.hop
         log_magnitude, phase = self.spectrum(mel)
         if phase_init == "pghi":
             from .phase import pghi_phase
 
             phase = pghi_phase(log_magnitude.exp(), self.codec.n_fft, self.codec.hop)
         if phase_iterations <= 0:
-            return self.synthesize(log_magnitude, phase, samples)
-        from .spectrogram import griffin_lim
+            wave = self.synthesize(log_magnitude, phase, samples)
+        else:
+            from .spectrogram import griffin_lim
 
-        samples = samples if samples is not None else (mel.shape[-1] - 1) * self.codec.hop
-        return griffin_lim(log_magnitude.exp(), self.codec.n_fft, self.codec.hop, samples, phase_iterations,
-                           phase=phase)[:, None]
+            wave = griffin_lim(log_magnitude.exp(), self.codec.n_fft, self.codec.hop, samples, phase_iterations,
+                               phase=phase)[:, None]
+        return wave * self.codec.silent_frames_gate(mel, samples) if silence_gate else wave
 
     def synthesize(self, log_magnitude: torch.Tensor, phase: torch.Tensor, samples: int | None = None) -> torch.Tensor:
         """(batch, n_fft/2 + 1, frames) log-magnitude and phase -> (batch, 1, samples) by the inverse of
@@ -133,11 +140,10 @@ class MelVocoder(nn.Module):
         return wave[:, None]
 
     def decode(self, mel: torch.Tensor, samples: int | None = None, phase_iterations: int | None = None,
-               phase_init: str | None = None):
-        """.sample: the audio, its phase started by ``phase_init`` and refined by ``phase_iterations``
-        (each defaulting to the model's own)."""
+               phase_init: str | None = None, silence_gate: bool | None = None):
+        """.sample: the audio (forward's; each decoding choice defaulting to the model's own)."""
         iterations = self.phase_iterations if phase_iterations is None else phase_iterations
-        return SimpleNamespace(sample=self(mel, samples, iterations, phase_init))
+        return SimpleNamespace(sample=self(mel, samples, iterations, phase_init, silence_gate))
 
     def reconstruct_with_loss(self, mel: torch.Tensor, wave: torch.Tensor, mask: torch.Tensor | None = None):
         """Training (multidiff.train.autoencoder.AutoencoderLoss): the audio of the predicted spectrum
@@ -177,6 +183,8 @@ class MelVocoderParams(MelSettings):
     #: decoding: the phase Griffin-Lim starts from: "predicted" (the head's) or "pghi" (Phase Gradient
     #: Heap Integration of the predicted magnitude; for a network trained on the magnitude alone)
     phase_init: str = "predicted"
+    #: decoding: silence the hop around every frame whose mel is at the floor in all bands
+    silence_gate: bool = False
 
 
 def build_mel_vocoder(params: MelVocoderParams, spec, **_) -> MelVocoder:
@@ -191,4 +199,4 @@ def build_mel_vocoder(params: MelVocoderParams, spec, **_) -> MelVocoder:
     return MelVocoder(params.mel_codec(int(spec.meta["sample_rate"])), params.dim, params.hidden, params.layers,
                       phase_iterations=params.phase_iterations, magnitude_weight=params.magnitude_weight,
                       magnitude_floor=params.magnitude_floor, inverse_floor=params.inverse_floor,
-                      phase_init=params.phase_init)
+                      phase_init=params.phase_init, silence_gate=params.silence_gate)
