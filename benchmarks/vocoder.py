@@ -95,6 +95,10 @@ def main(argv=None) -> int:
                    help="also write one result record per checkpoint, DIR/<split>-seed<training seed>.json, and "
                         "DIR/<split>-griffin-lim.json, for the README table (multidiff results; "
                         "recipes/audio/results/tables.yaml)")
+    p.add_argument("--samples", default=None, metavar="DIR",
+                   help="also write the first --sample-count clips as WAVs (real, Griffin-Lim, the first vocoder) "
+                        "and one spectrogram sheet to DIR, to listen to")
+    p.add_argument("--sample-count", type=int, default=4)
     a = p.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -110,7 +114,8 @@ def main(argv=None) -> int:
               if (Path(a.manifest).parent / f).is_file()}
     mel = vocoders[0].mel(real)
     results = {"real": scores(real, real, labels, judges, codec.sample_rate)}
-    results["griffin_lim"] = scores(codec.decode(codec.encode(real), a.length), real, labels, judges, codec.sample_rate)
+    griffin_lim = codec.decode(codec.encode(real), a.length)
+    results["griffin_lim"] = scores(griffin_lim, real, labels, judges, codec.sample_rate)
     # the vocoder's decoding steps without the network: their share of its gain
     gate = None if a.silence_gate is None else a.silence_gate == "on"
     iterations = a.phase_iterations if a.phase_iterations is not None else vocoders[0].phase_iterations
@@ -118,12 +123,15 @@ def main(argv=None) -> int:
                                                       iterations=iterations or None,
                                                       silence_gate=bool(gate if gate is not None else vocoders[0].silence_gate)),
                                          real, labels, judges, codec.sample_rate)
-    results["vocoder"] = [dict(scores(decode_all(v, mel, a.length, a.phase_iterations, a.phase_init, gate), real,
-                                      labels, judges, codec.sample_rate), checkpoint=str(c),
+    decoded = [decode_all(v, mel, a.length, a.phase_iterations, a.phase_init, gate) for v in vocoders]
+    results["vocoder"] = [dict(scores(d, real, labels, judges, codec.sample_rate), checkpoint=str(c),
                                phase_iterations=v.phase_iterations if a.phase_iterations is None else a.phase_iterations,
                                phase_init=v.phase_init if a.phase_init is None else a.phase_init,
                                silence_gate=v.silence_gate if gate is None else gate)
-                          for v, c in zip(vocoders, a.checkpoints)]
+                          for v, d, c in zip(vocoders, decoded, a.checkpoints)]
+    if a.samples:
+        write_samples(Path(a.samples), {"real": real, "griffin-lim": griffin_lim, "vocoder": decoded[0]}, labels,
+                      a.sample_count, codec.sample_rate, a.offset)
     gl = results["griffin_lim"]
     summary = {"mr_stft_reduction": spread([1 - r["mr_stft"] / gl["mr_stft"] for r in results["vocoder"]]),
                "pesq_gain": spread([r["pesq_wb"] - gl["pesq_wb"] for r in results["vocoder"]])}
@@ -146,6 +154,21 @@ def main(argv=None) -> int:
     out.with_suffix(".md").write_text(markdown(record))
     print(markdown(record))
     return 0
+
+
+def write_samples(folder: Path, waves: dict, labels: torch.Tensor, count: int, sample_rate: int, offset: int) -> None:
+    """folder/<decoder>/clip<k>.wav for the first ``count`` clips, and folder/spectrograms.png with one row
+    per clip (real, Griffin-Lim, vocoder side by side)."""
+    from multidiff.audio import save_wav
+    from multidiff.audio.io import spectrogram_sheet
+
+    panels, titles = [], []
+    for k in range(min(count, len(labels))):
+        for name, w in waves.items():
+            save_wav(folder / name / f"clip{offset + k:04d}.wav", w[k].clamp(-1, 1), sample_rate)
+            panels.append(w[k])
+            titles.append(f"clip {offset + k} (digit {int(labels[k])}): {name}")
+    spectrogram_sheet(panels, sample_rate, folder / "spectrograms.png", titles=titles, columns=len(waves))
 
 
 def write_records(folder: Path, record: dict, checkpoints: list[str]) -> None:

@@ -60,7 +60,10 @@ def test_vocoder_benchmark_conclusions_follow_from_its_scores(speech_like_manife
     out, records = tmp_path / "result", tmp_path / "records"
     ckpt = str(run / "checkpoints" / "latest")
     assert bench.main([ckpt, ckpt, "--manifest", str(speech_like_manifest), "--num", "4", "--out", str(out),
-                       "--result-dir", str(records)]) == 0
+                       "--result-dir", str(records), "--samples", str(tmp_path / "listen"), "--sample-count", "2"]) == 0
+    assert sorted(p.relative_to(tmp_path / "listen").as_posix() for p in (tmp_path / "listen").rglob("*.*")) == [
+        "griffin-lim/clip0000.wav", "griffin-lim/clip0001.wav", "real/clip0000.wav", "real/clip0001.wav",
+        "spectrograms.png", "vocoder/clip0000.wav", "vocoder/clip0001.wav"]
     r = json.loads(out.with_suffix(".json").read_text())
     gl, pghi, runs = r["results"]["griffin_lim"], r["results"]["griffin_lim_pghi"], r["results"]["vocoder"]
     assert r["clips"] == 4 and all(s["pesq_scored"] == 4 for s in (gl, pghi, *runs))
