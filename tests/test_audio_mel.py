@@ -227,6 +227,14 @@ def test_vocoder_synthesis_inverts_the_codec_stft():
     assert float(loss) < 1e-5
     vocoder.spectrum = lambda m: (spec.abs().clamp(min=1e-12).log() + 0.1, spec.angle())  # 10.5% too loud
     assert float(vocoder.reconstruct_with_loss(mel, wave[None])[1]) == pytest.approx(0.1 + (math.exp(0.1) - 1), rel=1e-3)
+    # weighed by the mel density the bins' weights average 1 (a uniform error costs the same) and the
+    # lowest bin weighs (700 + sr/2) / 700 times the highest
+    weighted = MelVocoder(codec, dim=16, hidden=32, layers=1, magnitude_weight=1.0, magnitude_floor=1e-12,
+                          mel_weighted_loss=True)
+    weighted.spectrum = vocoder.spectrum
+    assert float(weighted.bin_weight.mean()) == pytest.approx(1.0)
+    assert float(weighted.bin_weight[0] / weighted.bin_weight[-1]) == pytest.approx((700 + 8000) / 700)
+    assert float(weighted.reconstruct_with_loss(mel, wave[None])[1]) == pytest.approx(0.1 + (math.exp(0.1) - 1), rel=1e-3)
     # decoding from the magnitude alone: PGHI's phase (+ a few Griffin-Lim iterations) rebuilds the
     # clip's spectrum; the predicted phase is ignored (here a wrong one)
     vocoder.spectrum = lambda m: (spec.abs().clamp(min=1e-12).log(), torch.zeros_like(spec.real))

@@ -54,11 +54,16 @@ class MelVocoder(nn.Module):
     def __init__(self, codec: MelCodec, dim: int = 256, hidden: int = 768, layers: int = 8,
                  max_log_magnitude: float = math.log(100.0), phase_iterations: int = 0, magnitude_weight: float = 0.0,
                  magnitude_floor: float = 1e-2, inverse_floor: float = 1e-7, phase_init: str = "predicted",
-                 silence_gate: bool = False):
+                 silence_gate: bool = False, mel_weighted_loss: bool = False):
         super().__init__()
         self.codec = codec
         self.phase_iterations, self.magnitude_weight = phase_iterations, magnitude_weight
         self.loss_floor, self.inverse_floor = magnitude_floor, inverse_floor
+        # the log term's weight per frequency bin: uniform, or the mel scale's density (d mel / d f, mean 1),
+        # which weighs the harmonics under 1 kHz ~4x the average bin
+        freqs = torch.linspace(0, codec.sample_rate / 2, codec.n_fft // 2 + 1)
+        density = 1.0 / (700.0 + freqs) if mel_weighted_loss else torch.ones_like(freqs)
+        self.register_buffer("bin_weight", (density / density.mean())[:, None], persistent=False)
         if phase_init not in ("predicted", "pghi"):
             raise ValueError(f"phase_init must be 'predicted' or 'pghi', got {phase_init!r}")
         self.phase_init, self.silence_gate = phase_init, silence_gate
@@ -158,7 +163,8 @@ class MelVocoder(nn.Module):
         target = self.codec.magnitude((wave.float() if mask is None else wave.float() * mask).mean(1))
         magnitude = log_magnitude.exp()
         floor = self.loss_floor  # bins below it in both are inaudible: no gradient from them
-        log_term = (log_magnitude.clamp(min=math.log(floor)) - target.clamp(min=floor).log()).abs().flatten(1).mean(1)
+        log_error = (log_magnitude.clamp(min=math.log(floor)) - target.clamp(min=floor).log()).abs()
+        log_term = (self.bin_weight * log_error).flatten(1).mean(1)
         convergence = (magnitude - target).flatten(1).norm(dim=1) / target.flatten(1).norm(dim=1).clamp(min=1e-3)
         return recon, self.magnitude_weight * (log_term + convergence)
 
@@ -185,6 +191,8 @@ class MelVocoderParams(MelSettings):
     phase_init: str = "predicted"
     #: decoding: silence the hop around every frame whose mel is at the floor in all bands
     silence_gate: bool = False
+    #: training: weigh the loss's log term per bin by the mel scale's density (the low harmonics count more)
+    mel_weighted_loss: bool = False
 
 
 def build_mel_vocoder(params: MelVocoderParams, spec, **_) -> MelVocoder:
@@ -199,4 +207,5 @@ def build_mel_vocoder(params: MelVocoderParams, spec, **_) -> MelVocoder:
     return MelVocoder(params.mel_codec(int(spec.meta["sample_rate"])), params.dim, params.hidden, params.layers,
                       phase_iterations=params.phase_iterations, magnitude_weight=params.magnitude_weight,
                       magnitude_floor=params.magnitude_floor, inverse_floor=params.inverse_floor,
-                      phase_init=params.phase_init, silence_gate=params.silence_gate)
+                      phase_init=params.phase_init, silence_gate=params.silence_gate,
+                      mel_weighted_loss=params.mel_weighted_loss)
