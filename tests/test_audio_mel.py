@@ -104,23 +104,41 @@ def test_decode_then_encode_returns_the_mel():
 
 
 def test_silence_gate_keeps_silence_silent_and_sound_untouched():
-    """A clip silent for its first 4000 samples, then a tone: the gate is 0 where no frame's window
-    reaches the tone, 1 from a hop before the first window that does; decoding with it leaves the
-    silence exactly silent (Griffin-Lim alone smears sound into it) and the tone as it was."""
+    """A clip silent for its first 4000 samples, then a tone: the gate is 0 up to the middle 3/4 of
+    the last window that does not reach the tone, 1 from there; decoding with it leaves the silence
+    exactly silent (Griffin-Lim alone smears sound into it) and the tone as it was."""
     codec = MelCodec(n_mels=64, n_fft=512, hop=128)
     wave = torch.zeros(1, 1, 8000)
     wave[..., 4000:] = 0.5 * torch.sin(2 * math.pi * 440 * torch.arange(4000) / 16000)
     mel = codec.encode(wave)
     gate = codec.silent_frames_gate(mel, 8000)
-    first_heard = (4000 - 256) // 128 + 1  # the first frame whose window (centre +- n_fft/2) reaches sample 4000
+    last_silent = (4000 - 256) // 128  # the last frame whose window (centre +- n_fft/2) ends before sample 4000
+    edge = last_silent * 128 + 3 * 512 // 8  # its centre + half of 3/4 of the window
+    assert edge < 4000
     assert gate.shape == (1, 1, 8000)
-    assert float(gate[..., : first_heard * 128 - 64].abs().max()) == 0.0
-    assert float(gate[..., first_heard * 128 - 64:].min()) == 1.0
+    assert float(gate[..., :edge].abs().max()) == 0.0
+    assert float(gate[..., edge:].min()) == 1.0
     plain = codec.decode(mel, 8000)
     gated = codec.decode(mel, 8000, silence_gate=True)
-    quiet = slice(0, first_heard * 128 - 64)
+    quiet = slice(0, edge)
     assert float(plain[..., quiet].abs().max()) > 0 and float(gated[..., quiet].abs().max()) == 0.0
     torch.testing.assert_close(gated[..., 4000:], plain[..., 4000:])
+
+
+@pytest.mark.parametrize("span", [1, 128, 200, 512])
+def test_silence_gate_span_is_centred_on_each_silent_frame(span):
+    """Frames 10 and 20 of 40 silent (mel at the floor), the rest sounding: the gate is 0 exactly on
+    [t hop - span // 2, t hop - span // 2 + span) for t = 10, 20 and 1 elsewhere."""
+    codec = MelCodec(n_mels=16, n_fft=512, hop=128)
+    mel = torch.full((1, 16, 40), codec.silence + 1.0)
+    mel[..., [10, 20]] = codec.silence
+    gate = codec.silent_frames_gate(mel, 39 * 128, span=span)[0, 0]
+    expected = torch.ones(39 * 128)
+    for t in (10, 20):
+        expected[t * 128 - span // 2: t * 128 - span // 2 + span] = 0.0
+    torch.testing.assert_close(gate, expected)
+    with pytest.raises(ValueError, match="span"):
+        codec.silent_frames_gate(mel, 100, span=0)
 
 
 @pytest.fixture(scope="module")
