@@ -114,15 +114,14 @@ def main(argv=None) -> int:
               if (Path(a.manifest).parent / f).is_file()}
     mel = vocoders[0].mel(real)
     results = {"real": scores(real, real, labels, judges, codec.sample_rate)}
-    griffin_lim = codec.decode(codec.encode(real), a.length)
+    griffin_lim = codec.decode(mel, a.length)
     results["griffin_lim"] = scores(griffin_lim, real, labels, judges, codec.sample_rate)
     # the vocoder's decoding steps without the network: their share of its gain
     gate = None if a.silence_gate is None else a.silence_gate == "on"
     iterations = a.phase_iterations if a.phase_iterations is not None else vocoders[0].phase_iterations
-    results["griffin_lim_pghi"] = scores(codec.decode(codec.encode(real), a.length, phase_init="pghi",
-                                                      iterations=iterations or None,
-                                                      silence_gate=bool(gate if gate is not None else vocoders[0].silence_gate)),
-                                         real, labels, judges, codec.sample_rate)
+    pghi_gated = codec.decode(mel, a.length, phase_init="pghi", iterations=iterations or None,
+                              silence_gate=vocoders[0].silence_gate if gate is None else gate)
+    results["griffin_lim_pghi"] = scores(pghi_gated, real, labels, judges, codec.sample_rate)
     decoded = [decode_all(v, mel, a.length, a.phase_iterations, a.phase_init, gate) for v in vocoders]
     results["vocoder"] = [dict(scores(d, real, labels, judges, codec.sample_rate), checkpoint=str(c),
                                phase_iterations=v.phase_iterations if a.phase_iterations is None else a.phase_iterations,

@@ -1,5 +1,4 @@
 """benchmarks/vocoder.py on a tiny vocoder: its conclusion fields follow from the scores it wrote."""
-import csv
 import json
 import math
 import sys
@@ -10,6 +9,7 @@ import torch
 
 from multidiff.audio.io import save_audio
 from multidiff.cli import main
+from multidiff.manifest import write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 pytest.importorskip("pesq")
@@ -34,11 +34,7 @@ def speech_like_manifest(tmp_path_factory):
         label = k % 2
         save_audio(root / f"{k}.wav", voiced(1.0, 110.0 if label == 0 else 210.0, k)[None], 16000)
         rows.append({"path": f"{k}.wav", "label": label, "split": "train" if k < 8 else "test"})
-    with open(root / "manifest.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return root / "manifest.csv"
+    return write_manifest(root / "manifest.csv", rows)
 
 
 def test_vocoder_benchmark_conclusions_follow_from_its_scores(speech_like_manifest, tmp_path):

@@ -189,7 +189,7 @@ class MelVocoderParams(MelSettings):
     #: decoding: the phase Griffin-Lim starts from: "predicted" (the head's) or "pghi" (Phase Gradient
     #: Heap Integration of the predicted magnitude; for a network trained on the magnitude alone)
     phase_init: str = "predicted"
-    #: decoding: silence the hop around every frame whose mel is at the floor in all bands
+    #: decoding: silence the middle of the window of every frame whose mel is at the floor in all bands
     silence_gate: bool = False
     #: training: weigh the loss's log term per bin by the mel scale's density (the low harmonics count more)
     mel_weighted_loss: bool = False
